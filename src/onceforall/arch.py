@@ -1,0 +1,286 @@
+"""Architecture values and the spaces they live in.
+
+An architecture is written in the authors' own dict format, so that arch dicts produced by
+their code load unchanged::
+
+    {"ks": [20 kernel sizes], "e": [20 expand ratios], "d": [5 stage depths], "r": [resolution]}
+
+Block slots are numbered stage by stage (slot ``stage * max_depth + i``). Entries of slots
+that the stage depth skips are carried but ignored, whatever their value.
+
+:class:`Arch` is the validated, hashable value; :class:`MBConvSpace` knows the choices of
+one supernet family and validates, samples, counts and one-hot encodes architectures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+
+__all__ = ["Arch", "ArchError", "MBConvSpace", "ArchLike"]
+
+# Keys that the authors' samplers write and that carry no information for these spaces.
+_IGNORED_KEYS = frozenset({"wid"})
+_KEYS = ("ks", "e", "d", "r")
+
+
+class ArchError(ValueError):
+    """An architecture that does not belong to a space; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One sub-network: kernel sizes and expand ratios per block slot, depth per stage,
+    input resolution. Immutable and hashable (usable as a dict key in search)."""
+
+    ks: tuple[int, ...]
+    e: tuple[int, ...]
+    d: tuple[int, ...]
+    r: int
+
+    def to_dict(self) -> dict[str, list[int]]:
+        """The authors' format: lists, resolution wrapped in a one-element list."""
+        return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": [self.r]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def __str__(self) -> str:
+        return f"ks={list(self.ks)} e={list(self.e)} d={list(self.d)} r={self.r}"
+
+
+ArchLike = Union[Arch, Mapping[str, Any], str]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _describe_choices(choices: Sequence[int]) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
+@dataclass(frozen=True)
+class MBConvSpace:
+    """The space of an MBConv supernet (OFA-MobileNetV3, OFA-ProxylessNAS).
+
+    ``stage_max_depths`` gives the number of block slots per elastic stage; the depth of
+    each of those stages is chosen from ``depths`` (capped by its slot count).
+    """
+
+    kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    expand_ratios: tuple[int, ...] = (3, 4, 6)
+    depths: tuple[int, ...] = (2, 3, 4)
+    stage_max_depths: tuple[int, ...] = (4, 4, 4, 4, 4)
+    resolutions: tuple[int, ...] = tuple(range(128, 225, 4))
+
+    def __post_init__(self) -> None:
+        for name in ("kernel_sizes", "expand_ratios", "depths", "resolutions"):
+            values = tuple(sorted(set(int(v) for v in getattr(self, name))))
+            if not values:
+                raise ValueError(f"{name} must not be empty")
+            object.__setattr__(self, name, values)
+        if any(k % 2 == 0 or k < 1 for k in self.kernel_sizes):
+            raise ValueError(f"kernel sizes must be odd and positive, got {self.kernel_sizes}")
+        if max(self.depths) > min(self.stage_max_depths):
+            raise ValueError("a depth choice exceeds the number of block slots of a stage")
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_max_depths)
+
+    @property
+    def num_slots(self) -> int:
+        return sum(self.stage_max_depths)
+
+    def stage_slots(self, stage: int) -> range:
+        """Indices of the block slots of one stage."""
+        start = sum(self.stage_max_depths[:stage])
+        return range(start, start + self.stage_max_depths[stage])
+
+    def active_slots(self, arch: Arch) -> list[int]:
+        """Block slots that run under ``arch`` (the first d of every stage)."""
+        return [
+            slot
+            for stage, depth in enumerate(arch.d)
+            for slot in self.stage_slots(stage)[:depth]
+        ]
+
+    # ---------------------------------------------------------------- validation
+    def _resolution_text(self) -> str:
+        res = self.resolutions
+        steps = {b - a for a, b in zip(res, res[1:])}
+        if len(res) > 3 and len(steps) == 1:
+            return f"{res[0]} to {res[-1]} in steps of {steps.pop()}"
+        return _describe_choices(res)
+
+    def parse(self, arch: ArchLike) -> Arch:
+        """Validate ``arch`` (an :class:`Arch`, an authors'-format dict or its JSON text)
+        and return it as an :class:`Arch`. Raises :class:`ArchError` naming the field,
+        the index, the bad value and the allowed values."""
+        if isinstance(arch, str):
+            try:
+                arch = json.loads(arch)
+            except json.JSONDecodeError as exc:
+                raise ArchError(f"arch is not valid JSON: {exc}") from None
+        if isinstance(arch, Arch):
+            arch = {"ks": arch.ks, "e": arch.e, "d": arch.d, "r": arch.r}
+        if not isinstance(arch, Mapping):
+            raise ArchError(
+                f"arch must be a dict with keys {', '.join(_KEYS)}; got {type(arch).__name__}"
+            )
+        missing = [k for k in _KEYS if k not in arch]
+        if missing:
+            raise ArchError(
+                f"arch is missing key(s) {', '.join(repr(k) for k in missing)} "
+                f"(expected keys: {', '.join(_KEYS)})"
+            )
+        unknown = sorted(set(arch) - set(_KEYS) - _IGNORED_KEYS, key=str)
+        if unknown:
+            raise ArchError(
+                f"arch has unknown key(s) {', '.join(repr(k) for k in unknown)} "
+                f"(expected keys: {', '.join(_KEYS)})"
+            )
+
+        d = self._int_list(arch["d"], "d", self.num_stages, "one per stage", self.depths)
+        for stage, depth in enumerate(d):
+            allowed = [x for x in self.depths if x <= self.stage_max_depths[stage]]
+            if depth not in allowed:
+                raise ArchError(
+                    f"d[{stage}] = {depth} is not an allowed depth; "
+                    f"allowed: {_describe_choices(allowed)}"
+                )
+        ks = self._int_list(
+            arch["ks"], "ks", self.num_slots, "one per block slot", self.kernel_sizes
+        )
+        e = self._int_list(arch["e"], "e", self.num_slots, "one per block slot", self.expand_ratios)
+        probe = Arch(ks=ks, e=e, d=d, r=0)
+        for slot in self.active_slots(probe):
+            if ks[slot] not in self.kernel_sizes:
+                raise ArchError(
+                    f"ks[{slot}] = {ks[slot]} is not an allowed kernel size; "
+                    f"allowed: {_describe_choices(self.kernel_sizes)}"
+                )
+            if e[slot] not in self.expand_ratios:
+                raise ArchError(
+                    f"e[{slot}] = {e[slot]} is not an allowed expand ratio; "
+                    f"allowed: {_describe_choices(self.expand_ratios)}"
+                )
+
+        r = arch["r"]
+        if isinstance(r, (list, tuple)):
+            if len(r) != 1:
+                raise ArchError(f"r must hold exactly one resolution, got {list(r)}")
+            r = r[0]
+        if not _is_int(r):
+            raise ArchError(f"r = {r!r} must be an int; allowed: {self._resolution_text()}")
+        if int(r) not in self.resolutions:
+            raise ArchError(
+                f"r = {r} is not an allowed resolution; allowed: {self._resolution_text()}"
+            )
+        return Arch(ks=ks, e=e, d=d, r=int(r))
+
+    @staticmethod
+    def _int_list(
+        values: Any, field: str, length: int, what: str, allowed: Sequence[int]
+    ) -> tuple[int, ...]:
+        if not isinstance(values, (list, tuple)):
+            raise ArchError(f"{field} must be a list of {length} ints ({what}); got {values!r}")
+        if len(values) != length:
+            raise ArchError(
+                f"{field} has {len(values)} entries; expected {length} ({what})"
+            )
+        for i, v in enumerate(values):
+            if not _is_int(v):
+                raise ArchError(
+                    f"{field}[{i}] = {v!r} must be an int; allowed: {_describe_choices(allowed)}"
+                )
+        return tuple(int(v) for v in values)
+
+    def canonical(self, arch: ArchLike) -> Arch:
+        """``arch`` with skipped slots written as 0 (as the authors' encoder does), so two
+        archs that run the same network compare equal."""
+        arch = self.parse(arch)
+        active = set(self.active_slots(arch))
+        ks = tuple(k if i in active else 0 for i, k in enumerate(arch.ks))
+        e = tuple(x if i in active else 0 for i, x in enumerate(arch.e))
+        return Arch(ks=ks, e=e, d=arch.d, r=arch.r)
+
+    # ------------------------------------------------------------------ sampling
+    def _stage_depths(self, stage: int) -> tuple[int, ...]:
+        return tuple(x for x in self.depths if x <= self.stage_max_depths[stage])
+
+    def sample(self, rng: random.Random | int | None = None) -> Arch:
+        """A uniformly random architecture (each choice independently uniform)."""
+        if not isinstance(rng, random.Random):
+            rng = random.Random(rng)
+        ks = tuple(rng.choice(self.kernel_sizes) for _ in range(self.num_slots))
+        e = tuple(rng.choice(self.expand_ratios) for _ in range(self.num_slots))
+        d = tuple(rng.choice(self._stage_depths(s)) for s in range(self.num_stages))
+        return Arch(ks=ks, e=e, d=d, r=rng.choice(self.resolutions))
+
+    def largest(self, resolution: int | None = None) -> Arch:
+        n = self.num_slots
+        return Arch(
+            ks=(max(self.kernel_sizes),) * n,
+            e=(max(self.expand_ratios),) * n,
+            d=tuple(max(self._stage_depths(s)) for s in range(self.num_stages)),
+            r=max(self.resolutions) if resolution is None else resolution,
+        )
+
+    def smallest(self, resolution: int | None = None) -> Arch:
+        n = self.num_slots
+        return Arch(
+            ks=(min(self.kernel_sizes),) * n,
+            e=(min(self.expand_ratios),) * n,
+            d=tuple(min(self._stage_depths(s)) for s in range(self.num_stages)),
+            r=min(self.resolutions) if resolution is None else resolution,
+        )
+
+    def num_subnets(self, with_resolution: bool = True) -> int:
+        """How many distinct sub-networks the space holds (exact integer)."""
+        per_block = len(self.kernel_sizes) * len(self.expand_ratios)
+        total = math.prod(
+            sum(per_block**depth for depth in self._stage_depths(s))
+            for s in range(self.num_stages)
+        )
+        return total * len(self.resolutions) if with_resolution else total
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def encoding_size(self) -> int:
+        return len(self.resolutions) + self.num_slots * (
+            len(self.kernel_sizes) + len(self.expand_ratios)
+        )
+
+    def encoding_layout(self) -> dict[str, Any]:
+        """What the one-hot features mean; saved with predictors so a predictor can
+        refuse an encoding of another space."""
+        return {
+            "type": "mbconv-onehot",
+            "order": "r, ks per slot, e per slot",
+            "resolutions": list(self.resolutions),
+            "kernel_sizes": list(self.kernel_sizes),
+            "expand_ratios": list(self.expand_ratios),
+            "stage_max_depths": list(self.stage_max_depths),
+        }
+
+    def encode(self, arch: ArchLike) -> np.ndarray:
+        """One-hot features (float32): resolution, then kernel size of every slot, then
+        expand ratio of every slot; all zeros for slots the depth skips."""
+        arch = self.parse(arch)
+        n_k, n_e = len(self.kernel_sizes), len(self.expand_ratios)
+        feature = np.zeros(self.encoding_size, dtype=np.float32)
+        feature[self.resolutions.index(arch.r)] = 1.0
+        k_base = len(self.resolutions)
+        e_base = k_base + self.num_slots * n_k
+        for slot in self.active_slots(arch):
+            feature[k_base + slot * n_k + self.kernel_sizes.index(arch.ks[slot])] = 1.0
+            feature[e_base + slot * n_e + self.expand_ratios.index(arch.e[slot])] = 1.0
+        return feature

@@ -1,0 +1,86 @@
+"""Supernet families and the registry of named supernets.
+
+``create_supernet("ofa_mbv3_w1.0", num_classes=10)`` is the single entry point; families
+register their named variants with :func:`register_supernet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Any, Callable
+
+from torch import nn
+
+from ..arch import ArchLike
+from .base import Supernet
+from .mobilenet_v3 import MobileNetV3Config, MobileNetV3Subnet, OFAMobileNetV3
+
+__all__ = [
+    "Supernet",
+    "create_supernet",
+    "list_supernets",
+    "register_supernet",
+    "build_subnet",
+    "supernet_config",
+    "OFAMobileNetV3",
+    "MobileNetV3Config",
+    "MobileNetV3Subnet",
+]
+
+# name -> (supernet class, default config)
+_REGISTRY: dict[str, tuple[Callable[[Any], Supernet], Any]] = {}
+
+
+def register_supernet(name: str, factory: Callable[[Any], Supernet], config: Any) -> None:
+    """Register a named supernet: ``factory(config)`` builds it."""
+    if name in _REGISTRY:
+        raise ValueError(f"supernet {name!r} is already registered")
+    _REGISTRY[name] = (factory, config)
+
+
+def list_supernets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def supernet_config(name: str, **overrides: Any) -> Any:
+    """The config of a registered supernet with ``overrides`` applied (for example
+    ``num_classes=10, resolutions=(24, 28, 32)``)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown supernet {name!r}; known: {', '.join(list_supernets())}")
+    _, config = _REGISTRY[name]
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(
+            f"{name} has no setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}"
+        )
+    for key in ("resolutions", "kernel_sizes", "expand_ratios", "depths"):
+        if key in overrides:
+            overrides[key] = tuple(int(v) for v in overrides[key])
+    return replace(config, **overrides)
+
+
+def create_supernet(name: str, **overrides: Any) -> Supernet:
+    """Build a registered supernet, e.g. ``create_supernet("ofa_mbv3_w1.0", num_classes=10)``.
+
+    Keyword arguments override fields of the family's config dataclass.
+    """
+    config = supernet_config(name, **overrides)
+    factory, _ = _REGISTRY[name]
+    net = factory(config)
+    net.name = name
+    return net
+
+
+def build_subnet(spec: dict[str, Any], arch: ArchLike | None = None) -> nn.Module:
+    """Rebuild a static sub-network from the ``spec()`` of an extracted one (weights are
+    not included: load them afterwards)."""
+    family = spec.get("family")
+    if family == "mobilenet_v3":
+        config = MobileNetV3Config.from_dict(spec["config"])
+        return MobileNetV3Subnet(config, config.space.parse(arch or spec["arch"]))
+    raise ValueError(f"unknown sub-network family {family!r}")
+
+
+register_supernet("ofa_mbv3_w1.0", OFAMobileNetV3, MobileNetV3Config(width_mult=1.0))
+register_supernet("ofa_mbv3_w1.2", OFAMobileNetV3, MobileNetV3Config(width_mult=1.2))

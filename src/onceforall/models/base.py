@@ -1,0 +1,98 @@
+"""What every supernet family shares: arch handling, extraction by slicing, costs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..arch import Arch, ArchLike, MBConvSpace
+from ..costs import LayerCost, total_macs, total_params
+
+__all__ = ["Supernet", "copy_leading_slices"]
+
+
+@torch.no_grad()
+def copy_leading_slices(
+    target: nn.Module,
+    source: Mapping[str, torch.Tensor],
+    overrides: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Fill every parameter and buffer of ``target`` with the leading slice of the
+    same-named tensor in ``source`` (elastic width keeps the *first* channels), or with
+    ``overrides[name]`` where given (for tensors that are computed, not sliced)."""
+    overrides = overrides or {}
+    for name, tensor in target.state_dict(keep_vars=True).items():
+        if name in overrides:
+            value = overrides[name]
+        else:
+            if name not in source:
+                raise KeyError(f"supernet has no tensor {name!r} for the extracted network")
+            full = source[name]
+            value = full[tuple(slice(0, n) for n in tensor.shape)]
+        if value.shape != tensor.shape:
+            raise ValueError(f"{name}: shape {tuple(value.shape)} != {tuple(tensor.shape)}")
+        tensor.copy_(value)
+
+
+class Supernet(nn.Module, ABC):
+    """Base of the supernet families. A family implements ``_activate(arch)``,
+    ``build_subnet(arch)``, ``_computed_weights(arch)`` and ``layer_costs(arch)``."""
+
+    space: MBConvSpace
+
+    def parse_arch(self, arch: ArchLike) -> Arch:
+        return self.space.parse(arch)
+
+    def set_active(self, arch: ArchLike) -> Arch:
+        """Make ``forward`` run the sub-network ``arch`` (its resolution is whatever
+        the input has). Returns the validated :class:`Arch`."""
+        arch = self.parse_arch(arch)
+        self._activate(arch)
+        self.active_arch = arch
+        return arch
+
+    def set_largest(self) -> Arch:
+        return self.set_active(self.space.largest())
+
+    def extract(self, arch: ArchLike | None = None) -> nn.Module:
+        """An ordinary network holding copies of the active weights of ``arch`` (the
+        active arch if omitted). In eval mode it computes what the supernet computes."""
+        arch = self.active_arch if arch is None else self.parse_arch(arch)
+        subnet = self.build_subnet(arch)
+        with torch.no_grad():
+            computed = self._computed_weights(arch)
+        copy_leading_slices(subnet, self.state_dict(keep_vars=True), computed)
+        subnet.train(self.training)
+        return subnet
+
+    def macs(self, arch: ArchLike) -> int:
+        """Multiply-accumulates of one forward pass of one image at ``arch``'s resolution."""
+        return total_macs(self.layer_costs(self.parse_arch(arch)))
+
+    def params(self, arch: ArchLike) -> int:
+        """Trainable parameters of the extracted sub-network."""
+        return total_params(self.layer_costs(self.parse_arch(arch)))
+
+    # Implemented by families.
+    @abstractmethod
+    def _activate(self, arch: Arch) -> None:
+        """Point the elastic layers at ``arch``'s choices."""
+
+    @abstractmethod
+    def build_subnet(self, arch: Arch) -> nn.Module:
+        """A freshly initialised static network of ``arch``'s shape."""
+
+    @abstractmethod
+    def _computed_weights(self, arch: Arch) -> dict[str, torch.Tensor]:
+        """Extracted tensors that are not leading slices (transformed kernels)."""
+
+    @abstractmethod
+    def layer_costs(self, arch: Arch) -> list[LayerCost]:
+        """One row per conv / linear layer of the sub-network at ``arch.r``."""
+
+    @abstractmethod
+    def sort_channels(self) -> None:
+        """Sort hidden channels by importance without changing the function."""

@@ -1,0 +1,299 @@
+"""OFA-MobileNetV3: the paper's main design space (SPEC section 1).
+
+The network is a table: a fixed stem and first block, then one row per elastic stage
+(width, first-block stride, activation, squeeze-excite, block slots), then a fixed head.
+:func:`block_plan` reads the table once; the elastic supernet, the static sub-network
+and the cost model are all built from that plan, so they cannot disagree on shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from ..arch import Arch, MBConvSpace
+from ..costs import LayerCost, conv_output_size
+from ..elastic import ElasticMBConv
+from ..layers import ConvBNAct, MBConv, make_divisible, se_hidden_channels
+from .base import Supernet
+
+__all__ = [
+    "StageSpec",
+    "MobileNetV3Config",
+    "OFAMobileNetV3",
+    "MobileNetV3Subnet",
+    "BlockPlan",
+    "block_plan",
+]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One elastic stage: output width (before the width multiplier), stride of its
+    first block, activation, squeeze-excite on/off, number of block slots."""
+
+    width: int
+    stride: int
+    act: str
+    se: bool
+    max_depth: int = 4
+
+
+MBV3_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(24, 2, "relu", False),
+    StageSpec(40, 2, "relu", True),
+    StageSpec(80, 2, "h_swish", False),
+    StageSpec(112, 1, "h_swish", True),
+    StageSpec(160, 2, "h_swish", True),
+)
+
+
+@dataclass(frozen=True)
+class MobileNetV3Config:
+    """Everything that fixes the shape of an OFA-MobileNetV3 supernet."""
+
+    width_mult: float = 1.0
+    num_classes: int = 1000
+    stem_width: int = 16
+    first_block_width: int = 16
+    stages: tuple[StageSpec, ...] = MBV3_STAGES
+    final_expand_width: int = 960
+    head_width: int = 1280
+    kernel_sizes: tuple[int, ...] = (3, 5, 7)
+    expand_ratios: tuple[int, ...] = (3, 4, 6)
+    depths: tuple[int, ...] = (2, 3, 4)
+    resolutions: tuple[int, ...] = field(default_factory=lambda: tuple(range(128, 225, 4)))
+    dropout: float = 0.1
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+
+    def channels(self, base: int) -> int:
+        return make_divisible(base * self.width_mult)
+
+    @property
+    def space(self) -> MBConvSpace:
+        return MBConvSpace(
+            kernel_sizes=self.kernel_sizes,
+            expand_ratios=self.expand_ratios,
+            depths=self.depths,
+            stage_max_depths=tuple(s.max_depth for s in self.stages),
+            resolutions=self.resolutions,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stages"] = [asdict(s) for s in self.stages]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MobileNetV3Config:
+        data = dict(data)
+        data["stages"] = tuple(StageSpec(**s) for s in data["stages"])
+        for key in ("kernel_sizes", "expand_ratios", "depths", "resolutions"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One elastic block slot with its fixed shape."""
+
+    stage: int
+    index: int  # position inside the stage
+    slot: int  # position in the arch lists
+    in_channels: int
+    out_channels: int
+    stride: int
+    act: str
+    se: bool
+
+
+def block_plan(config: MobileNetV3Config) -> Iterator[BlockPlan]:
+    """Every elastic block slot of the supernet, stage by stage."""
+    in_channels = config.channels(config.first_block_width)
+    slot = 0
+    for s, stage in enumerate(config.stages):
+        out_channels = config.channels(stage.width)
+        for i in range(stage.max_depth):
+            yield BlockPlan(
+                stage=s,
+                index=i,
+                slot=slot,
+                in_channels=in_channels,
+                out_channels=out_channels,
+                stride=stage.stride if i == 0 else 1,
+                act=stage.act,
+                se=stage.se,
+            )
+            in_channels = out_channels
+            slot += 1
+
+
+class _MobileNetV3Body(nn.Module):
+    """Stem, first block, head: the parts shared by supernet and sub-network."""
+
+    def _build_fixed_parts(self, config: MobileNetV3Config) -> None:
+        bn = {"bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum}
+        stem = config.channels(config.stem_width)
+        first = config.channels(config.first_block_width)
+        last_stage = config.channels(config.stages[-1].width)
+        final = config.channels(config.final_expand_width)
+        head = config.channels(config.head_width)
+        self.stem = ConvBNAct(3, stem, 3, stride=2, act="h_swish", **bn)
+        self.first_block = MBConv(
+            stem, stem, first, 3, 1, "relu", use_se=False, shortcut=stem == first,
+            has_expand=False, **bn,
+        )
+        self.final_expand = ConvBNAct(last_stage, final, 1, act="h_swish", **bn)
+        self.feature_mix = ConvBNAct(final, head, 1, act="h_swish", bn=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(head, config.num_classes)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final_expand(x)
+        x = x.mean((2, 3), keepdim=True)
+        x = self.feature_mix(x)
+        return self.classifier(self.dropout(torch.flatten(x, 1)))
+
+
+class MobileNetV3Subnet(_MobileNetV3Body):
+    """A static sub-network of OFA-MobileNetV3: plain Conv2d / BatchNorm2d / Linear.
+
+    Rebuildable from ``config`` and ``arch`` alone (see :meth:`spec`), so an exported
+    model needs only its arch JSON and its weights.
+    """
+
+    def __init__(self, config: MobileNetV3Config, arch: Arch) -> None:
+        super().__init__()
+        self.config = config
+        self.arch = config.space.parse(arch)
+        self._build_fixed_parts(config)
+        stages: list[list[nn.Module]] = [[] for _ in config.stages]
+        bn = {"bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum}
+        for plan in block_plan(config):
+            if plan.index >= self.arch.d[plan.stage]:
+                continue
+            mid = make_divisible(round(plan.in_channels * self.arch.e[plan.slot]))
+            stages[plan.stage].append(
+                MBConv(
+                    plan.in_channels, mid, plan.out_channels, self.arch.ks[plan.slot],
+                    plan.stride, plan.act, plan.se,
+                    shortcut=plan.stride == 1 and plan.in_channels == plan.out_channels,
+                    **bn,
+                )
+            )
+        self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_block(self.stem(x))
+        for stage in self.stages:
+            x = stage(x)
+        return self._head(x)
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-serialisable description from which the network can be rebuilt."""
+        return {"family": "mobilenet_v3", "config": self.config.to_dict(),
+                "arch": self.arch.to_dict()}
+
+
+class OFAMobileNetV3(_MobileNetV3Body, Supernet):
+    """The elastic OFA-MobileNetV3 supernet.
+
+    >>> net = OFAMobileNetV3(MobileNetV3Config(num_classes=10))
+    >>> arch = net.space.sample(0)
+    >>> net.set_active(arch); logits = net(torch.randn(2, 3, arch.r, arch.r))
+    >>> subnet = net.extract(arch)  # an ordinary nn.Module
+    """
+
+    def __init__(self, config: MobileNetV3Config | None = None) -> None:
+        super().__init__()
+        self.config = config or MobileNetV3Config()
+        self.space = self.config.space
+        self._build_fixed_parts(self.config)
+        bn = {"bn_eps": self.config.bn_eps, "bn_momentum": self.config.bn_momentum}
+        stages: list[list[ElasticMBConv]] = [[] for _ in self.config.stages]
+        for plan in block_plan(self.config):
+            stages[plan.stage].append(
+                ElasticMBConv(
+                    plan.in_channels, plan.out_channels, plan.stride, plan.act, plan.se,
+                    self.config.kernel_sizes, self.config.expand_ratios, **bn,
+                )
+            )
+        self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
+        self.active_depths = [len(blocks) for blocks in stages]
+        self.set_active(self.space.largest())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_block(self.stem(x))
+        for blocks, depth in zip(self.stages, self.active_depths):
+            for block in blocks[:depth]:
+                x = block(x)
+        return self._head(x)
+
+    def blocks(self) -> Iterator[tuple[BlockPlan, ElasticMBConv]]:
+        for plan in block_plan(self.config):
+            yield plan, self.stages[plan.stage][plan.index]
+
+    def _activate(self, arch: Arch) -> None:
+        self.active_depths = list(arch.d)
+        for plan, block in self.blocks():
+            if plan.index < arch.d[plan.stage]:
+                block.set_active(arch.ks[plan.slot], arch.e[plan.slot])
+
+    def build_subnet(self, arch: Arch) -> MobileNetV3Subnet:
+        return MobileNetV3Subnet(self.config, arch)
+
+    def _computed_weights(self, arch: Arch) -> dict[str, torch.Tensor]:
+        computed = {}
+        for plan, block in self.blocks():
+            if plan.index < arch.d[plan.stage]:
+                mid = block.mid_channels(arch.e[plan.slot])
+                key = f"stages.{plan.stage}.{plan.index}.depthwise.conv.weight"
+                computed[key] = block.depthwise.conv.kernel(arch.ks[plan.slot], mid)
+        return computed
+
+    @torch.no_grad()
+    def sort_channels(self) -> None:
+        for _, block in self.blocks():
+            block.sort_channels()
+
+    def layer_costs(self, arch: Arch) -> list[LayerCost]:
+        config = self.config
+        stem = config.channels(config.stem_width)
+        first = config.channels(config.first_block_width)
+        size = arch.r
+        rows = [LayerCost("conv", 3, stem, 3, 2, in_size=size, bn=True)]
+        size = conv_output_size(size, 3, 2)
+        rows += [
+            LayerCost("conv", stem, stem, 3, 1, groups=stem, in_size=size, bn=True),
+            LayerCost("conv", stem, first, 1, in_size=size, bn=True),
+        ]
+        for plan in block_plan(config):
+            if plan.index >= arch.d[plan.stage]:
+                continue
+            k = arch.ks[plan.slot]
+            mid = make_divisible(round(plan.in_channels * arch.e[plan.slot]))
+            rows.append(LayerCost("conv", plan.in_channels, mid, 1, in_size=size, bn=True))
+            rows.append(
+                LayerCost("conv", mid, mid, k, plan.stride, groups=mid, in_size=size, bn=True)
+            )
+            size = conv_output_size(size, k, plan.stride)
+            if plan.se:
+                hidden = se_hidden_channels(mid)
+                rows.append(LayerCost("conv", mid, hidden, 1, in_size=1, bias=True))
+                rows.append(LayerCost("conv", hidden, mid, 1, in_size=1, bias=True))
+            rows.append(
+                LayerCost("conv", mid, plan.out_channels, 1, in_size=size, bn=True)
+            )
+        last_stage = config.channels(config.stages[-1].width)
+        final = config.channels(config.final_expand_width)
+        head = config.channels(config.head_width)
+        rows += [
+            LayerCost("conv", last_stage, final, 1, in_size=size, bn=True),
+            LayerCost("conv", final, head, 1, in_size=1),
+            LayerCost("linear", head, config.num_classes, bias=True),
+        ]
+        return rows

@@ -1,0 +1,55 @@
+"""Shared fixtures: supernets with non-trivial weights, and a hypothesis strategy for
+architectures of a space."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import strategies as st
+
+import onceforall
+from onceforall import Arch, MBConvSpace
+from onceforall.elastic import ElasticDepthwiseConv2d
+
+
+def archs(space: MBConvSpace) -> st.SearchStrategy[Arch]:
+    """Any architecture of ``space`` (skipped slots included, with any allowed value)."""
+    n = space.num_slots
+    return st.builds(
+        Arch,
+        ks=st.lists(st.sampled_from(space.kernel_sizes), min_size=n, max_size=n).map(tuple),
+        e=st.lists(st.sampled_from(space.expand_ratios), min_size=n, max_size=n).map(tuple),
+        d=st.tuples(*[st.sampled_from(space.depths) for _ in range(space.num_stages)]),
+        r=st.sampled_from(space.resolutions),
+    )
+
+
+@torch.no_grad()
+def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BN random statistics and affine parameters and every kernel transform a
+    random (non-identity) matrix, so equality tests cannot pass by accident of init."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+        if isinstance(module, ElasticDepthwiseConv2d):
+            for matrix in module.kernel_transforms.values():
+                size = matrix.shape[0]
+                matrix.copy_(torch.eye(size) + torch.randn(size, size, generator=gen) * 0.1)
+    return net
+
+
+@pytest.fixture(scope="module")
+def mbv3() -> onceforall.Supernet:
+    torch.manual_seed(0)
+    return randomize(onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10), seed=1)
+
+
+@pytest.fixture(scope="module")
+def mbv3_w12() -> onceforall.Supernet:
+    torch.manual_seed(0)
+    return randomize(onceforall.create_supernet("ofa_mbv3_w1.2", num_classes=7), seed=2)
