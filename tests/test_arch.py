@@ -30,8 +30,13 @@ def test_json_round_trip(arch: Arch) -> None:
 
 def test_authors_format_loads_unchanged() -> None:
     # As the authors' sampler writes it: resolution in a list, "wid" None.
-    raw = {"wid": None, "ks": [3, 5, 7, 3] * 5, "e": [3, 4, 6, 4] * 5, "d": [2, 3, 4, 2, 3],
-           "r": [160]}
+    raw = {
+        "wid": None,
+        "ks": [3, 5, 7, 3] * 5,
+        "e": [3, 4, 6, 4] * 5,
+        "d": [2, 3, 4, 2, 3],
+        "r": [160],
+    }
     arch = SPACE.parse(raw)
     assert arch.d == (2, 3, 4, 2, 3) and arch.r == 160 and arch.ks[1] == 5
     # A bare int resolution is accepted too.
@@ -60,14 +65,19 @@ def test_skipped_slots_are_ignored() -> None:
         (lambda a: a["ks"].pop(), "ks has 19 entries; expected 20"),
         (lambda a: a["e"].append(3), "e has 21 entries; expected 20"),
         (lambda a: a.update(d=[4, 4, 4, 4]), "d has 4 entries; expected 5"),
-        (lambda a: a["ks"].__setitem__(3, 4), "ks[3] = 4 is not an allowed kernel size; "
-                                              "allowed: 3, 5, 7"),
-        (lambda a: a["e"].__setitem__(7, 5), "e[7] = 5 is not an allowed expand ratio; "
-                                             "allowed: 3, 4, 6"),
-        (lambda a: a["d"].__setitem__(2, 5), "d[2] = 5 is not an allowed depth; "
-                                             "allowed: 2, 3, 4"),
-        (lambda a: a.update(r=[130]), "r = 130 is not an allowed resolution; "
-                                      "allowed: 128 to 224 in steps of 4"),
+        (
+            lambda a: a["ks"].__setitem__(3, 4),
+            "ks[3] = 4 is not an allowed kernel size; allowed: 3, 5, 7",
+        ),
+        (
+            lambda a: a["e"].__setitem__(7, 5),
+            "e[7] = 5 is not an allowed expand ratio; allowed: 3, 4, 6",
+        ),
+        (lambda a: a["d"].__setitem__(2, 5), "d[2] = 5 is not an allowed depth; allowed: 2, 3, 4"),
+        (
+            lambda a: a.update(r=[130]),
+            "r = 130 is not an allowed resolution; allowed: 128 to 224 in steps of 4",
+        ),
         (lambda a: a.update(r=300), "r = 300 is not an allowed resolution"),
         (lambda a: a.update(r=[128, 132]), "r must hold exactly one resolution"),
         (lambda a: a.update(r="224"), "r = '224' must be an int"),

@@ -107,9 +107,7 @@ class MBConvSpace:
     def active_slots(self, arch: Arch) -> list[int]:
         """Block slots that run under ``arch`` (the first d of every stage)."""
         return [
-            slot
-            for stage, depth in enumerate(arch.d)
-            for slot in self.stage_slots(stage)[:depth]
+            slot for stage, depth in enumerate(arch.d) for slot in self.stage_slots(stage)[:depth]
         ]
 
     # ---------------------------------------------------------------- validation
@@ -193,9 +191,7 @@ class MBConvSpace:
         if not isinstance(values, (list, tuple)):
             raise ArchError(f"{field} must be a list of {length} ints ({what}); got {values!r}")
         if len(values) != length:
-            raise ArchError(
-                f"{field} has {len(values)} entries; expected {length} ({what})"
-            )
+            raise ArchError(f"{field} has {len(values)} entries; expected {length} ({what})")
         for i, v in enumerate(values):
             if not _is_int(v):
                 raise ArchError(
@@ -247,8 +243,7 @@ class MBConvSpace:
         """How many distinct sub-networks the space holds (exact integer)."""
         per_block = len(self.kernel_sizes) * len(self.expand_ratios)
         total = math.prod(
-            sum(per_block**depth for depth in self._stage_depths(s))
-            for s in range(self.num_stages)
+            sum(per_block**depth for depth in self._stage_depths(s)) for s in range(self.num_stages)
         )
         return total * len(self.resolutions) if with_resolution else total
 

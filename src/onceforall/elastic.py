@@ -36,10 +36,12 @@ class ElasticConv2d(nn.Conv2d):
     """A dense conv whose active input channels follow the input and whose active
     output channels are the first ``out_channels``."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1,
-                 bias: bool = False) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                         bias=bias)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, bias: bool = False
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias
+        )
 
     def forward(self, x: torch.Tensor, out_channels: int | None = None) -> torch.Tensor:
         out = self.out_channels if out_channels is None else out_channels

@@ -144,8 +144,16 @@ class _MobileNetV3Body(nn.Module):
         head = config.channels(config.head_width)
         self.stem = ConvBNAct(3, stem, 3, stride=2, act="h_swish", **bn)
         self.first_block = MBConv(
-            stem, stem, first, 3, 1, "relu", use_se=False, shortcut=stem == first,
-            has_expand=False, **bn,
+            stem,
+            stem,
+            first,
+            3,
+            1,
+            "relu",
+            use_se=False,
+            shortcut=stem == first,
+            has_expand=False,
+            **bn,
         )
         self.final_expand = ConvBNAct(last_stage, final, 1, act="h_swish", **bn)
         self.feature_mix = ConvBNAct(final, head, 1, act="h_swish", bn=False)
@@ -179,8 +187,13 @@ class MobileNetV3Subnet(_MobileNetV3Body):
             mid = make_divisible(round(plan.in_channels * self.arch.e[plan.slot]))
             stages[plan.stage].append(
                 MBConv(
-                    plan.in_channels, mid, plan.out_channels, self.arch.ks[plan.slot],
-                    plan.stride, plan.act, plan.se,
+                    plan.in_channels,
+                    mid,
+                    plan.out_channels,
+                    self.arch.ks[plan.slot],
+                    plan.stride,
+                    plan.act,
+                    plan.se,
                     shortcut=plan.stride == 1 and plan.in_channels == plan.out_channels,
                     **bn,
                 )
@@ -195,8 +208,11 @@ class MobileNetV3Subnet(_MobileNetV3Body):
 
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description from which the network can be rebuilt."""
-        return {"family": "mobilenet_v3", "config": self.config.to_dict(),
-                "arch": self.arch.to_dict()}
+        return {
+            "family": "mobilenet_v3",
+            "config": self.config.to_dict(),
+            "arch": self.arch.to_dict(),
+        }
 
 
 class OFAMobileNetV3(_MobileNetV3Body, Supernet):
@@ -218,8 +234,14 @@ class OFAMobileNetV3(_MobileNetV3Body, Supernet):
         for plan in block_plan(self.config):
             stages[plan.stage].append(
                 ElasticMBConv(
-                    plan.in_channels, plan.out_channels, plan.stride, plan.act, plan.se,
-                    self.config.kernel_sizes, self.config.expand_ratios, **bn,
+                    plan.in_channels,
+                    plan.out_channels,
+                    plan.stride,
+                    plan.act,
+                    plan.se,
+                    self.config.kernel_sizes,
+                    self.config.expand_ratios,
+                    **bn,
                 )
             )
         self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
@@ -285,9 +307,7 @@ class OFAMobileNetV3(_MobileNetV3Body, Supernet):
                 hidden = se_hidden_channels(mid)
                 rows.append(LayerCost("conv", mid, hidden, 1, in_size=1, bias=True))
                 rows.append(LayerCost("conv", hidden, mid, 1, in_size=1, bias=True))
-            rows.append(
-                LayerCost("conv", mid, plan.out_channels, 1, in_size=size, bn=True)
-            )
+            rows.append(LayerCost("conv", mid, plan.out_channels, 1, in_size=size, bn=True))
         last_stage = config.channels(config.stages[-1].width)
         final = config.channels(config.final_expand_width)
         head = config.channels(config.head_width)

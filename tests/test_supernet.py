@@ -1,0 +1,217 @@
+"""Exactness of the elastic supernet: extraction, gradients, channel sorting, costs.
+
+Every property is checked over many random architectures and resolutions (hypothesis),
+on supernets whose BN statistics and kernel-transform matrices are random, not identity.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import onceforall
+from onceforall import Arch, ArchError
+from onceforall.elastic import ElasticDepthwiseConv2d
+from tests.conftest import archs
+
+SPACE = onceforall.create_supernet("ofa_mbv3_w1.0").space
+
+
+def examples(n: int) -> settings:
+    return settings(
+        max_examples=n, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+
+
+PLAIN_LAYERS = (
+    nn.Conv2d,
+    nn.BatchNorm2d,
+    nn.Linear,
+    nn.ReLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Dropout,
+    nn.Sequential,
+    nn.ModuleList,
+    nn.Identity,
+)
+
+
+def _input(arch: Arch, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, arch.r, arch.r, generator=gen)
+
+
+@examples(30)
+@given(arch=archs(SPACE))
+def test_extracted_net_matches_supernet_in_eval(mbv3, arch: Arch) -> None:
+    mbv3.eval()
+    mbv3.set_active(arch)
+    subnet = mbv3.extract(arch).eval()
+    x = _input(arch)
+    with torch.no_grad():
+        expected = mbv3(x)
+        got = subnet(x)
+    assert got.shape == (2, 10)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    # The extracted net is an ordinary network: plain layers, no elastic ones.
+    from onceforall.layers import ConvBNAct, MBConv, SqueezeExcite
+
+    allowed = (*PLAIN_LAYERS, ConvBNAct, MBConv, SqueezeExcite, type(subnet))
+    assert all(isinstance(m, allowed) for m in subnet.modules())
+    # and a copy: changing it leaves the supernet untouched
+    with torch.no_grad():
+        next(subnet.parameters()).add_(1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(mbv3(x), expected, rtol=0, atol=0)
+
+
+@examples(10)
+@given(arch=archs(SPACE))
+def test_wider_supernet_extracts_exactly(mbv3_w12, arch: Arch) -> None:
+    mbv3_w12.eval().set_active(arch)
+    x = _input(arch, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(mbv3_w12.extract(arch).eval()(x), mbv3_w12(x), rtol=0, atol=1e-5)
+
+
+@examples(8)
+@given(arch=archs(SPACE), seed=st.integers(0, 2**16))
+def test_gradients_of_active_weights_match_in_train_mode(mbv3, arch: Arch, seed: int) -> None:
+    supernet = copy.deepcopy(mbv3).train()
+    supernet.set_active(arch)
+    subnet = supernet.extract(arch).train()
+    x = _input(arch, batch=4, seed=seed)
+    target = torch.randint(0, 10, (4,), generator=torch.Generator().manual_seed(seed))
+    for model in (supernet, subnet):
+        torch.manual_seed(seed)  # same dropout mask in both
+        nn.functional.cross_entropy(model(x), target).backward()
+
+    super_params = dict(supernet.named_parameters())
+    checked = 0
+    for name, param in subnet.named_parameters():
+        grad = param.grad
+        if name.endswith("depthwise.conv.weight") and not name.startswith("first_block"):
+            # The extracted kernel is computed from the 7x7 weight and the transform
+            # matrices: push its gradient back through that computation.
+            stage, index = (int(p) for p in name.split(".")[1:3])
+            dw: ElasticDepthwiseConv2d = supernet.stages[stage][index].depthwise.conv
+            slot = stage * 4 + index
+            mid = param.shape[0]
+            sources = [dw.weight, *dw.kernel_transforms.values()]
+            kernel = dw.kernel(arch.ks[slot], mid)
+            expected = torch.autograd.grad(kernel, sources, [grad], allow_unused=True)
+            for source, exp in zip(sources, expected):
+                if exp is None:  # a transform this kernel size does not use
+                    assert source.grad is None
+                else:
+                    torch.testing.assert_close(source.grad, exp, rtol=1e-4, atol=1e-6)
+        else:
+            full = super_params[name].grad
+            active = full[tuple(slice(0, n) for n in grad.shape)]
+            torch.testing.assert_close(active, grad, rtol=1e-4, atol=1e-6)
+            # inactive channels of the supernet get no gradient
+            assert float(full.abs().sum()) == pytest.approx(float(active.abs().sum()), rel=1e-6)
+        checked += 1
+    assert checked == len(list(subnet.parameters()))
+    # blocks that depth skips get no gradient at all
+    for stage, depth in enumerate(arch.d):
+        for block in supernet.stages[stage][depth:]:
+            assert all(p.grad is None for p in block.parameters())
+
+
+@examples(15)
+@given(arch=archs(SPACE))
+def test_channel_sorting_preserves_every_largest_width_subnet(mbv3, arch: Arch) -> None:
+    # Sorting happens before the expand-ratio stages, while every block runs at its
+    # largest expand ratio; kernel size, depth and resolution are free.
+    arch = Arch(ks=arch.ks, e=(6,) * 20, d=arch.d, r=arch.r)
+    supernet = copy.deepcopy(mbv3).eval()
+    x = _input(arch)
+    supernet.set_active(arch)
+    with torch.no_grad():
+        before = supernet(x)
+        supernet.sort_channels()
+        after = supernet(x)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_sorting_orders_by_importance_and_changes_weights(mbv3) -> None:
+    supernet = copy.deepcopy(mbv3)
+    block = supernet.stages[1][0]  # a block with squeeze-excite
+    before = block.expand.conv.weight.clone()
+    supernet.sort_channels()
+    importance = block.project.conv.weight.abs().sum(dim=(0, 2, 3))
+    assert torch.all(importance[:-1] >= importance[1:])
+    se_importance = block.se.expand.weight.abs().sum(dim=(0, 2, 3))
+    assert torch.all(se_importance[:-1] >= se_importance[1:])
+    assert not torch.equal(before, block.expand.conv.weight)
+
+
+@examples(25)
+@given(arch=archs(SPACE))
+def test_macs_and_params_equal_an_independent_count(mbv3, arch: Arch) -> None:
+    subnet = mbv3.extract(arch).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        subnet(_input(arch, batch=1))
+    assert mbv3.macs(arch) * 2 == counter.get_total_flops()
+    assert mbv3.params(arch) == sum(p.numel() for p in subnet.parameters())
+
+
+def test_known_sizes_of_the_largest_and_smallest_subnets() -> None:
+    net = onceforall.create_supernet("ofa_mbv3_w1.0")
+    largest, smallest = net.space.largest(224), net.space.smallest(224)
+    assert net.params(largest) == 7_664_760
+    assert net.macs(largest) == 566_170_656
+    assert net.macs(smallest) < net.macs(largest) / 4
+    # MACs grow with resolution roughly quadratically
+    assert net.macs(net.space.largest(128)) < net.macs(largest) * (128 / 224) ** 2 * 1.05
+
+
+def test_kernel_transform_starts_as_centre_crop() -> None:
+    dw = ElasticDepthwiseConv2d(8, (3, 5, 7))
+    w = dw.weight
+    torch.testing.assert_close(dw.kernel(5), w[:, :, 1:6, 1:6], rtol=0, atol=0)
+    torch.testing.assert_close(dw.kernel(3), w[:, :, 2:5, 2:5], rtol=0, atol=0)
+    torch.testing.assert_close(dw.kernel(3, 4), w[:4, :, 2:5, 2:5], rtol=0, atol=0)
+    assert set(dw.kernel_transforms) == {"7to5", "5to3"}
+
+
+def test_set_active_rejects_invalid_arch_with_a_clear_error(mbv3) -> None:
+    bad = mbv3.space.largest().to_dict()
+    bad["ks"][5] = 4
+    with pytest.raises(ArchError, match=r"ks\[5\] = 4 is not an allowed kernel size"):
+        mbv3.set_active(bad)
+    with pytest.raises(ArchError):
+        mbv3.extract({**bad, "ks": [7] * 20, "r": [130]})
+    with pytest.raises(ArchError):
+        mbv3.macs({"ks": [7] * 20, "e": [6] * 20, "d": [4] * 5})
+
+
+def test_registry() -> None:
+    assert {"ofa_mbv3_w1.0", "ofa_mbv3_w1.2"} <= set(onceforall.list_supernets())
+    with pytest.raises(KeyError, match="unknown supernet 'nope'; known: "):
+        onceforall.create_supernet("nope")
+    with pytest.raises(TypeError, match="has no setting"):
+        onceforall.create_supernet("ofa_mbv3_w1.0", colour="red")
+    net = onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10, resolutions=[24, 28, 32])
+    assert net.space.resolutions == (24, 28, 32)
+    net.eval()
+    assert net(torch.randn(1, 3, 28, 28)).shape == (1, 10)
+
+
+@examples(5)
+@given(arch=archs(SPACE))
+def test_extracted_net_rebuilds_from_its_spec(mbv3, arch: Arch) -> None:
+    subnet = mbv3.extract(arch).eval()
+    rebuilt = onceforall.build_subnet(subnet.spec()).eval()
+    rebuilt.load_state_dict(subnet.state_dict())
+    x = _input(arch, batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), subnet(x), rtol=0, atol=0)
