@@ -26,7 +26,7 @@ Facts about the reference that these adapters rely on:
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -46,12 +46,12 @@ __all__ = [
 ]
 
 # Why the reference could not be imported (None when it could, or before the first try).
-REFERENCE_IMPORT_ERROR: Optional[str] = None
-_OFA: Optional[dict] = None
+REFERENCE_IMPORT_ERROR: str | None = None
+_OFA: dict | None = None
 _TRIED = False
 
 
-def _load() -> Optional[dict]:
+def _load() -> dict | None:
     """Import the pieces of ``ofa`` used here once; None if the package is unusable."""
     global _OFA, _TRIED, REFERENCE_IMPORT_ERROR
     if _TRIED:
@@ -86,7 +86,7 @@ def reference_available() -> bool:
     return _load() is not None
 
 
-def reference_version() -> Optional[str]:
+def reference_version() -> str | None:
     """Installed distribution version of ``ofa`` (e.g. '0.1.0.post202307202001')."""
     if _load() is None:
         return None
@@ -101,7 +101,7 @@ def reference_version() -> Optional[str]:
 def build_reference_mbv3(
     width_mult: float = 1.0,
     num_classes: int = 1000,
-    seed: Optional[int] = 0,
+    seed: int | None = 0,
     *,
     ks_list=(3, 5, 7),
     expand_ratio_list=(3, 4, 6),
@@ -110,7 +110,7 @@ def build_reference_mbv3(
     bn_momentum: float = 0.1,
     bn_eps: float = 1e-5,
     he_fout_init: bool = False,
-) -> Optional[nn.Module]:
+) -> nn.Module | None:
     """The authors' OFA-MobileNetV3 supernet with random weights, or None without ``ofa``.
 
     ``seed`` (when not None) seeds both torch (weight init) and Python's ``random`` (which the
@@ -148,7 +148,7 @@ def _as_dict(arch: Any) -> Mapping[str, Any]:
     return arch
 
 
-def _resolution(arch: Mapping[str, Any]) -> Optional[int]:
+def _resolution(arch: Mapping[str, Any]) -> int | None:
     r = arch.get("r")
     if r is None:
         return None
@@ -157,7 +157,7 @@ def _resolution(arch: Mapping[str, Any]) -> Optional[int]:
     return int(r)
 
 
-def reference_set_arch(net: Optional[nn.Module], arch: Any) -> Optional[int]:
+def reference_set_arch(net: nn.Module | None, arch: Any) -> int | None:
     """Activate ``arch`` ({"ks": [20], "e": [20], "d": [5], optional "r"}) on the supernet.
 
     Returns the resolution the arch names (``r`` as an int or one-element list), else None.
@@ -170,7 +170,7 @@ def reference_set_arch(net: Optional[nn.Module], arch: Any) -> Optional[int]:
     return _resolution(arch)
 
 
-def reference_sample(net: Optional[nn.Module], seed: Optional[int] = None) -> Optional[dict]:
+def reference_sample(net: nn.Module | None, seed: int | None = None) -> dict | None:
     """Activate a random sub-network with the reference sampler; return its arch dict.
 
     The dict has "ks" (20), "e" (20), "d" (5) and no "r". ks/e are drawn for every slot,
@@ -185,7 +185,7 @@ def reference_sample(net: Optional[nn.Module], seed: Optional[int] = None) -> Op
     return {key: list(value) for key, value in arch.items()}
 
 
-def reference_set_largest(net: Optional[nn.Module]) -> None:
+def reference_set_largest(net: nn.Module | None) -> None:
     """Activate the largest sub-network (max kernel, expand ratio and depth everywhere)."""
     if net is None or _load() is None:
         return None
@@ -193,7 +193,7 @@ def reference_set_largest(net: Optional[nn.Module]) -> None:
     return None
 
 
-def reference_extract(net: Optional[nn.Module]) -> Optional[nn.Module]:
+def reference_extract(net: nn.Module | None) -> nn.Module | None:
     """A standalone static ``MobileNetV3`` of the active sub-network, weights copied
     (kernel transforms applied, BN statistics sliced). Block keys are renumbered
     contiguously and lose the dynamic wrappers (``.conv.conv.`` -> ``.conv.``)."""
@@ -202,7 +202,7 @@ def reference_extract(net: Optional[nn.Module]) -> Optional[nn.Module]:
     return net.get_active_subnet(preserve_weight=True)
 
 
-def reference_macs(net: Optional[nn.Module], resolution: int = 224) -> Optional[int]:
+def reference_macs(net: nn.Module | None, resolution: int = 224) -> int | None:
     """Multiply-accumulates of one image at ``resolution``, by the authors' own rule.
 
     Works on the supernet (its active sub-network) or on an extracted ``MobileNetV3``. Counts
@@ -222,7 +222,7 @@ def reference_macs(net: Optional[nn.Module], resolution: int = 224) -> Optional[
     return int(round(mflops * 1e6))
 
 
-def reference_macs_by_hooks(net: Optional[nn.Module], resolution: int = 224) -> Optional[int]:
+def reference_macs_by_hooks(net: nn.Module | None, resolution: int = 224) -> int | None:
     """The same count through the authors' hook-based ``count_net_flops`` (their
     ``get_net_info`` path). Extracts first when given the supernet, since hooks cannot see the
     dynamic ops. Accumulates in float32, so can be off by a few tens at ~5e8."""
@@ -235,7 +235,7 @@ def reference_macs_by_hooks(net: Optional[nn.Module], resolution: int = 224) -> 
     return int(round(ofa["count_net_flops"](net, (1, 3, r, r))))
 
 
-def reference_params(net: Optional[nn.Module], active: bool = True) -> Optional[int]:
+def reference_params(net: nn.Module | None, active: bool = True) -> int | None:
     """Trainable parameter count. For the supernet with ``active=True``: of the extracted
     active sub-network; with ``active=False``: of the whole supernet, kernel-transform
     matrices included."""

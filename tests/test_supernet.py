@@ -215,3 +215,21 @@ def test_extracted_net_rebuilds_from_its_spec(mbv3, arch: Arch) -> None:
     x = _input(arch, batch=1)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), subnet(x), rtol=0, atol=0)
+
+
+@examples(6)
+@given(arch=archs(SPACE))
+def test_channels_last_supernet_computes_the_same(mbv3, arch: Arch) -> None:
+    # The training loop runs channels_last on CPU (much faster there); slicing must
+    # respect non-default strides.
+    supernet = copy.deepcopy(mbv3).eval()
+    supernet.set_active(arch)
+    x = _input(arch)
+    with torch.no_grad():
+        expected = supernet(x)
+        supernet.to(memory_format=torch.channels_last)
+        got = supernet(x.contiguous(memory_format=torch.channels_last))
+        subnet = supernet.extract(arch).eval()
+        from_subnet = subnet(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(from_subnet, expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,57 @@
+# The two front doors: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision to install when the venv has none. Override on GPU hosts, e.g.
+#   make test TORCH_SPEC="torch==2.4.1 torchvision==0.19.1"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-all lint bench setup data clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || \
+	  { echo "installing $(TORCH_SPEC) (a minute or more)"; \
+	    $(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC); }
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# Fashion-MNIST from Debian's package, where apt is available; otherwise say what to do.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   { apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null; }) \
+	  && echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	else \
+	  echo "Fashion-MNIST not found in $(FMNIST_DIR): install the Debian package"; \
+	  echo "dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist), or point"; \
+	  echo "--data at a folder holding the four *-ubyte.gz IDX files."; \
+	fi
+
+demo: setup data
+	$(VENV)/bin/ofa list
+	$(VENV)/bin/ofa profile --supernet ofa_mbv3_w1.0 --num-random 3 --threads 2
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+test: setup data lint
+	$(PY) -m pytest -q
+
+# Everything, slow tests included.
+test-all: setup data lint
+	$(PY) -m pytest -q -m ""
+
+bench: setup
+	$(PY) bench/train_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

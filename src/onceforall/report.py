@@ -1,0 +1,85 @@
+"""Profile sub-networks of a supernet: arch, MACs, parameters, measured latency."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from .arch import Arch, MBConvSpace
+from .latency import measure_latency
+from .models import Supernet
+
+__all__ = ["SubnetProfile", "profile_subnets", "spread_archs", "format_table", "arch_summary"]
+
+
+@dataclass(frozen=True)
+class SubnetProfile:
+    arch: Arch
+    macs: int
+    params: int
+    latency_ms: float | None
+
+
+def spread_archs(supernet: Supernet, num_random: int = 3, seed: int = 0) -> list[Arch]:
+    """Smallest, some random and the largest sub-network, ordered by MACs."""
+    space = supernet.space
+    rng = random.Random(seed)
+    archs = {space.smallest(), space.largest()}
+    while len(archs) < num_random + 2:
+        archs.add(space.canonical(space.sample(rng)))
+    return sorted(archs, key=supernet.macs)
+
+
+def profile_subnets(
+    supernet: Supernet,
+    archs: Iterable[Arch],
+    *,
+    latency: bool = True,
+    batch_size: int = 1,
+    threads: int | None = None,
+    repeats: int = 20,
+    progress: bool = True,
+) -> list[SubnetProfile]:
+    """Extract each arch and report its MACs, parameters and (optionally) measured
+    eval-mode latency on the CPU at the arch's resolution."""
+    rows = []
+    archs = list(archs)
+    for arch in tqdm(archs, desc="profiling sub-networks", disable=not progress, leave=False):
+        arch = supernet.parse_arch(arch)
+        ms = None
+        if latency:
+            subnet = supernet.extract(arch)
+            stats = measure_latency(
+                subnet, arch.r, batch_size=batch_size, threads=threads, repeats=repeats
+            )
+            ms = stats.median_ms
+        rows.append(SubnetProfile(arch, supernet.macs(arch), supernet.params(arch), ms))
+    return rows
+
+
+def arch_summary(space: MBConvSpace, arch: Arch) -> str:
+    """A compact one-line description: resolution, stage depths, mean kernel size and
+    mean expand ratio of the blocks that run."""
+    active = space.active_slots(arch)
+    mean_k = sum(arch.ks[s] for s in active) / len(active)
+    mean_e = sum(arch.e[s] for s in active) / len(active)
+    depths = "".join(str(d) for d in arch.d)
+    return f"r{arch.r} d{depths} k{mean_k:.1f} e{mean_e:.1f}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table with right-aligned numeric columns."""
+    text = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in text) for i in range(len(headers))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    out = [line(text[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in text[1:]]
+    return "\n".join(out)
