@@ -102,6 +102,45 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(pairs: Sequence[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"ofa: --set expects KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import TrainingDiverged, load_config, train
+
+    config = load_config(args.config, **_parse_overrides(args.set))
+    try:
+        results = train(
+            config,
+            args.data,
+            args.out,
+            stages=args.stage,
+            resume=args.resume,
+            device=args.device,
+            max_steps=args.max_steps,
+        )
+    except TrainingDiverged as exc:
+        print(f"ofa: training stopped: {exc}", file=sys.stderr)
+        return 3
+    for stage, validation in results.items():
+        if stage == "stopped_at":
+            print(f"stopped at {validation} (--max-steps); continue with --resume")
+            continue
+        parts = "  ".join(f"{k} {v:.1f}" for k, v in (validation or {}).items())
+        print(f"{stage:10s} test top-1: {parts}")
+    print(f"run directory: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ofa", description="Once-for-All supernets: build, inspect, profile."
@@ -126,6 +165,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("train", help="progressive shrinking on a dataset; resumable")
+    p.add_argument(
+        "--config",
+        required=True,
+        help="YAML file, or a preset: imagenet, fashion-mnist, fashion-mnist-quick",
+    )
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="'fashion-mnist', a folder of its IDX files, or an ImageNet-style "
+        "folder with train/ and val/ (default: %(default)s)",
+    )
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "--stage", action="append", help="run only this stage (repeatable; default: all)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last complete checkpoint in --out"
+    )
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set batch_size=32",
+    )
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("inspect", help="validate an arch (JSON text or file); MACs and params")
     _supernet_arg(p)

@@ -1,0 +1,17 @@
+"""Progressive-shrinking training of supernets (SPEC section 3)."""
+
+from .bn import evaluate, recalibrate_bn
+from .config import StageConfig, TrainConfig, load_config
+from .trainer import Trainer, TrainingDiverged, stage_space, train
+
+__all__ = [
+    "StageConfig",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "evaluate",
+    "load_config",
+    "recalibrate_bn",
+    "stage_space",
+    "train",
+]

@@ -1,0 +1,110 @@
+"""Multi-process training under torchrun: set-up, gradient averaging, consistency checks.
+
+Several sub-networks run per optimiser step and each leaves some parameters unused, which
+is the case DistributedDataParallel handles least well (``find_unused_parameters`` plus
+``no_sync``). Instead, the accumulated gradients are averaged across workers once per
+step, in one flattened all-reduce, and BN buffers are broadcast from rank 0, which leaves
+every worker with identical weights after every step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "DistEnv",
+    "init_distributed",
+    "average_gradients",
+    "broadcast_buffers",
+    "digest",
+    "check_consistent",
+]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str | None = None) -> DistEnv:
+    """Read torchrun's environment; start the process group (NCCL on GPU, gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def average_gradients(model: nn.Module, env: DistEnv) -> None:
+    """Average ``.grad`` over workers (missing gradients count as zero)."""
+    if not env.enabled:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= env.world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Make BN running statistics identical on every worker (rank 0's)."""
+    if not env.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def digest(*items: object) -> str:
+    """A short hash of tensors and plain values, for cross-worker comparisons."""
+    h = hashlib.sha256()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            h.update(item.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(item, nn.Module):
+            for tensor in item.state_dict().values():
+                h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(repr(item).encode())
+    return h.hexdigest()[:16]
+
+
+def check_consistent(env: DistEnv, **digests: str) -> dict[str, list[str]]:
+    """Gather each worker's digests; raise if workers disagree. Returns what was gathered."""
+    if not env.enabled:
+        return {k: [v] for k, v in digests.items()}
+    gathered: list[dict[str, str]] = [{} for _ in range(env.world_size)]
+    dist.all_gather_object(gathered, digests)
+    result = {k: [g[k] for g in gathered] for k in digests}
+    diverged = [k for k, values in result.items() if len(set(values)) > 1]
+    if diverged:
+        raise RuntimeError(f"workers diverged in {', '.join(diverged)}: {result}")
+    return result

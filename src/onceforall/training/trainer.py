@@ -1,0 +1,523 @@
+"""Progressive shrinking: train a supernet stage by stage, resumably.
+
+One :class:`Trainer` owns a run directory::
+
+    RUN_DIR/config.yaml          the config the run was started with
+    RUN_DIR/checkpoints/         the last complete checkpoints (atomic, verified on load)
+    RUN_DIR/teacher.pt           the full network after the first stage (frozen teacher)
+    RUN_DIR/supernet.pt          the supernet weights after the last finished stage
+    RUN_DIR/metrics.jsonl        one JSON record per log interval and per validation
+
+A position in the run is (stage, epoch, batch within the epoch, global step). The data
+order and the sampled sub-networks are pure functions of (seed, stage, epoch, step), so a
+run resumed from a checkpoint continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .. import data as datamod
+from ..arch import Arch, MBConvSpace
+from ..checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_latest_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from ..models import Supernet, create_supernet
+from .bn import evaluate, recalibrate_bn
+from .config import StageConfig, TrainConfig
+from .distributed import (
+    DistEnv,
+    average_gradients,
+    broadcast_buffers,
+    check_consistent,
+    digest,
+    init_distributed,
+)
+from .losses import supernet_loss
+
+__all__ = ["Trainer", "TrainingDiverged", "stage_space", "train"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; nothing of that step was applied or saved."""
+
+
+def stage_space(space: MBConvSpace, stage: StageConfig) -> MBConvSpace:
+    """The part of ``space`` that ``stage`` has opened."""
+    return MBConvSpace(
+        kernel_sizes=tuple(stage.kernel_sizes),
+        expand_ratios=tuple(stage.expand_ratios),
+        depths=tuple(stage.depths),
+        stage_max_depths=space.stage_max_depths,
+        resolutions=space.resolutions,
+    )
+
+
+def _sample_arch(space: MBConvSpace, seed: int, stage: int, step: int, k: int) -> Arch:
+    # A string seed hashes deterministically (unlike hash()), identically on every worker.
+    return space.sample(random.Random(f"ofa-{seed}-{stage}-{step}-{k}"))
+
+
+class _SkipBatches:
+    """A batch sampler that starts ``skip`` batches into its inner sampler (resume)."""
+
+    def __init__(self, inner: Any, skip: int) -> None:
+        self.inner, self.skip = inner, skip
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+
+@dataclass
+class Position:
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch within the epoch
+    stage_step: int = 0  # optimiser steps taken in this stage
+    global_step: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Trainer:
+    """Runs the stages of a :class:`TrainConfig` on a dataset into a run directory."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: str,
+        run_dir: str | Path,
+        *,
+        device: str | None = None,
+        progress: bool = True,
+        max_steps: int | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.env: DistEnv = init_distributed(device)
+        self.device = self.env.device
+        self.progress = progress and self.env.is_main
+        self.max_steps = max_steps  # stop (after checkpointing) once global_step reaches it
+        self.memory_format = (
+            torch.channels_last if config.channels_last else torch.contiguous_format
+        )
+        torch.manual_seed(config.seed)
+
+        full_train = datamod.open_dataset(data, "train", crop_scale_min=config.crop_scale_min)
+        test = datamod.open_dataset(data, "test")
+        self.num_classes = len(full_train.classes)
+        if config.train_subset:
+            full_train = datamod.subset_for_budget(
+                full_train, config.train_subset + config.holdout_size, config.seed
+            )
+        self.train_set, self.holdout_set = datamod.split_holdout(
+            full_train, config.holdout_size, config.seed
+        )
+        self.test_set = (
+            datamod.subset_for_budget(test, config.test_subset, config.seed)
+            if config.test_subset
+            else test
+        )
+        self.net: Supernet = create_supernet(
+            config.supernet,
+            num_classes=self.num_classes,
+            resolutions=config.resolutions,
+            dropout=config.dropout,
+            bn_momentum=config.bn_momentum,
+            bn_eps=config.bn_eps,
+        ).to(self.device, memory_format=self.memory_format)
+        self.teacher: nn.Module | None = None
+        self.position = Position()
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._tb = None
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ state
+    def _checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return {
+            "model": self.net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "position": self.position.as_dict(),
+            "stage_name": self.config.stages[self.position.stage].name,
+            "rng": capture_rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, optimizer: torch.optim.Optimizer) -> Path | None:
+        if not self.env.is_main:
+            return None
+        p = self.position
+        tag = f"{self.config.stages[p.stage].name}-e{p.epoch}-b{p.batch}-s{p.global_step}"
+        return save_checkpoint(
+            self._checkpoint_dir(), tag, self._state(optimizer), keep=self.config.keep_checkpoints
+        )
+
+    def _resume(self) -> dict[str, Any] | None:
+        found = load_latest_checkpoint(self._checkpoint_dir())
+        if found is None:
+            return None
+        path, state = found
+        self.net.load_state_dict(state["model"])
+        self.position = Position(**state["position"])
+        restore_rng_state(state["rng"])
+        self._log({"type": "resume", "checkpoint": str(path), **self.position.as_dict()})
+        if self.progress:
+            tqdm.write(f"resumed from {path} ({self.position.as_dict()})")
+        return state
+
+    def _load_teacher(self) -> nn.Module:
+        path = self.run_dir / "teacher.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: distillation stages need the full network trained by "
+                "the first stage of this run directory"
+            )
+        teacher = copy.deepcopy(self.net)
+        teacher.load_state_dict(load_checkpoint(path)["model"])
+        teacher.set_largest()
+        teacher.eval().requires_grad_(False)
+        return teacher
+
+    def _save_weights(self, name: str) -> None:
+        if self.env.is_main:
+            save_checkpoint(
+                self.run_dir,
+                name,
+                {"model": self.net.state_dict()},
+                keep=0,
+                exact_name=f"{name}.pt",
+            )
+
+    # ---------------------------------------------------------------- logging
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.env.is_main:
+            return
+        record = {"time": time.time(), **record}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed
+                self._tb = False
+        if self._tb:
+            step = record.get("global_step", 0)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("time", "global_step"):
+                    self._tb.add_scalar(f"{record.get('type', 'x')}/{key}", value, step)
+
+    # ------------------------------------------------------------ the schedule
+    def _optimizer(self, stage: StageConfig) -> torch.optim.SGD:
+        decay, no_decay = [], []
+        for param in self.net.parameters():
+            (no_decay if param.ndim <= 1 else decay).append(param)
+        return torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": self.config.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self._peak_lr(stage),
+            momentum=self.config.momentum,
+            nesterov=self.config.nesterov,
+        )
+
+    def _peak_lr(self, stage: StageConfig) -> float:
+        global_batch = self.config.batch_size * self.env.world_size
+        return stage.lr * global_batch / 64
+
+    def _lr_at(self, stage: StageConfig, step: int, steps_per_epoch: int, total: int) -> float:
+        peak = self._peak_lr(stage)
+        warmup = int(stage.warmup_epochs * steps_per_epoch)
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # ------------------------------------------------------------------- data
+    def _train_loader(self, epoch: int, skip: int) -> DataLoader:
+        sampler = self._batch_sampler
+        sampler.set_epoch(epoch)
+        return DataLoader(
+            self.train_set,
+            batch_sampler=_SkipBatches(sampler, skip) if skip else sampler,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _eval_loader(self, dataset: Any, resolution: int) -> DataLoader:
+        return datamod.make_loader(
+            dataset,
+            batch_size=max(64, self.config.batch_size),
+            resolutions=[resolution],
+            train=False,
+            seed=self.config.seed,
+            num_workers=self.config.num_workers,
+        )
+
+    # --------------------------------------------------------------- training
+    def run(self, stages: list[str] | None = None, resume: bool = False) -> dict[str, Any]:
+        """Train the chosen stages (all by default); with ``resume``, continue from the
+        last complete checkpoint of the run directory."""
+        if self.env.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict()))
+        names = [s.name for s in self.config.stages]
+        wanted = names if stages is None else stages
+        for name in wanted:
+            self.config.stage(name)  # raises with the list of stages
+        resumed = self._resume() if resume else None
+        if resumed is None:
+            self.position = Position(stage=names.index(wanted[0]))
+        # DistributedSampler even on one worker: its order is a pure function of
+        # (seed, epoch), which is what makes resuming mid-epoch exact.
+        self._batch_sampler = datamod.ElasticResolutionBatchSampler(
+            DistributedSampler(
+                self.train_set,
+                num_replicas=self.env.world_size,
+                rank=self.env.rank,
+                shuffle=True,
+                seed=self.config.seed,
+                drop_last=True,
+            ),
+            batch_size=self.config.batch_size,
+            resolutions=self.config.resolutions,
+            seed=self.config.seed,
+        )
+        results: dict[str, Any] = {}
+        while self.position.stage < len(names):
+            stage = self.config.stages[self.position.stage]
+            if stage.name not in wanted:
+                self.position = Position(
+                    stage=self.position.stage + 1, global_step=self.position.global_step
+                )
+                continue
+            optimizer_state = resumed["optimizer"] if resumed else None
+            finished = self._run_stage(stage, optimizer_state)
+            resumed = None
+            if not finished:  # max_steps reached
+                results["stopped_at"] = self.position.as_dict()
+                break
+            results[stage.name] = self.last_validation
+            self.position = Position(
+                stage=self.position.stage + 1, global_step=self.position.global_step
+            )
+        return results
+
+    def _run_stage(self, stage: StageConfig, optimizer_state: dict | None) -> bool:
+        cfg = self.config
+        pos = self.position
+        space = stage_space(self.net.space, stage)
+        if pos.stage_step == 0 and pos.batch == 0 and pos.epoch == 0 and stage.sort_channels:
+            self.net.sort_channels()
+        self.teacher = self._load_teacher() if stage.distill and cfg.kd_ratio > 0 else None
+        optimizer = self._optimizer(stage)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        steps_per_epoch = len(self._batch_sampler)
+        total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+        autocast = (
+            torch.autocast(self.device.type, dtype=getattr(torch, cfg.amp_dtype))
+            if cfg.amp_dtype
+            else nullcontext()
+        )
+        self._log(
+            {
+                "type": "stage_start",
+                "stage": stage.name,
+                **pos.as_dict(),
+                "total_steps": total_steps,
+                "lr": self._peak_lr(stage),
+            }
+        )
+        arch_log: list[str] = []
+        while pos.epoch < num_epochs:
+            steps_left = total_steps - pos.stage_step
+            epoch_len = min(steps_per_epoch - pos.batch, steps_left)
+            loader = self._train_loader(pos.epoch, pos.batch)
+            bar = tqdm(
+                total=epoch_len,
+                disable=not self.progress,
+                dynamic_ncols=True,
+                desc=f"{stage.name} epoch {pos.epoch + 1}/{num_epochs}",
+            )
+            self.net.train()
+            seen, start = 0, time.perf_counter()
+            running = {"loss": 0.0, "correct": 0, "count": 0}
+            for images, labels in itertools.islice(loader, epoch_len):
+                images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+                labels = labels.to(self.device, non_blocking=True)
+                lr = self._lr_at(stage, pos.stage_step, steps_per_epoch, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                teacher_probs = None
+                if self.teacher is not None:
+                    with torch.no_grad(), autocast:
+                        teacher_probs = torch.softmax(self.teacher(images).float(), dim=1)
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
+                for k in range(stage.subnets_per_step):
+                    arch = _sample_arch(space, cfg.seed, pos.stage, pos.stage_step, k)
+                    arch_log.append(arch.to_json())
+                    self.net.set_active(arch)
+                    with autocast:
+                        logits = self.net(images)
+                    loss = supernet_loss(
+                        logits, labels, teacher_probs, cfg.label_smoothing, cfg.kd_ratio
+                    )
+                    if not torch.isfinite(loss):
+                        last = self._checkpoint_dir()
+                        raise TrainingDiverged(
+                            f"loss is {loss.item()} at stage {stage.name!r}, epoch "
+                            f"{pos.epoch}, global step {pos.global_step} (sub-network "
+                            f"{k}: {arch}); nothing of this step was applied. The last good "
+                            f"checkpoint is in {last}"
+                        )
+                    loss.backward()
+                    step_loss += loss.item()
+                    running["correct"] += (logits.argmax(1) == labels).sum().item()
+                    running["count"] += len(labels)
+                average_gradients(self.net, self.env)
+                optimizer.step()
+                broadcast_buffers(self.net, self.env)
+                pos.batch += 1
+                pos.stage_step += 1
+                pos.global_step += 1
+                seen += len(labels)
+                running["loss"] += step_loss / stage.subnets_per_step
+                elapsed = time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{step_loss / stage.subnets_per_step:.3f}",
+                    acc=f"{100 * running['correct'] / max(1, running['count']):.1f}",
+                    res=images.shape[-1],
+                    lr=f"{lr:.4f}",
+                    img_s=f"{seen * self.env.world_size / elapsed:.0f}",
+                )
+                if pos.global_step % 20 == 0:
+                    self._log(
+                        {
+                            "type": "train",
+                            "stage": stage.name,
+                            **pos.as_dict(),
+                            "loss": step_loss / stage.subnets_per_step,
+                            "lr": lr,
+                            "resolution": images.shape[-1],
+                            "images_per_s": seen * self.env.world_size / elapsed,
+                        }
+                    )
+                if cfg.checkpoint_every_steps and pos.global_step % cfg.checkpoint_every_steps == 0:
+                    self.save(optimizer)
+                if self.max_steps is not None and pos.global_step >= self.max_steps:
+                    bar.close()
+                    self.save(optimizer)
+                    return False
+            bar.close()
+            elapsed = time.perf_counter() - start
+            epoch_record = {
+                "type": "epoch",
+                "stage": stage.name,
+                **pos.as_dict(),
+                "train_loss": running["loss"] / max(1, epoch_len),
+                "train_top1": 100 * running["correct"] / max(1, running["count"]),
+                "images_per_s": seen * self.env.world_size / max(elapsed, 1e-9),
+            }
+            pos.epoch += 1
+            pos.batch = 0
+            consistency = check_consistent(
+                self.env, params=digest(self.net), archs=digest(*arch_log)
+            )
+            arch_log.clear()
+            self.last_validation = self.validate(space)
+            self._log(
+                {**epoch_record, "consistency": consistency, "validation": self.last_validation}
+            )
+            if self.progress:
+                tqdm.write(self._format_validation(stage.name, epoch_record))
+            self.save(optimizer)
+        if not stage.distill:
+            self._save_weights("teacher")
+        self._save_weights("supernet")
+        return True
+
+    # -------------------------------------------------------------- validation
+    def validation_archs(self, space: MBConvSpace) -> dict[str, Arch]:
+        """Smallest, largest and a fixed set of random sub-networks of the open space."""
+        archs = {"smallest": space.smallest(), "largest": space.largest()}
+        rng = random.Random(f"ofa-val-{self.config.seed}")
+        for i in range(self.config.num_random_val_archs):
+            archs[f"random{i}"] = space.sample(rng)
+        return archs
+
+    def validate(self, space: MBConvSpace) -> dict[str, float]:
+        """Top-1 on the test split of each validation arch at each evaluation
+        resolution, after BN recalibration on the held-out training images."""
+        results: dict[str, float] = {}
+        if not self.env.is_main:
+            return results
+        for resolution in self.config.eval_resolutions:
+            calib = self._eval_loader(self.holdout_set, resolution)
+            test = self._eval_loader(self.test_set, resolution)
+            for name, arch in self.validation_archs(space).items():
+                arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
+                subnet = recalibrate_bn(
+                    self.net,
+                    arch,
+                    calib,
+                    self.config.bn_recal_images,
+                    device=self.device,
+                    memory_format=self.memory_format,
+                )
+                metrics = evaluate(
+                    subnet, test, device=self.device, memory_format=self.memory_format
+                )
+                results[f"{name}@{resolution}"] = round(metrics["top1"], 2)
+        return results
+
+    def _format_validation(self, stage: str, record: dict[str, Any]) -> str:
+        parts = "  ".join(f"{k} {v:.1f}" for k, v in self.last_validation.items())
+        return (
+            f"[{stage}] epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+            f"{record['images_per_s']:.0f} img/s | test top-1: {parts}"
+        )
+
+
+def train(
+    config: TrainConfig,
+    data: str,
+    run_dir: str | Path,
+    *,
+    stages: list[str] | None = None,
+    resume: bool = False,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Train ``config``'s stages on ``data`` into ``run_dir``; see :class:`Trainer`."""
+    return Trainer(config, data, run_dir, **kwargs).run(stages=stages, resume=resume)
