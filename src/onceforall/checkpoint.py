@@ -1,0 +1,426 @@
+"""Crash-safe, verified training checkpoints that never execute code from the file.
+
+Training runs last days, so a kill at any instant (SIGKILL, OOM killer, power loss) must cost
+at most the work since the last checkpoint, and a damaged or hostile file must be detected
+and refused rather than loaded.
+
+File format (one self-contained file per checkpoint, ``ckpt-{counter:08d}-{step_tag}.pt``)::
+
+    header   16 bytes   b"OFACKPT\\0", format version (u32 LE, = 1), reserved (u32, = 0)
+    payload  L bytes    the output of ``torch.save(state)`` (a zip archive)
+    footer   48 bytes   L (u64 LE), SHA-256 of header + payload (32 bytes), b"OFACKEND"
+
+The integrity record is a footer rather than a sidecar so that a single atomic rename
+publishes the payload and its checksum together: there is never a window in which a payload
+exists without its record, and retention deletes one file.  The header tells "not a
+checkpoint" apart from "truncated" (header present, footer missing or lengths disagree).
+
+Writing: the file is written to a hidden temporary name in the same directory (hashing as it
+streams, no second pass), flushed, ``os.fsync``-ed, ``os.replace``-d to its final name and the
+directory is fsync-ed.  Older checkpoints are deleted only after that, so the newest ``keep``
+complete checkpoints always exist.  Temporary files left by a killed writer are never listed
+and are removed by the next save.  One writer per directory is assumed; readers may run
+concurrently.
+
+Loading reads the whole file into memory, verifies length and SHA-256, and unpickles exactly
+those verified bytes (no time-of-check/time-of-use gap) with
+``torch.load(weights_only=True, map_location="cpu")``, which refuses any pickle that would
+construct arbitrary objects or call functions.  Peak memory is about twice the file size.
+Because of that, ``save_checkpoint`` refuses (with the offending key path) any value that
+``weights_only`` loading would reject, e.g. a ``numpy.float64``: better to fail at save
+time than after days of training, when resuming.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import pickle
+import random
+import re
+import secrets
+import struct
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
+    "capture_rng_state",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_latest_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_MAGIC = b"OFACKPT\x00"
+_VERSION = 1
+_HEADER = struct.Struct("<8sII")  # magic, version, reserved
+_END_MAGIC = b"OFACKEND"
+_FOOTER = struct.Struct("<Q32s8s")  # payload length, sha256(header + payload), end magic
+
+_NAME_RE = re.compile(r"^ckpt-(\d{8,})-([A-Za-z0-9._-]+)\.pt$")
+_TEMP_RE = re.compile(r"^\.ckpt-.*\.tmp$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupted, or not loadable safely."""
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"checkpoint {self.path}: {reason}")
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped by :func:`load_latest_checkpoint` (the message says why)."""
+
+
+# ----------------------------------------------------------------------------- listing
+
+
+def list_checkpoints(directory: PathLike) -> list[Path]:
+    """Complete checkpoints in ``directory``, oldest first, newest last.
+
+    Only final names count; temporary files of an interrupted writer are ignored.  Files are
+    not verified here (that needs a full read); a missing directory gives ``[]``.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        match = _NAME_RE.match(entry.name)
+        if match and entry.is_file():
+            found.append((int(match.group(1)), entry.name, entry))
+    found.sort()
+    return [entry for _, _, entry in found]
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+class _HashingWriter:
+    """File-like sink for ``torch.save`` that hashes and counts the bytes it writes."""
+
+    def __init__(self, file: BinaryIO, digest: Any) -> None:
+        self._file = file
+        self._digest = digest
+        self.nbytes = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._digest.update(view)
+        self._file.write(view)
+        self.nbytes += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
+_LEAF_TYPES = (type(None), bool, int, float, str, bytes, torch.dtype)
+
+
+def _check_loadable(value: Any, where: str) -> None:
+    """Raise TypeError naming the key path of the first value ``weights_only`` would refuse.
+
+    Exact type checks on purpose: e.g. ``numpy.float64`` subclasses ``float`` but is pickled
+    as a numpy global, which ``torch.load(weights_only=True)`` rejects.
+    """
+    kind = type(value)
+    if kind in (torch.Tensor, torch.nn.Parameter) or kind in _LEAF_TYPES:
+        return
+    if kind is torch.Size:
+        return
+    if kind in (dict, OrderedDict):
+        for key, item in value.items():
+            _check_loadable(key, f"{where} (a key)")
+            _check_loadable(item, f"{where}[{key!r}]")
+        return
+    if kind in (list, tuple):
+        for index, item in enumerate(value):
+            _check_loadable(item, f"{where}[{index}]")
+        return
+    hint = ""
+    if isinstance(value, np.ndarray):
+        hint = "; convert it with torch.from_numpy(...) or .tolist()"
+    elif isinstance(value, np.generic):
+        hint = "; convert it with .item()"
+    elif isinstance(value, torch.Tensor):
+        hint = "; save a plain tensor (e.g. tensor.detach().clone())"
+    raise TypeError(
+        f"state{where} is a {kind.__module__}.{kind.__qualname__}, which "
+        f"torch.load(weights_only=True) cannot load{hint}. Allowed: tensors, dict, list, "
+        "tuple, str, bytes, int, float, bool, None, torch.Size, torch.dtype."
+    )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (no-op where directories cannot be fsync-ed)."""
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporary files left behind by a writer that was killed mid-save."""
+    for entry in directory.iterdir():
+        if _TEMP_RE.match(entry.name):
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def save_checkpoint(directory: PathLike, step_tag: str, state: dict, keep: int = 2) -> Path:
+    """Atomically write ``state`` as the newest checkpoint in ``directory``; return its path.
+
+    ``step_tag`` (letters, digits, ``._-``) only labels the file; order comes from a counter
+    one above the newest existing checkpoint.  After the new file is durable, all but the
+    newest ``keep`` checkpoints are deleted.  Raises TypeError, before writing anything, if
+    ``state`` holds a value that ``weights_only`` loading would refuse.
+    """
+    if not isinstance(step_tag, str) or not _TAG_RE.match(step_tag):
+        raise ValueError(
+            f"step_tag {step_tag!r} must be 1-100 characters of letters, digits, '.', '_', '-' "
+            "and must not start with '.' or '-'"
+        )
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, got {type(state).__qualname__}")
+    _check_loadable(state, "")
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(directory)
+    existing = list_checkpoints(directory)
+    counter = int(_NAME_RE.match(existing[-1].name).group(1)) + 1 if existing else 1
+    final = directory / f"ckpt-{counter:08d}-{step_tag}.pt"
+    temp = directory / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+    try:
+        with open(temp, "xb") as file:
+            digest = hashlib.sha256()
+            header = _HEADER.pack(_MAGIC, _VERSION, 0)
+            file.write(header)
+            digest.update(header)
+            writer = _HashingWriter(file, digest)
+            torch.save(state, writer)
+            file.write(_FOOTER.pack(writer.nbytes, digest.digest(), _END_MAGIC))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, final)
+    except BaseException:
+        try:
+            temp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+    for old in list_checkpoints(directory)[:-keep]:
+        try:
+            old.unlink()
+        except FileNotFoundError:
+            pass
+    return final
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _verified_payload(path: Path) -> memoryview:
+    """Read ``path`` and return its payload after checking header, length and SHA-256."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    size = len(data)
+    head = _HEADER.size
+    if size < len(_MAGIC):
+        if _MAGIC.startswith(data):
+            raise CheckpointError(path, f"truncated: only {size} bytes, header incomplete")
+        raise CheckpointError(path, "not a checkpoint: missing the OFACKPT header")
+    magic, version, _ = _HEADER.unpack_from(data) if size >= head else (data[:8], None, 0)
+    if magic != _MAGIC:
+        raise CheckpointError(
+            path,
+            "not a checkpoint written by onceforall.checkpoint (missing the OFACKPT header)",
+        )
+    if version is None or size < head + _FOOTER.size:
+        raise CheckpointError(
+            path, f"truncated: {size} bytes, too short to hold the payload and integrity footer"
+        )
+    if version != _VERSION:
+        raise CheckpointError(path, f"unsupported format version {version} (expected 1)")
+    length, recorded, end_magic = _FOOTER.unpack_from(data, size - _FOOTER.size)
+    if end_magic != _END_MAGIC:
+        raise CheckpointError(
+            path,
+            f"truncated or damaged: integrity footer missing at the end of the file "
+            f"({size} bytes); the writer was probably interrupted",
+        )
+    expected = head + length + _FOOTER.size
+    if expected != size:
+        raise CheckpointError(
+            path,
+            f"truncated or corrupted: footer records a {length}-byte payload, so the file "
+            f"should have {expected} bytes but has {size}",
+        )
+    view = memoryview(data)
+    actual = hashlib.sha256(view[: head + length]).digest()
+    if actual != recorded:
+        raise CheckpointError(
+            path,
+            f"checksum mismatch: SHA-256 of the contents is {actual.hex()[:16]}..., the "
+            f"footer records {recorded.hex()[:16]}...; the file is corrupted",
+        )
+    return view[head : head + length]
+
+
+def load_checkpoint(path: PathLike) -> dict:
+    """Verify ``path`` and load it onto the CPU without executing code from it.
+
+    Raises CheckpointError naming the file and the problem: unreadable, not a checkpoint,
+    truncated, checksum mismatch, or contents that ``weights_only`` loading refuses.
+    """
+    path = Path(path)
+    payload = _verified_payload(path)
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            path,
+            "refused: the checksum is valid but the contents hold objects that "
+            f"torch.load(weights_only=True) does not allow ({first_line[:300]}); "
+            "loading them could execute code",
+        ) from exc
+    except Exception as exc:  # a hostile or foreign payload can fail in many ways
+        raise CheckpointError(
+            path, f"payload is not loadable: {type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"payload is a {type(state).__qualname__}, not a dict")
+    return state
+
+
+def load_latest_checkpoint(directory: PathLike) -> tuple[Path, dict] | None:
+    """The newest checkpoint in ``directory`` that verifies, as ``(path, state)``.
+
+    A newer file that fails verification is skipped with a CheckpointWarning naming it and
+    the reason.  Returns None when there are no checkpoints (or no directory: a fresh run);
+    raises CheckpointError when checkpoints exist but none verifies.
+    """
+    candidates = list_checkpoints(directory)
+    failures = []
+    for path in reversed(candidates):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            failures.append(str(exc))
+            warnings.warn(
+                f"skipping {exc}; falling back to an older checkpoint",
+                CheckpointWarning,
+                stacklevel=2,
+            )
+    if not candidates:
+        return None
+    raise CheckpointError(
+        Path(directory),
+        f"none of the {len(candidates)} checkpoints verifies: " + "; ".join(failures),
+    )
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def capture_rng_state() -> dict:
+    """Python, numpy (global legacy generator), torch CPU and CUDA RNG states.
+
+    Stored as tensors, lists and scalars so the result survives ``weights_only`` loading.
+    CUDA states are captured only if CUDA is initialised in this process (otherwise no CUDA
+    random numbers have been drawn yet), so checkpointing a CPU run never creates a CUDA
+    context.
+    """
+    version, internal, gauss_next = random.getstate()
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state: dict = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Restore RNG states captured by :func:`capture_rng_state` (e.g. after loading).
+
+    Missing entries are left alone.  CUDA states are restored for as many devices as both
+    sides have; a mismatch or missing CUDA gives a RuntimeWarning rather than an error, so a
+    run can still resume on different hardware.
+    """
+    if "python" in state:
+        py = state["python"]
+        random.setstate((int(py["version"]), tuple(int(x) for x in py["state"]), py["gauss_next"]))
+    if "numpy" in state:
+        npst = state["numpy"]
+        keys = torch.as_tensor(npst["keys"]).numpy().astype(np.uint32)
+        np.random.set_state(
+            (
+                npst["bit_generator"],
+                keys,
+                int(npst["pos"]),
+                int(npst["has_gauss"]),
+                float(npst["cached_gaussian"]),
+            )
+        )
+    if "torch" in state:
+        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
+    if "cuda" in state:
+        saved = list(state["cuda"])
+        if not torch.cuda.is_available():
+            warnings.warn(
+                "checkpoint holds CUDA RNG states but CUDA is not available; not restored",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        count = torch.cuda.device_count()
+        if count != len(saved):
+            warnings.warn(
+                f"checkpoint holds CUDA RNG states for {len(saved)} devices, this machine has "
+                f"{count}; restoring the first {min(count, len(saved))}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        for device, rng in enumerate(saved[:count]):
+            torch.cuda.set_rng_state(torch.as_tensor(rng, dtype=torch.uint8).cpu(), device)
