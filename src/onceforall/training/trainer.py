@@ -4,8 +4,8 @@ One :class:`Trainer` owns a run directory::
 
     RUN_DIR/config.yaml          the config the run was started with
     RUN_DIR/checkpoints/         the last complete checkpoints (atomic, verified on load)
-    RUN_DIR/teacher.pt           the full network after the first stage (frozen teacher)
-    RUN_DIR/supernet.pt          the supernet weights after the last finished stage
+    RUN_DIR/teacher/             the full network after the first stage (frozen teacher)
+    RUN_DIR/supernet/            the supernet weights after the last finished stage
     RUN_DIR/metrics.jsonl        one JSON record per log interval and per validation
 
 A position in the run is (stage, epoch, batch within the epoch, global step). The data
@@ -36,7 +36,6 @@ from .. import data as datamod
 from ..arch import Arch, MBConvSpace
 from ..checkpoint import (
     capture_rng_state,
-    load_checkpoint,
     load_latest_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -126,7 +125,9 @@ class Trainer:
         )
         torch.manual_seed(config.seed)
 
-        full_train = datamod.open_dataset(data, "train", crop_scale_min=config.crop_scale_min)
+        full_train = datamod.open_dataset(
+            data, "train", augment=True, scale=(config.crop_scale_min, 1.0)
+        )
         test = datamod.open_dataset(data, "test")
         self.num_classes = len(full_train.classes)
         if config.train_subset:
@@ -193,27 +194,21 @@ class Trainer:
         return state
 
     def _load_teacher(self) -> nn.Module:
-        path = self.run_dir / "teacher.pt"
-        if not path.is_file():
+        found = load_latest_checkpoint(self.run_dir / "teacher")
+        if found is None:
             raise FileNotFoundError(
-                f"{path} not found: distillation stages need the full network trained by "
-                "the first stage of this run directory"
+                f"no teacher in {self.run_dir / 'teacher'}: distillation stages need the full "
+                "network trained by the first stage of this run directory"
             )
         teacher = copy.deepcopy(self.net)
-        teacher.load_state_dict(load_checkpoint(path)["model"])
+        teacher.load_state_dict(found[1]["model"])
         teacher.set_largest()
         teacher.eval().requires_grad_(False)
         return teacher
 
     def _save_weights(self, name: str) -> None:
         if self.env.is_main:
-            save_checkpoint(
-                self.run_dir,
-                name,
-                {"model": self.net.state_dict()},
-                keep=0,
-                exact_name=f"{name}.pt",
-            )
+            save_checkpoint(self.run_dir / name, name, {"model": self.net.state_dict()}, keep=1)
 
     # ---------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
