@@ -21,6 +21,7 @@ __all__ = [
     "DistEnv",
     "init_distributed",
     "average_gradients",
+    "barrier",
     "broadcast_buffers",
     "digest",
     "check_consistent",
@@ -73,6 +74,12 @@ def average_gradients(model: nn.Module, env: DistEnv) -> None:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every worker (for files that rank 0 writes and the others read)."""
+    if env.enabled:
+        dist.barrier()
 
 
 def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:

@@ -46,6 +46,7 @@ from .config import StageConfig, TrainConfig
 from .distributed import (
     DistEnv,
     average_gradients,
+    barrier,
     broadcast_buffers,
     check_consistent,
     digest,
@@ -100,6 +101,10 @@ class Position:
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
 
+    def record(self, stage_name: str) -> dict[str, Any]:
+        """The position as logged: the stage by name, its index as ``stage_index``."""
+        return {**self.as_dict(), "stage_index": self.stage, "stage": stage_name}
+
 
 class Trainer:
     """Runs the stages of a :class:`TrainConfig` on a dataset into a run directory."""
@@ -152,6 +157,7 @@ class Trainer:
         ).to(self.device, memory_format=self.memory_format)
         self.teacher: nn.Module | None = None
         self.position = Position()
+        self.last_validation: dict[str, float] = {}
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self._tb = None
         if self.env.is_main:
@@ -194,6 +200,7 @@ class Trainer:
         return state
 
     def _load_teacher(self) -> nn.Module:
+        barrier(self.env)  # rank 0 may still be writing it
         found = load_latest_checkpoint(self.run_dir / "teacher")
         if found is None:
             raise FileNotFoundError(
@@ -261,11 +268,16 @@ class Trainer:
     def _train_loader(self, epoch: int, skip: int) -> DataLoader:
         sampler = self._batch_sampler
         sampler.set_epoch(epoch)
+        # A generator of its own, seeded per epoch: creating the loader then draws nothing
+        # from the global RNG, so a resumed run's random stream matches the original's.
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return DataLoader(
             self.train_set,
             batch_sampler=_SkipBatches(sampler, skip) if skip else sampler,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
+            generator=generator,
+            persistent_workers=False,
         )
 
     def _eval_loader(self, dataset: Any, resolution: int) -> DataLoader:
@@ -347,8 +359,7 @@ class Trainer:
         self._log(
             {
                 "type": "stage_start",
-                "stage": stage.name,
-                **pos.as_dict(),
+                **pos.record(stage.name),
                 "total_steps": total_steps,
                 "lr": self._peak_lr(stage),
             }
@@ -421,8 +432,7 @@ class Trainer:
                     self._log(
                         {
                             "type": "train",
-                            "stage": stage.name,
-                            **pos.as_dict(),
+                            **pos.record(stage.name),
                             "loss": step_loss / stage.subnets_per_step,
                             "lr": lr,
                             "resolution": images.shape[-1],
@@ -439,8 +449,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             epoch_record = {
                 "type": "epoch",
-                "stage": stage.name,
-                **pos.as_dict(),
+                **pos.record(stage.name),
                 "train_loss": running["loss"] / max(1, epoch_len),
                 "train_top1": 100 * running["correct"] / max(1, running["count"]),
                 "images_per_s": seen * self.env.world_size / max(elapsed, 1e-9),

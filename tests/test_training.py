@@ -1,0 +1,185 @@
+"""Progressive shrinking on real Fashion-MNIST, at a tiny budget: the whole pipeline,
+exact resume after SIGKILL, divergence detection, two workers under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from onceforall.checkpoint import list_checkpoints, load_latest_checkpoint
+from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
+from onceforall.training import TrainConfig, TrainingDiverged, train
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+TINY = {
+    "supernet": "ofa_mbv3_w1.0",
+    "resolutions": [24, 32],
+    "eval_resolutions": [32],
+    "batch_size": 16,
+    "holdout_size": 48,
+    "train_subset": 96,  # 6 steps per epoch
+    "test_subset": 48,
+    "num_workers": 0,
+    "num_random_val_archs": 1,
+    "bn_recal_images": 32,
+    "checkpoint_every_steps": 2,
+    "stages": [
+        {"name": "full", "epochs": 1, "lr": 0.05, "distill": False},
+        {"name": "kernel", "epochs": 1, "lr": 0.03, "kernel_sizes": [3, 5, 7]},
+        {
+            "name": "expand",
+            "epochs": 1,
+            "lr": 0.01,
+            "subnets_per_step": 2,
+            "kernel_sizes": [3, 5, 7],
+            "depths": [2, 3, 4],
+            "expand_ratios": [3, 4, 6],
+            "sort_channels": True,
+        },
+    ],
+}
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    found = load_latest_checkpoint(run / "supernet")
+    assert found is not None
+    return found[1]["model"]
+
+
+def test_all_stages_run_and_leave_their_artefacts(tmp_path) -> None:
+    results = train(TrainConfig.from_dict(TINY), "fashion-mnist", tmp_path, progress=False)
+    assert list(results) == ["full", "kernel", "expand"]
+    for validation in results.values():
+        assert set(validation) == {"smallest@32", "largest@32", "random0@32"}
+        assert all(0 <= v <= 100 for v in validation.values())
+    records = _records(tmp_path)
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["stage"] for r in epochs] == ["full", "kernel", "expand"]
+    assert all(r["images_per_s"] > 0 and r["train_loss"] > 0 for r in epochs)
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 2  # keep_checkpoints
+    assert load_latest_checkpoint(tmp_path / "teacher") is not None
+    weights = _final_weights(tmp_path)
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    assert (tmp_path / "config.yaml").is_file()
+
+
+def _cli(run: Path, config: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "onceforall.cli",
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(run),
+        *extra,
+    ]
+
+
+def test_sigkill_then_resume_continues_exactly(tmp_path) -> None:
+    config = tmp_path / "tiny.json"  # JSON is YAML
+    config.write_text(json.dumps(TINY))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(_cli(reference, config), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli(run, config), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    # Kill once the kernel stage (the second) has checkpointed mid-epoch.
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        names = [p.name for p in list_checkpoints(run / "checkpoints")]
+        if any("-kernel-e0-b2-" in n or "-kernel-e0-b4-" in n for n in names):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_latest_checkpoint(run / "checkpoints")[1]["position"]
+    assert killed_at["global_step"] > 0, "must resume from a checkpoint, not from scratch"
+
+    done = subprocess.run(_cli(run, config, "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resume = [r for r in _records(run) if r["type"] == "resume"]
+    assert len(resume) == 1 and resume[0]["global_step"] == killed_at["global_step"]
+    # The resumed run ends with exactly the weights of the run that was never killed.
+    expected, got = _final_weights(reference), _final_weights(run)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path) -> None:
+    config = TrainConfig.from_dict(
+        {
+            **TINY,
+            "checkpoint_every_steps": 1,
+            "stages": [{"name": "full", "epochs": 3, "lr": 1e12, "distill": False}],
+        }
+    )
+    with pytest.raises(TrainingDiverged) as info:
+        train(config, "fashion-mnist", tmp_path, progress=False)
+    match = re.search(r"at stage 'full', epoch \d+, global step (\d+)", str(info.value))
+    assert match, str(info.value)
+    step = int(match.group(1))
+    assert step >= 1
+    # The checkpoint of the last completed step is there, complete and verified.
+    path, state = load_latest_checkpoint(tmp_path / "checkpoints")
+    assert state["position"]["global_step"] == step
+    assert str(tmp_path / "checkpoints") in str(info.value)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on linux")
+def test_two_workers_stay_identical(tmp_path) -> None:
+    config = tmp_path / "tiny.json"
+    tiny = {**TINY, "train_subset": 128, "stages": TINY["stages"][:2]}
+    config.write_text(json.dumps(tiny))
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29731",
+        "-m",
+        "onceforall.cli",
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    epochs = [r for r in _records(run) if r["type"] == "epoch"]
+    assert len(epochs) == 2
+    for record in epochs:
+        # each worker's digest of its weights and of the archs it sampled, gathered
+        params, archs = record["consistency"]["params"], record["consistency"]["archs"]
+        assert len(params) == 2 and params[0] == params[1]
+        assert len(archs) == 2 and archs[0] == archs[1]
