@@ -2,7 +2,7 @@
 
 from .bn import evaluate, recalibrate_bn
 from .config import StageConfig, TrainConfig, load_config
-from .trainer import Trainer, TrainingDiverged, stage_space, train
+from .trainer import Trainer, TrainingDiverged, load_run, stage_space, train
 
 __all__ = [
     "StageConfig",
@@ -11,6 +11,7 @@ __all__ = [
     "TrainingDiverged",
     "evaluate",
     "load_config",
+    "load_run",
     "recalibrate_bn",
     "stage_space",
     "train",

@@ -54,7 +54,7 @@ from .distributed import (
 )
 from .losses import supernet_loss
 
-__all__ = ["Trainer", "TrainingDiverged", "stage_space", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "load_run", "stage_space", "train"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -512,6 +512,31 @@ class Trainer:
             f"[{stage}] epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
             f"{record['images_per_s']:.0f} img/s | test top-1: {parts}"
         )
+
+
+def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfig, Supernet]:
+    """The config and trained supernet of a run directory (``weights``: ``supernet`` after
+    the last finished stage, ``teacher`` after the first, or ``checkpoints`` for the
+    latest checkpoint)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found: is {run_dir} a training run directory?")
+    config = TrainConfig.from_dict(yaml.safe_load(config_path.read_text()))
+    found = load_latest_checkpoint(run_dir / weights)
+    if found is None:
+        raise FileNotFoundError(f"no {weights} weights in {run_dir / weights}")
+    state = found[1]["model"]
+    net = create_supernet(
+        config.supernet,
+        num_classes=state["classifier.weight"].shape[0],
+        resolutions=config.resolutions,
+        dropout=config.dropout,
+        bn_momentum=config.bn_momentum,
+        bn_eps=config.bn_eps,
+    )
+    net.load_state_dict(state)
+    return config, net.eval()
 
 
 def train(
