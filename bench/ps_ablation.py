@@ -25,9 +25,11 @@ from onceforall.report import arch_summary
 from onceforall.training import StageConfig, evaluate, load_config, load_run, recalibrate_bn, train
 
 
-def baseline_config(ps_config):
+def baseline_config(ps_config, subnets_per_step: int = 2):
     """Everything elastic from the start, for the same total epochs as the PS schedule
-    (no teacher: distillation needs the full network PS trains first)."""
+    (no teacher: distillation needs the full network PS trains first). Two sub-networks
+    per step give the baseline at least as many sub-network updates as the PS schedule
+    of the quick preset (1, 1, 2, 2, 4, 4 per step over its stages)."""
     last = ps_config.stages[-1]
     total_epochs = sum(s.epochs for s in ps_config.stages)
     stage = StageConfig(
