@@ -2,7 +2,7 @@
 
 >>> import onceforall
 >>> net = onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10)
->>> arch = net.space.sample(seed := 0)
+>>> arch = net.space.sample(0)        # seeded random sub-network
 >>> net.set_active(arch)            # forward now runs that sub-network
 >>> subnet = net.extract(arch)      # an ordinary nn.Module with copied weights
 >>> net.macs(arch), net.params(arch)
