@@ -80,9 +80,11 @@ def test_all_stages_run_and_leave_their_artefacts(tmp_path) -> None:
     assert (tmp_path / "config.yaml").is_file()
 
 
-def _cli(run: Path, config: Path, *extra: str) -> list[str]:
+def _cli(run: Path, config: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    """``ofa train`` as a subprocess command, optionally under a launcher (torchrun)."""
     return [
         sys.executable,
+        *launcher,
         "-m",
         "onceforall.cli",
         "train",
@@ -155,24 +157,8 @@ def test_two_workers_stay_identical(tmp_path) -> None:
     tiny = {**TINY, "train_subset": 128, "stages": TINY["stages"][:2]}
     config.write_text(json.dumps(tiny))
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29731",
-        "-m",
-        "onceforall.cli",
-        "train",
-        "--config",
-        str(config),
-        "--out",
-        str(run),
-        "--device",
-        "cpu",
-    ]
+    torchrun = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731")
+    cmd = _cli(run, config, "--device", "cpu", launcher=torchrun)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
