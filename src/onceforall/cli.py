@@ -144,6 +144,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_acc_dataset(args: argparse.Namespace) -> int:
+    from .predictors import accuracy_dataset_for_run
+
+    out, rows = accuracy_dataset_for_run(
+        args.run,
+        args.data,
+        out=args.out,
+        num_archs=args.num_archs,
+        calibration_images=args.calibration_images,
+        eval_images=args.eval_images,
+        seed=args.seed,
+        device=args.device,
+    )
+    if rows:
+        accs = [r["accuracy"] for r in rows]
+        print(
+            f"{len(rows)} archs in {out}: top-1 {min(accs):.2f} to {max(accs):.2f} % "
+            f"(mean {sum(accs) / len(accs):.2f})"
+        )
+    return 0
+
+
+def _cmd_train_predictor(args: argparse.Namespace) -> int:
+    from .predictors import fit_accuracy_predictor, read_accuracy_dataset
+    from .training import load_run
+
+    _, net = load_run(args.run)
+    dataset = Path(args.dataset or Path(args.run) / "accuracy_dataset.jsonl")
+    rows = read_accuracy_dataset(dataset)
+    predictor, report = fit_accuracy_predictor(
+        net.space,
+        [r["arch"] for r in rows],
+        [r["accuracy"] for r in rows],
+        val_fraction=args.val_fraction,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    out = predictor.save(args.out or Path(args.run) / "accuracy_predictor.pt")
+    print(f"accuracy predictor: {report}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ofa", description="Once-for-All supernets: build, inspect, profile."
@@ -198,6 +241,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set batch_size=32",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "acc-dataset",
+        help="measure the accuracy of many sub-networks of a trained supernet (resumable)",
+    )
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
+    p.add_argument("--out", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
+    p.add_argument("--num-archs", type=int, default=1000)
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        help="held-out images for BN recalibration (default: the run's bn_recal_images)",
+    )
+    p.add_argument(
+        "--eval-images", type=int, help="held-out images to measure on (default: the rest)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_acc_dataset)
+
+    p = sub.add_parser("train-predictor", help="fit the accuracy predictor on the dataset")
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--dataset", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
+    p.add_argument("--out", help="predictor file (default: RUN/accuracy_predictor.pt)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_predictor)
 
     p = sub.add_parser("inspect", help="validate an arch (JSON text or file); MACs and params")
     _supernet_arg(p)

@@ -13,10 +13,10 @@ statistics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
-__all__ = ["LayerCost", "conv_output_size", "total_macs", "total_params"]
+__all__ = ["CostParts", "LayerCost", "conv_output_size", "total_macs", "total_params"]
 
 
 def conv_output_size(size: int, kernel_size: int, stride: int) -> int:
@@ -65,3 +65,20 @@ def total_macs(layers: Iterable[LayerCost]) -> int:
 
 def total_params(layers: Iterable[LayerCost]) -> int:
     return sum(layer.params for layer in layers)
+
+
+@dataclass(frozen=True)
+class CostParts:
+    """A family's layers at one resolution, split into what every sub-network has
+    (``stem``, ``head``) and what each block choice adds (``blocks[(slot, k, e)]``).
+
+    A sub-network's layers are ``stem + blocks of its active slots + head``: the cost of
+    any arch is an additive function of its choices, which is what lets search evaluate
+    MACs, params and table latencies of whole populations by lookups. (A block slot's
+    input size depends only on the resolution: depth never skips a stride-2 block.)
+    """
+
+    resolution: int
+    stem: tuple[LayerCost, ...]
+    blocks: dict[tuple[int, int, int], tuple[LayerCost, ...]] = field(default_factory=dict)
+    head: tuple[LayerCost, ...] = ()

@@ -15,7 +15,14 @@ from .datasets import (
     open_dataset,
     read_idx,
 )
-from .loaders import ElasticResolutionBatchSampler, make_loader, split_holdout, subset_for_budget
+from .loaders import (
+    ElasticResolutionBatchSampler,
+    Splits,
+    make_loader,
+    open_splits,
+    split_holdout,
+    subset_for_budget,
+)
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
@@ -29,8 +36,10 @@ __all__ = [
     "ElasticSubset",
     "FashionMNIST",
     "ImageFolderDataset",
+    "Splits",
     "make_loader",
     "open_dataset",
+    "open_splits",
     "read_idx",
     "split_holdout",
     "subset_for_budget",

@@ -7,6 +7,8 @@ resolution at the same step and a resumed run draws what the interrupted one wou
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -19,9 +21,16 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from .datasets import ElasticSubset, _check_resolution, _with_transform
+from .datasets import ElasticSubset, _check_resolution, _with_transform, open_dataset
 
-__all__ = ["ElasticResolutionBatchSampler", "make_loader", "split_holdout", "subset_for_budget"]
+__all__ = [
+    "ElasticResolutionBatchSampler",
+    "Splits",
+    "make_loader",
+    "open_splits",
+    "split_holdout",
+    "subset_for_budget",
+]
 
 # --------------------------------------------------------------------------- sampling
 
@@ -145,7 +154,10 @@ def make_loader(
         sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
     else:
         sampler = SequentialSampler(data)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, **options)
+    # A generator of its own: iterating draws no number from the global RNG, so whether
+    # evaluation ran (or was served from a cache) never changes a training run's stream.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, generator=generator, **options)
 
 
 # --------------------------------------------------------------------------- subsets
@@ -178,3 +190,36 @@ def subset_for_budget(dataset: Dataset, n: int, seed: int) -> ElasticSubset:
         return ElasticSubset(dataset, list(range(len(dataset))))
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
     return ElasticSubset(dataset, sorted(order[:n].tolist()))
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The three splits of a run: training images, held-out training images (BN
+    recalibration, the accuracy dataset) and the test split (reporting only)."""
+
+    train: ElasticSubset
+    holdout: ElasticSubset
+    test: Dataset
+    classes: list[str]
+
+
+def open_splits(
+    data: str | os.PathLike,
+    *,
+    holdout_size: int,
+    seed: int,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    crop_scale_min: float = 0.08,
+) -> Splits:
+    """Open ``data`` (see :func:`open_dataset`) and split it as a training run does;
+    the same arguments give the same splits, so later steps (accuracy dataset, export)
+    never measure on images the supernet was trained on."""
+    full_train = open_dataset(data, "train", augment=True, scale=(crop_scale_min, 1.0))
+    test = open_dataset(data, "test")
+    if train_subset:
+        full_train = subset_for_budget(full_train, train_subset + holdout_size, seed)
+    train, holdout = split_holdout(full_train, holdout_size, seed)
+    if test_subset:
+        test = subset_for_budget(test, test_subset, seed)
+    return Splits(train, holdout, test, list(full_train.classes))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch, ArchLike, MBConvSpace
-from ..costs import LayerCost, total_macs, total_params
+from ..costs import CostParts, LayerCost, total_macs, total_params
 
 __all__ = ["Supernet", "copy_leading_slices"]
 
@@ -92,6 +92,11 @@ class Supernet(nn.Module, ABC):
     @abstractmethod
     def layer_costs(self, arch: Arch) -> list[LayerCost]:
         """One row per conv / linear layer of the sub-network at ``arch.r``."""
+
+    @abstractmethod
+    def cost_parts(self, resolution: int) -> CostParts:
+        """The layers at ``resolution`` split into fixed parts and per-(slot, k, e)
+        blocks; ``layer_costs`` is their sum over an arch's active slots."""
 
     @abstractmethod
     def sort_channels(self) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch, MBConvSpace
-from ..costs import LayerCost, conv_output_size
+from ..costs import CostParts, LayerCost, conv_output_size
 from ..elastic import ElasticMBConv
 from ..layers import ConvBNAct, MBConv, make_divisible, se_hidden_channels
 from .base import Supernet
@@ -283,37 +283,50 @@ class OFAMobileNetV3(_MobileNetV3Body, Supernet):
             block.sort_channels()
 
     def layer_costs(self, arch: Arch) -> list[LayerCost]:
+        parts = self.cost_parts(arch.r)
+        rows = list(parts.stem)
+        for slot in self.space.active_slots(arch):
+            rows += parts.blocks[(slot, arch.ks[slot], arch.e[slot])]
+        return rows + list(parts.head)
+
+    def cost_parts(self, resolution: int) -> CostParts:
         config = self.config
         stem = config.channels(config.stem_width)
         first = config.channels(config.first_block_width)
-        size = arch.r
-        rows = [LayerCost("conv", 3, stem, 3, 2, in_size=size, bn=True)]
+        size = resolution
+        front = [LayerCost("conv", 3, stem, 3, 2, in_size=size, bn=True)]
         size = conv_output_size(size, 3, 2)
-        rows += [
+        front += [
             LayerCost("conv", stem, stem, 3, 1, groups=stem, in_size=size, bn=True),
             LayerCost("conv", stem, first, 1, in_size=size, bn=True),
         ]
+        blocks: dict[tuple[int, int, int], tuple[LayerCost, ...]] = {}
         for plan in block_plan(config):
-            if plan.index >= arch.d[plan.stage]:
-                continue
-            k = arch.ks[plan.slot]
-            mid = make_divisible(round(plan.in_channels * arch.e[plan.slot]))
-            rows.append(LayerCost("conv", plan.in_channels, mid, 1, in_size=size, bn=True))
-            rows.append(
-                LayerCost("conv", mid, mid, k, plan.stride, groups=mid, in_size=size, bn=True)
-            )
-            size = conv_output_size(size, k, plan.stride)
-            if plan.se:
-                hidden = se_hidden_channels(mid)
-                rows.append(LayerCost("conv", mid, hidden, 1, in_size=1, bias=True))
-                rows.append(LayerCost("conv", hidden, mid, 1, in_size=1, bias=True))
-            rows.append(LayerCost("conv", mid, plan.out_channels, 1, in_size=size, bn=True))
+            for k in config.kernel_sizes:
+                for e in config.expand_ratios:
+                    blocks[(plan.slot, k, e)] = self._block_costs(plan, k, e, size)
+            size = conv_output_size(size, 1, plan.stride)  # 'same' padding: k-independent
         last_stage = config.channels(config.stages[-1].width)
         final = config.channels(config.final_expand_width)
         head = config.channels(config.head_width)
-        rows += [
+        back = (
             LayerCost("conv", last_stage, final, 1, in_size=size, bn=True),
             LayerCost("conv", final, head, 1, in_size=1),
             LayerCost("linear", head, config.num_classes, bias=True),
+        )
+        return CostParts(resolution, tuple(front), blocks, back)
+
+    @staticmethod
+    def _block_costs(plan: BlockPlan, k: int, e: int, size: int) -> tuple[LayerCost, ...]:
+        mid = make_divisible(round(plan.in_channels * e))
+        rows = [
+            LayerCost("conv", plan.in_channels, mid, 1, in_size=size, bn=True),
+            LayerCost("conv", mid, mid, k, plan.stride, groups=mid, in_size=size, bn=True),
         ]
-        return rows
+        if plan.se:
+            hidden = se_hidden_channels(mid)
+            rows.append(LayerCost("conv", mid, hidden, 1, in_size=1, bias=True))
+            rows.append(LayerCost("conv", hidden, mid, 1, in_size=1, bias=True))
+        out_size = conv_output_size(size, k, plan.stride)
+        rows.append(LayerCost("conv", mid, plan.out_channels, 1, in_size=out_size, bn=True))
+        return tuple(rows)

@@ -1,11 +1,12 @@
 """Progressive-shrinking training of supernets (SPEC section 3)."""
 
-from .bn import evaluate, recalibrate_bn
+from .bn import SubnetEvaluator, evaluate, recalibrate_bn
 from .config import StageConfig, TrainConfig, load_config
 from .trainer import Trainer, TrainingDiverged, load_run, stage_space, train
 
 __all__ = [
     "StageConfig",
+    "SubnetEvaluator",
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",

@@ -8,15 +8,16 @@ images run through it in train mode (SPEC section 2).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ..arch import ArchLike
+from .. import data as datamod
+from ..arch import Arch, ArchLike
 from ..models import Supernet
 
-__all__ = ["recalibrate_bn", "evaluate"]
+__all__ = ["SubnetEvaluator", "evaluate", "recalibrate_bn"]
 
 
 def _images(batch: object) -> torch.Tensor:
@@ -89,3 +90,92 @@ def evaluate(
     if total == 0:
         raise ValueError("evaluation loader is empty")
     return {"top1": 100.0 * correct / total, "loss": loss_sum / total, "images": total}
+
+
+class SubnetEvaluator:
+    """Top-1 of sub-networks of a supernet, each BN-recalibrated on ``calibration_set``
+    and evaluated on ``test_set`` (validation during training, the accuracy dataset).
+
+    Evaluation images are deterministic, so when a split fits in ``cache_bytes`` at a
+    resolution it is decoded once and kept as tensors: later evaluations cost only the
+    forward passes (on Fashion-MNIST this cut a validation from ~55 s to a few seconds).
+    """
+
+    def __init__(
+        self,
+        calibration_set: Any,
+        test_set: Any,
+        *,
+        calibration_images: int,
+        batch_size: int = 256,
+        num_workers: int = 2,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        memory_format: torch.memory_format = torch.contiguous_format,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
+        self.calibration_set = calibration_set
+        self.test_set = test_set
+        self.calibration_images = calibration_images
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.device = torch.device(device)
+        self.memory_format = memory_format
+        self.cache_bytes = cache_bytes
+        self._cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def _batches(self, which: str, resolution: int) -> Iterable:
+        """Evaluation batches of the calibration (only the images it needs) or test set."""
+        key = (which, resolution)
+        if key in self._cache:
+            return self._cache[key]
+        dataset = self.calibration_set if which == "calibration" else self.test_set
+        if which == "calibration":
+            n = min(len(dataset), self.calibration_images)
+            dataset = datamod.subset_for_budget(dataset, n, self.seed)
+        loader = datamod.make_loader(
+            dataset,
+            batch_size=self.batch_size,
+            resolutions=[resolution],
+            train=False,
+            seed=self.seed,
+            num_workers=self.num_workers,
+        )
+        if len(dataset) * 3 * resolution * resolution * 4 > self.cache_bytes:
+            return loader
+        self._cache[key] = batches = [(images, labels) for images, labels in loader]
+        return batches
+
+    def evaluate_arch(self, net: Supernet, arch: Arch) -> float:
+        """Top-1 (percent) of ``arch`` at its own resolution, after BN recalibration."""
+        subnet = recalibrate_bn(
+            net,
+            arch,
+            self._batches("calibration", arch.r),
+            self.calibration_images,
+            device=self.device,
+            memory_format=self.memory_format,
+        )
+        metrics = evaluate(
+            subnet,
+            self._batches("test", arch.r),
+            device=self.device,
+            memory_format=self.memory_format,
+        )
+        return metrics["top1"]
+
+    def run(
+        self, net: Supernet, archs: dict[str, Arch], resolutions: Sequence[int]
+    ) -> dict[str, float]:
+        """Top-1 (percent) of each named arch at each resolution, as ``name@resolution``;
+        archs that coincide are evaluated once."""
+        results: dict[str, float] = {}
+        for resolution in resolutions:
+            done: dict[Arch, float] = {}
+            for name, arch in archs.items():
+                arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
+                if arch not in done:
+                    done[arch] = round(self.evaluate_arch(net, arch), 2)
+                results[f"{name}@{resolution}"] = done[arch]
+        return results

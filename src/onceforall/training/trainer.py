@@ -22,9 +22,8 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import yaml
@@ -41,7 +40,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..models import Supernet, create_supernet
-from .bn import evaluate, recalibrate_bn
+from .bn import SubnetEvaluator
 from .config import StageConfig, TrainConfig
 from .distributed import (
     DistEnv,
@@ -53,57 +52,20 @@ from .distributed import (
     init_distributed,
 )
 from .losses import supernet_loss
+from .schedule import (
+    Position,
+    SkipBatches,
+    lr_at,
+    peak_lr,
+    sample_stage_arch,
+    stage_space,
+)
 
 __all__ = ["Trainer", "TrainingDiverged", "load_run", "stage_space", "train"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; nothing of that step was applied or saved."""
-
-
-def stage_space(space: MBConvSpace, stage: StageConfig) -> MBConvSpace:
-    """The part of ``space`` that ``stage`` has opened."""
-    return MBConvSpace(
-        kernel_sizes=tuple(stage.kernel_sizes),
-        expand_ratios=tuple(stage.expand_ratios),
-        depths=tuple(stage.depths),
-        stage_max_depths=space.stage_max_depths,
-        resolutions=space.resolutions,
-    )
-
-
-def _sample_arch(space: MBConvSpace, seed: int, stage: int, step: int, k: int) -> Arch:
-    # A string seed hashes deterministically (unlike hash()), identically on every worker.
-    return space.sample(random.Random(f"ofa-{seed}-{stage}-{step}-{k}"))
-
-
-class _SkipBatches:
-    """A batch sampler that starts ``skip`` batches into its inner sampler (resume)."""
-
-    def __init__(self, inner: Any, skip: int) -> None:
-        self.inner, self.skip = inner, skip
-
-    def __iter__(self) -> Iterator:
-        return itertools.islice(iter(self.inner), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.inner) - self.skip)
-
-
-@dataclass
-class Position:
-    stage: int = 0
-    epoch: int = 0
-    batch: int = 0  # next batch within the epoch
-    stage_step: int = 0  # optimiser steps taken in this stage
-    global_step: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-    def record(self, stage_name: str) -> dict[str, Any]:
-        """The position as logged: the stage by name, its index as ``stage_index``."""
-        return {**self.as_dict(), "stage_index": self.stage, "stage": stage_name}
 
 
 class Trainer:
@@ -130,23 +92,16 @@ class Trainer:
         )
         torch.manual_seed(config.seed)
 
-        full_train = datamod.open_dataset(
-            data, "train", augment=True, scale=(config.crop_scale_min, 1.0)
+        splits = datamod.open_splits(
+            data,
+            holdout_size=config.holdout_size,
+            seed=config.seed,
+            train_subset=config.train_subset,
+            test_subset=config.test_subset,
+            crop_scale_min=config.crop_scale_min,
         )
-        test = datamod.open_dataset(data, "test")
-        self.num_classes = len(full_train.classes)
-        if config.train_subset:
-            full_train = datamod.subset_for_budget(
-                full_train, config.train_subset + config.holdout_size, config.seed
-            )
-        self.train_set, self.holdout_set = datamod.split_holdout(
-            full_train, config.holdout_size, config.seed
-        )
-        self.test_set = (
-            datamod.subset_for_budget(test, config.test_subset, config.seed)
-            if config.test_subset
-            else test
-        )
+        self.train_set, self.holdout_set, self.test_set = splits.train, splits.holdout, splits.test
+        self.num_classes = len(splits.classes)
         self.net: Supernet = create_supernet(
             config.supernet,
             num_classes=self.num_classes,
@@ -155,6 +110,16 @@ class Trainer:
             bn_momentum=config.bn_momentum,
             bn_eps=config.bn_eps,
         ).to(self.device, memory_format=self.memory_format)
+        self.evaluator = SubnetEvaluator(
+            self.holdout_set,
+            self.test_set,
+            calibration_images=config.bn_recal_images,
+            batch_size=max(256, config.batch_size),
+            num_workers=config.num_workers,
+            seed=config.seed,
+            device=self.device,
+            memory_format=self.memory_format,
+        )
         self.teacher: nn.Module | None = None
         self.position = Position()
         self.last_validation: dict[str, float] = {}
@@ -253,16 +218,7 @@ class Trainer:
         )
 
     def _peak_lr(self, stage: StageConfig) -> float:
-        global_batch = self.config.batch_size * self.env.world_size
-        return stage.lr * global_batch / 64
-
-    def _lr_at(self, stage: StageConfig, step: int, steps_per_epoch: int, total: int) -> float:
-        peak = self._peak_lr(stage)
-        warmup = int(stage.warmup_epochs * steps_per_epoch)
-        if step < warmup:
-            return peak * (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+        return peak_lr(stage, self.config.batch_size * self.env.world_size)
 
     # ------------------------------------------------------------------- data
     def _train_loader(self, epoch: int, skip: int) -> DataLoader:
@@ -273,21 +229,11 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return DataLoader(
             self.train_set,
-            batch_sampler=_SkipBatches(sampler, skip) if skip else sampler,
+            batch_sampler=SkipBatches(sampler, skip) if skip else sampler,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=generator,
             persistent_workers=False,
-        )
-
-    def _eval_loader(self, dataset: Any, resolution: int) -> DataLoader:
-        return datamod.make_loader(
-            dataset,
-            batch_size=max(64, self.config.batch_size),
-            resolutions=[resolution],
-            train=False,
-            seed=self.config.seed,
-            num_workers=self.config.num_workers,
         )
 
     # --------------------------------------------------------------- training
@@ -349,6 +295,7 @@ class Trainer:
         if optimizer_state is not None:
             optimizer.load_state_dict(optimizer_state)
         steps_per_epoch = len(self._batch_sampler)
+        peak = self._peak_lr(stage)
         total_steps = max(1, math.ceil(stage.epochs * steps_per_epoch))
         num_epochs = math.ceil(total_steps / steps_per_epoch)
         autocast = (
@@ -361,7 +308,7 @@ class Trainer:
                 "type": "stage_start",
                 **pos.record(stage.name),
                 "total_steps": total_steps,
-                "lr": self._peak_lr(stage),
+                "lr": peak,
             }
         )
         arch_log: list[str] = []
@@ -381,7 +328,7 @@ class Trainer:
             for images, labels in itertools.islice(loader, epoch_len):
                 images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
                 labels = labels.to(self.device, non_blocking=True)
-                lr = self._lr_at(stage, pos.stage_step, steps_per_epoch, total_steps)
+                lr = lr_at(peak, stage, pos.stage_step, steps_per_epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 teacher_probs = None
@@ -391,7 +338,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
                 for k in range(stage.subnets_per_step):
-                    arch = _sample_arch(space, cfg.seed, pos.stage, pos.stage_step, k)
+                    arch = sample_stage_arch(space, cfg.seed, pos.stage, pos.stage_step, k)
                     arch_log.append(arch.to_json())
                     self.net.set_active(arch)
                     with autocast:
@@ -483,28 +430,11 @@ class Trainer:
 
     def validate(self, space: MBConvSpace) -> dict[str, float]:
         """Top-1 on the test split of each validation arch at each evaluation
-        resolution, after BN recalibration on the held-out training images."""
-        results: dict[str, float] = {}
+        resolution, after BN recalibration on held-out training images (rank 0 only)."""
         if not self.env.is_main:
-            return results
-        for resolution in self.config.eval_resolutions:
-            calib = self._eval_loader(self.holdout_set, resolution)
-            test = self._eval_loader(self.test_set, resolution)
-            for name, arch in self.validation_archs(space).items():
-                arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
-                subnet = recalibrate_bn(
-                    self.net,
-                    arch,
-                    calib,
-                    self.config.bn_recal_images,
-                    device=self.device,
-                    memory_format=self.memory_format,
-                )
-                metrics = evaluate(
-                    subnet, test, device=self.device, memory_format=self.memory_format
-                )
-                results[f"{name}@{resolution}"] = round(metrics["top1"], 2)
-        return results
+            return {}
+        archs = self.validation_archs(space)
+        return self.evaluator.run(self.net, archs, self.config.eval_resolutions)
 
     def _format_validation(self, stage: str, record: dict[str, Any]) -> str:
         parts = "  ".join(f"{k} {v:.1f}" for k, v in self.last_validation.items())

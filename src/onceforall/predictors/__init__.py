@@ -1,0 +1,29 @@
+"""Accuracy prediction for search: the accuracy dataset and the MLP predictor."""
+
+from .accuracy import (
+    AccuracyPredictor,
+    PredictorMismatchError,
+    PredictorReport,
+    fit_accuracy_predictor,
+    kendall_tau,
+    rmse,
+)
+from .dataset import (
+    accuracy_dataset_for_run,
+    build_accuracy_dataset,
+    dataset_archs,
+    read_accuracy_dataset,
+)
+
+__all__ = [
+    "accuracy_dataset_for_run",
+    "AccuracyPredictor",
+    "PredictorMismatchError",
+    "PredictorReport",
+    "build_accuracy_dataset",
+    "dataset_archs",
+    "fit_accuracy_predictor",
+    "kendall_tau",
+    "read_accuracy_dataset",
+    "rmse",
+]

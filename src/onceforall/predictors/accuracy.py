@@ -1,0 +1,245 @@
+"""The accuracy predictor: predicted top-1 of a sub-network from its one-hot encoding.
+
+As in the paper (SPEC section 4): an MLP of three hidden layers of 400 ReLU units on the
+space's one-hot encoding, whose output is added to a fixed base accuracy (the mean of the
+training rows), trained with a squared error on measured (arch, accuracy) pairs. A saved
+predictor carries the encoding layout it was trained on and refuses another space's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..arch import ArchLike, MBConvSpace
+
+__all__ = [
+    "AccuracyPredictor",
+    "PredictorMismatchError",
+    "PredictorReport",
+    "fit_accuracy_predictor",
+    "kendall_tau",
+    "rmse",
+]
+
+_FORMAT = "onceforall-accuracy-predictor"
+
+
+class PredictorMismatchError(ValueError):
+    """A predictor used with (or loaded for) a space whose encoding differs."""
+
+
+class AccuracyPredictor(nn.Module):
+    """``base_accuracy + MLP(encoding)``, in percent."""
+
+    def __init__(
+        self,
+        space: MBConvSpace,
+        hidden: int = 400,
+        layers: int = 3,
+        base_accuracy: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.space = space
+        self.hidden, self.layers = hidden, layers
+        widths = [space.encoding_size] + [hidden] * layers
+        modules: list[nn.Module] = []
+        for a, b in zip(widths, widths[1:]):
+            modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        modules.append(nn.Linear(widths[-1], 1, bias=False))
+        self.mlp = nn.Sequential(*modules)
+        self.register_buffer("base_accuracy", torch.tensor(float(base_accuracy)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Predicted accuracy ``(N,)`` from encodings ``(N, encoding_size)``."""
+        return self.base_accuracy + self.mlp(features).squeeze(-1)
+
+    @torch.no_grad()
+    def predict_features(self, features: np.ndarray) -> np.ndarray:
+        """Vectorised prediction for a float32 array of encodings (search uses this)."""
+        return self(torch.from_numpy(np.ascontiguousarray(features, np.float32))).numpy()
+
+    def encode(self, archs: Iterable[ArchLike]) -> np.ndarray:
+        return np.stack([self.space.encode(a) for a in archs])
+
+    def predict(self, archs: Sequence[ArchLike]) -> np.ndarray:
+        """Predicted top-1 (percent) of each arch (validated against the space)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.predict_features(self.encode(archs))
+        finally:
+            self.train(was_training)
+
+    def check_space(self, space: MBConvSpace) -> None:
+        """Raise :class:`PredictorMismatchError` unless ``space`` encodes like ours."""
+        ours, theirs = self.space.encoding_layout(), space.encoding_layout()
+        if ours != theirs:
+            diff = {k: (ours.get(k), theirs.get(k)) for k in ours if ours.get(k) != theirs.get(k)}
+            raise PredictorMismatchError(
+                "the predictor was trained on another encoding; differences "
+                f"(predictor, given): {diff}"
+            )
+
+    # ----------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write weights and the space atomically; load with :meth:`load` (no pickle)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": _FORMAT,
+            "version": 1,
+            "space": json.dumps(dataclasses.asdict(self.space)),
+            "layout": json.dumps(self.space.encoding_layout()),
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "state_dict": self.state_dict(),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, space: MBConvSpace | None = None) -> AccuracyPredictor:
+        """Load a saved predictor (``weights_only``: no code runs). With ``space``, refuse
+        a predictor whose encoding differs from that space's."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no accuracy predictor at {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable accuracy predictor: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not an onceforall accuracy predictor file")
+        fields = json.loads(payload["space"])
+        saved_space = MBConvSpace(**{k: tuple(v) for k, v in fields.items()})
+        predictor = cls(saved_space, hidden=payload["hidden"], layers=payload["layers"])
+        predictor.load_state_dict(payload["state_dict"])
+        if space is not None:
+            predictor.check_space(space)
+        return predictor.eval()
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def rmse(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Root-mean-square error, in the units of the inputs (percentage points)."""
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    return float(np.sqrt(np.mean((predicted - measured) ** 2)))
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b rank correlation (ties counted as in scipy's default)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("kendall_tau needs two sequences of equal length >= 2")
+    i, j = np.triu_indices(len(a), k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    concordant_minus_discordant = float(np.sum(da * db))
+    n_a, n_b = float(np.sum(da != 0)), float(np.sum(db != 0))
+    if n_a == 0 or n_b == 0:
+        return float("nan")
+    return concordant_minus_discordant / math.sqrt(n_a * n_b)
+
+
+@dataclass(frozen=True)
+class PredictorReport:
+    """Fit quality: RMSE in percentage points and Kendall tau, on the rows held out
+    from training (``val_*``) and on the training rows."""
+
+    n_train: int
+    n_val: int
+    base_accuracy: float
+    train_rmse: float
+    val_rmse: float
+    val_kendall_tau: float
+    val_accuracy_std: float  # spread of the measured accuracies, for scale
+
+    def __str__(self) -> str:
+        return (
+            f"held-out RMSE {self.val_rmse:.2f} pp, Kendall tau {self.val_kendall_tau:.3f} "
+            f"({self.n_val} archs; their accuracies spread {self.val_accuracy_std:.2f} pp); "
+            f"training RMSE {self.train_rmse:.2f} pp ({self.n_train} archs)"
+        )
+
+
+def fit_accuracy_predictor(
+    space: MBConvSpace,
+    archs: Sequence[ArchLike],
+    accuracies: Sequence[float],
+    *,
+    val_fraction: float = 0.2,
+    epochs: int = 300,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> tuple[AccuracyPredictor, PredictorReport]:
+    """Train an :class:`AccuracyPredictor` on measured accuracies (percent).
+
+    A ``val_fraction`` of the rows, chosen by ``seed``, is held out and used only to
+    report RMSE and Kendall tau (no early stopping on it, so the figures are unbiased).
+    """
+    if len(archs) != len(accuracies):
+        raise ValueError(f"{len(archs)} archs but {len(accuracies)} accuracies")
+    n_val = int(round(len(archs) * val_fraction))
+    if len(archs) - n_val < 2 or (val_fraction > 0 and n_val < 2):
+        raise ValueError(
+            f"{len(archs)} rows are too few to fit and validate a predictor "
+            f"(val_fraction {val_fraction})"
+        )
+    features = np.stack([space.encode(a) for a in archs])
+    targets = np.asarray(accuracies, dtype=np.float32)
+    order = np.random.default_rng(seed).permutation(len(archs))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    torch.manual_seed(seed)
+    base = float(targets[train_idx].mean())
+    predictor = AccuracyPredictor(space, base_accuracy=base)
+    x = torch.from_numpy(features[train_idx])
+    y = torch.from_numpy(targets[train_idx])
+    optimizer = torch.optim.Adam(predictor.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    generator = torch.Generator().manual_seed(seed)
+    predictor.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = perm[start : start + batch_size]
+            loss = nn.functional.mse_loss(predictor(x[batch]), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    predictor.eval()
+    train_pred = predictor.predict_features(features[train_idx])
+    val_pred = predictor.predict_features(features[val_idx]) if n_val else np.array([])
+    report = PredictorReport(
+        n_train=len(train_idx),
+        n_val=n_val,
+        base_accuracy=base,
+        train_rmse=rmse(train_pred, targets[train_idx]),
+        val_rmse=rmse(val_pred, targets[val_idx]) if n_val else float("nan"),
+        val_kendall_tau=kendall_tau(val_pred, targets[val_idx]) if n_val else float("nan"),
+        val_accuracy_std=float(targets[val_idx].std()) if n_val else float("nan"),
+    )
+    return predictor, report

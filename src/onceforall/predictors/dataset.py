@@ -1,0 +1,215 @@
+"""The accuracy dataset: measured top-1 of many sub-networks, one JSON line each.
+
+Each row is ``{"arch": {...}, "resolution": r, "accuracy": top-1 percent, "macs": ...,
+"params": ...}``, measured after BN recalibration on held-out *training* images (never the
+test split). Rows are appended and flushed as they are measured, so an interrupted build
+resumes without redoing finished rows; under torchrun each rank measures every
+``world_size``-th arch into a file of its own and rank 0 merges them at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..arch import Arch, MBConvSpace
+from ..models import Supernet
+from ..training.bn import SubnetEvaluator
+from ..training.distributed import DistEnv, barrier
+
+__all__ = [
+    "accuracy_dataset_for_run",
+    "build_accuracy_dataset",
+    "dataset_archs",
+    "read_accuracy_dataset",
+]
+
+
+def dataset_archs(space: MBConvSpace, n: int, seed: int = 0) -> list[Arch]:
+    """``n`` distinct archs: the smallest and largest at the lowest and highest
+    resolution, then uniform random samples (all resolutions), fixed by ``seed``."""
+    lo, hi = space.resolutions[0], space.resolutions[-1]
+    fixed = [space.smallest(lo), space.largest(lo), space.smallest(hi), space.largest(hi)]
+    archs: list[Arch] = []
+    seen: set[Arch] = set()
+    for arch in fixed:
+        if space.canonical(arch) not in seen and len(archs) < n:
+            archs.append(arch)
+            seen.add(space.canonical(arch))
+    rng = random.Random(f"ofa-acc-dataset-{seed}")
+    attempts = 0
+    while len(archs) < n:
+        arch = space.sample(rng)
+        attempts += 1
+        if space.canonical(arch) not in seen:
+            archs.append(arch)
+            seen.add(space.canonical(arch))
+        elif attempts > 100 * n:
+            raise ValueError(f"the space holds fewer than {n} distinct archs")
+    return archs
+
+
+def _key(arch: dict[str, Any] | Arch) -> str:
+    if isinstance(arch, Arch):
+        arch = arch.to_dict()
+    return json.dumps({k: arch[k] for k in ("ks", "e", "d", "r")}, sort_keys=True)
+
+
+def read_accuracy_dataset(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a dataset file. A last line cut off by an interruption is ignored; any
+    other unreadable line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no accuracy dataset at {path}")
+    lines = path.read_text().splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break  # interrupted while writing the last row
+            raise ValueError(f"{path}, line {number}: not a JSON row ({exc})") from exc
+        missing = {"arch", "accuracy"} - set(row)
+        if missing:
+            raise ValueError(f"{path}, line {number}: missing {sorted(missing)}")
+        rows.append(row)
+    return rows
+
+
+def _rewrite_complete(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Drop a cut-off last line before appending to ``path``."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _part_path(path: Path, rank: int) -> Path:
+    return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+
+def build_accuracy_dataset(
+    supernet: Supernet,
+    evaluator: SubnetEvaluator,
+    archs: Sequence[Arch],
+    out: str | os.PathLike,
+    *,
+    env: DistEnv | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Measure ``archs`` (skipping those already in ``out``) and return all rows."""
+    env = env or DistEnv()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mine = out if env.world_size == 1 else _part_path(out, env.rank)
+    done: set[str] = set()
+    for path in [out] + [_part_path(out, r) for r in range(env.world_size)]:
+        if path.is_file():
+            rows = read_accuracy_dataset(path)
+            done.update(_key(r["arch"]) for r in rows)
+            if path == mine:
+                _rewrite_complete(path, rows)
+    todo = [a for i, a in enumerate(archs) if i % env.world_size == env.rank]
+    todo = [a for a in todo if _key(a) not in done]
+    supernet.eval()
+    bar = tqdm(
+        total=len(todo),
+        disable=not (progress and env.is_main),
+        desc="accuracy dataset",
+        dynamic_ncols=True,
+    )
+    with mine.open("a") as f:
+        for arch in todo:
+            accuracy = evaluator.evaluate_arch(supernet, arch)
+            row = {
+                "arch": arch.to_dict(),
+                "resolution": arch.r,
+                "accuracy": round(accuracy, 4),
+                "macs": supernet.macs(arch),
+                "params": supernet.params(arch),
+            }
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(1)
+            bar.set_postfix(acc=f"{accuracy:.1f}", r=arch.r)
+    bar.close()
+    barrier(env)
+    if env.world_size > 1 and env.is_main:
+        rows = read_accuracy_dataset(out) if out.is_file() else []
+        keys = {_key(r["arch"]) for r in rows}
+        for rank in range(env.world_size):
+            part = _part_path(out, rank)
+            if part.is_file():
+                for row in read_accuracy_dataset(part):
+                    if _key(row["arch"]) not in keys:
+                        rows.append(row)
+                        keys.add(_key(row["arch"]))
+        _rewrite_complete(out, rows)
+        for rank in range(env.world_size):
+            _part_path(out, rank).unlink(missing_ok=True)
+    barrier(env)
+    return read_accuracy_dataset(out) if env.is_main or env.world_size == 1 else []
+
+
+def accuracy_dataset_for_run(
+    run_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    num_archs: int = 1000,
+    calibration_images: int | None = None,
+    eval_images: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Build (or resume) the accuracy dataset of a training run directory.
+
+    The run's held-out images are split in two: ``calibration_images`` (default: the
+    run's ``bn_recal_images``) re-estimate each sub-network's BN statistics and the rest
+    (at most ``eval_images``) measure its accuracy. Returns the file and its rows.
+    Under torchrun the archs are shared out between ranks.
+    """
+    from ..data import open_splits, split_holdout, subset_for_budget
+    from ..training import load_run
+    from ..training.distributed import init_distributed
+
+    env = init_distributed(device)
+    config, net = load_run(run_dir)
+    net = net.to(env.device)
+    splits = open_splits(
+        data,
+        holdout_size=config.holdout_size,
+        seed=config.seed,
+        train_subset=config.train_subset,
+    )
+    calibration_images = calibration_images or config.bn_recal_images
+    measure, calibration = split_holdout(splits.holdout, calibration_images, config.seed)
+    if eval_images:
+        measure = subset_for_budget(measure, eval_images, config.seed)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    evaluator = SubnetEvaluator(
+        calibration,
+        measure,
+        calibration_images=calibration_images,
+        num_workers=config.num_workers if num_workers is None else num_workers,
+        seed=config.seed,
+        device=env.device,
+        memory_format=memory_format,
+    )
+    net = net.to(memory_format=memory_format)
+    out = Path(out) if out else Path(run_dir) / "accuracy_dataset.jsonl"
+    archs = dataset_archs(net.space, num_archs, seed)
+    rows = build_accuracy_dataset(net, evaluator, archs, out, env=env, progress=progress)
+    return out, rows

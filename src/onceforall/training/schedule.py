@@ -1,0 +1,80 @@
+"""The schedule of a progressive-shrinking run: where it is (:class:`Position`), which
+sub-networks a step trains, and the learning rate at each step.
+
+Everything here is a pure function of the config and the position, which is what makes
+distributed workers agree and resumed runs exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from ..arch import Arch, MBConvSpace
+from .config import StageConfig
+
+__all__ = ["Position", "SkipBatches", "lr_at", "peak_lr", "sample_stage_arch", "stage_space"]
+
+
+def stage_space(space: MBConvSpace, stage: StageConfig) -> MBConvSpace:
+    """The part of ``space`` that ``stage`` has opened."""
+    return MBConvSpace(
+        kernel_sizes=tuple(stage.kernel_sizes),
+        expand_ratios=tuple(stage.expand_ratios),
+        depths=tuple(stage.depths),
+        stage_max_depths=space.stage_max_depths,
+        resolutions=space.resolutions,
+    )
+
+
+def sample_stage_arch(space: MBConvSpace, seed: int, stage: int, step: int, k: int) -> Arch:
+    """The ``k``-th sub-network of a step: a pure function of its position in the run, so
+    every worker samples the same one and a resumed run samples what it would have."""
+    # A string seed hashes deterministically (unlike hash()), identically on every worker.
+    return space.sample(random.Random(f"ofa-{seed}-{stage}-{step}-{k}"))
+
+
+class SkipBatches:
+    """A batch sampler that starts ``skip`` batches into its inner sampler (resume)."""
+
+    def __init__(self, inner: Any, skip: int) -> None:
+        self.inner, self.skip = inner, skip
+
+    def __iter__(self) -> Iterator:
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+
+@dataclass
+class Position:
+    stage: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch within the epoch
+    stage_step: int = 0  # optimiser steps taken in this stage
+    global_step: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+    def record(self, stage_name: str) -> dict[str, Any]:
+        """The position as logged: the stage by name, its index as ``stage_index``."""
+        return {**self.as_dict(), "stage_index": self.stage, "stage": stage_name}
+
+
+def peak_lr(stage: StageConfig, global_batch: int) -> float:
+    """The stage's learning rate (given per 64 images) scaled to the global batch."""
+    return stage.lr * global_batch / 64
+
+
+def lr_at(peak: float, stage: StageConfig, step: int, steps_per_epoch: int, total: int) -> float:
+    """Linear warm-up over ``stage.warmup_epochs``, then cosine decay to 0 at ``total``."""
+    warmup = int(stage.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))

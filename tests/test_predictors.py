@@ -1,0 +1,200 @@
+"""The accuracy dataset (real measurements on Fashion-MNIST, resumable) and the accuracy
+predictor (fit quality, metrics, safe save/load, refusing another space)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onceforall import MBConvSpace, create_supernet
+from onceforall.data import DEFAULT_FASHION_MNIST_ROOT, open_splits
+from onceforall.predictors import (
+    AccuracyPredictor,
+    PredictorMismatchError,
+    build_accuracy_dataset,
+    dataset_archs,
+    fit_accuracy_predictor,
+    kendall_tau,
+    read_accuracy_dataset,
+    rmse,
+)
+from onceforall.training import SubnetEvaluator, TrainConfig, load_run, train
+
+needs_data = pytest.mark.skipif(
+    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+SPACE = MBConvSpace(resolutions=(24, 28, 32))
+
+
+# ------------------------------------------------------------------------ metrics
+
+
+def test_kendall_tau_known_values() -> None:
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # 6 pairs: (1,2)+ (1,3)+ (1,4)+ (2,3)- (2,4)+ (3,4)+ -> (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # tau-b with a tie in one sequence: scipy.stats.kendalltau gives 0.9128709291752769
+    assert kendall_tau([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9128709291752769)
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
+
+
+def test_rmse() -> None:
+    assert rmse(np.array([1.0, 3.0]), np.array([1.0, 1.0])) == pytest.approx(math.sqrt(2))
+
+
+# ---------------------------------------------------------------------- predictor
+
+
+def _macs_accuracy(archs: list) -> np.ndarray:
+    """A real, deterministic, non-linear function of each arch: accuracy rising with the
+    log of its MACs (as accuracy roughly does), used as the target to learn."""
+    net = create_supernet("ofa_mbv3_w1.0", num_classes=10, resolutions=list(SPACE.resolutions))
+    macs = np.array([net.macs(a) for a in archs], dtype=float)
+    return 70.0 + 4.0 * np.log(macs / macs.min())
+
+
+def test_predictor_learns_a_ranking_and_reports_held_out_quality() -> None:
+    archs = dataset_archs(SPACE, 300, seed=1)
+    targets = _macs_accuracy(archs)
+    predictor, report = fit_accuracy_predictor(SPACE, archs, targets, epochs=150, seed=0)
+    assert report.n_train == 240 and report.n_val == 60
+    assert report.val_kendall_tau > 0.8, report
+    assert report.val_rmse < report.val_accuracy_std, report  # better than the mean
+    assert targets.min() < report.base_accuracy < targets.max()
+    # predict() and predict_features() agree and validate their input
+    preds = predictor.predict(archs[:5])
+    feats = np.stack([SPACE.encode(a) for a in archs[:5]])
+    np.testing.assert_allclose(preds, predictor.predict_features(feats), rtol=1e-6)
+    with pytest.raises(ValueError, match="ks"):
+        predictor.predict([{"ks": [4] * 20, "e": [3] * 20, "d": [2] * 5, "r": [24]}])
+
+
+def test_predictor_training_is_reproducible() -> None:
+    archs = dataset_archs(SPACE, 40, seed=2)
+    targets = _macs_accuracy(archs)
+    a, ra = fit_accuracy_predictor(SPACE, archs, targets, epochs=20, seed=3)
+    b, rb = fit_accuracy_predictor(SPACE, archs, targets, epochs=20, seed=3)
+    assert ra == rb
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_predictor_save_load_round_trip_and_space_check(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    predictor = AccuracyPredictor(SPACE, base_accuracy=81.5)
+    path = predictor.save(tmp_path / "predictor.pt")
+    loaded = AccuracyPredictor.load(path, space=SPACE)
+    archs = dataset_archs(SPACE, 10, seed=0)
+    np.testing.assert_array_equal(predictor.predict(archs), loaded.predict(archs))
+    assert float(loaded.base_accuracy) == 81.5
+    other = MBConvSpace(resolutions=(128, 160, 192, 224))
+    with pytest.raises(PredictorMismatchError, match="resolutions"):
+        AccuracyPredictor.load(path, space=other)
+
+
+def test_predictor_load_refuses_garbage(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a predictor at all")
+    with pytest.raises(ValueError, match="not a readable accuracy predictor"):
+        AccuracyPredictor.load(bad)
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an onceforall accuracy predictor"):
+        AccuracyPredictor.load(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="no accuracy predictor"):
+        AccuracyPredictor.load(tmp_path / "missing.pt")
+
+
+def test_fit_needs_enough_rows() -> None:
+    archs = dataset_archs(SPACE, 3, seed=0)
+    with pytest.raises(ValueError, match="too few"):
+        fit_accuracy_predictor(SPACE, archs, [1.0, 2.0, 3.0])
+
+
+# ------------------------------------------------------------------ the dataset
+
+
+def test_dataset_archs_are_distinct_and_include_the_extremes() -> None:
+    archs = dataset_archs(SPACE, 50, seed=0)
+    assert len({SPACE.canonical(a) for a in archs}) == 50
+    assert SPACE.smallest(24) in archs and SPACE.largest(32) in archs
+    assert archs == dataset_archs(SPACE, 50, seed=0)
+    assert {a.r for a in archs} == {24, 28, 32}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A supernet after a few real training steps on Fashion-MNIST."""
+    run = tmp_path_factory.mktemp("run")
+    config = TrainConfig.from_dict(
+        {
+            "resolutions": [24, 28],
+            "eval_resolutions": [24],
+            "batch_size": 32,
+            "holdout_size": 160,
+            "train_subset": 320,
+            "test_subset": 64,
+            "num_workers": 0,
+            "num_random_val_archs": 0,
+            "bn_recal_images": 64,
+            "stages": [{"name": "full", "epochs": 1, "lr": 0.05, "distill": False}],
+        }
+    )
+    train(config, "fashion-mnist", run, progress=False)
+    return run
+
+
+@needs_data
+def test_accuracy_dataset_measures_and_resumes(trained_run: Path, tmp_path: Path) -> None:
+    config, net = load_run(trained_run)
+    splits = open_splits(
+        "fashion-mnist",
+        holdout_size=config.holdout_size,
+        seed=config.seed,
+        train_subset=config.train_subset,
+    )
+    evaluator = SubnetEvaluator(
+        splits.holdout, splits.holdout, calibration_images=64, num_workers=0
+    )
+    archs = dataset_archs(net.space, 6, seed=0)
+    out = tmp_path / "acc.jsonl"
+    build_accuracy_dataset(net, evaluator, archs[:3], out, progress=False)
+    first = read_accuracy_dataset(out)
+    assert [r["arch"] for r in first] == [a.to_dict() for a in archs[:3]]
+    # An interruption mid-write leaves a cut-off last line; resuming drops it and
+    # measures only the missing archs.
+    with out.open("a") as f:
+        f.write('{"arch": {"ks": [3, 5')
+    rows = build_accuracy_dataset(net, evaluator, archs, out, progress=False)
+    assert [r["arch"] for r in rows] == [a.to_dict() for a in archs]
+    assert rows[:3] == first  # finished rows were kept, not redone
+    for row, arch in zip(rows, archs):
+        assert 0 <= row["accuracy"] <= 100
+        assert row["resolution"] == arch.r
+        assert row["macs"] == net.macs(arch) and row["params"] == net.params(arch)
+    # Measuring is deterministic: the same arch gives the same accuracy again.
+    again = evaluator.evaluate_arch(net, archs[4])
+    assert round(again, 4) == rows[4]["accuracy"]
+    # Nothing left to do: the file is unchanged.
+    before = out.read_text()
+    build_accuracy_dataset(net, evaluator, archs, out, progress=False)
+    assert out.read_text() == before
+
+
+def test_read_accuracy_dataset_errors(tmp_path: Path) -> None:
+    path = tmp_path / "acc.jsonl"
+    with pytest.raises(FileNotFoundError, match="no accuracy dataset"):
+        read_accuracy_dataset(path)
+    path.write_text('not json\n{"arch": {}, "accuracy": 1}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        read_accuracy_dataset(path)
+    path.write_text(json.dumps({"arch": {}}) + "\n")
+    with pytest.raises(ValueError, match="missing"):
+        read_accuracy_dataset(path)
