@@ -1,0 +1,349 @@
+"""Additive costs (MACs, parameters, table latency) and constraints on them.
+
+Every sub-network of an MBConv supernet is ``stem + active blocks + head``, so its MACs,
+its parameter count and a per-layer latency table's prediction are all
+``fixed[r] + sum over active slots of table[r, slot, k, e]``. :class:`AdditiveCost` holds
+those two arrays and prices a whole :class:`~.population.ArchBatch` with one gather, and
+its exact minimum over the space is a small dynamic programme (no sampling).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence, Union
+
+import numpy as np
+
+from ..arch import Arch, ArchLike, MBConvSpace
+from ..costs import total_macs, total_params
+from .population import ArchBatch, genome_layout
+
+__all__ = [
+    "AdditiveCost",
+    "AdditiveTable",
+    "Constraint",
+    "InfeasibleConstraintError",
+    "format_value",
+    "latency_cost",
+    "macs_cost",
+    "params_cost",
+    "parse_constraint",
+    "parse_constraints",
+]
+
+# Metric names this module knows how to build, and what each needs.
+KNOWN_METRICS = {
+    "macs": "multiply-accumulates (macs_cost)",
+    "params": "trainable parameters (params_cost)",
+    "latency_ms": "milliseconds from a latency lookup table (latency_cost)",
+}
+_SUFFIX = {"": 1.0, "K": 1e3, "k": 1e3, "M": 1e6, "G": 1e9}
+_PATTERN = re.compile(
+    r"\s*([A-Za-z_][A-Za-z0-9_]*)"  # metric
+    r"\s*<=\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"  # number
+    r"\s*([A-Za-z]?)\s*"  # suffix
+)
+_SYNTAX = (
+    "METRIC<=VALUE with an optional K, M or G suffix, e.g. macs<=20M, params<=3.5M, latency_ms<=5"
+)
+
+
+class AdditiveTable(Protocol):
+    """What :func:`latency_cost` needs of a latency lookup table."""
+
+    def fixed_ms(self, resolution: int) -> float: ...
+
+    def block_ms(
+        self, resolution: int, slot: int, kernel_size: int, expand_ratio: int
+    ) -> float: ...
+
+
+def format_value(value: float, unit: str, with_unit: bool = True) -> str:
+    """Human form of a cost: SI suffix for counts (``41.23M MACs``), plain for ms; without
+    the unit it reads back through :func:`parse_constraint` (``41.23M``)."""
+    text = f"{value:.4g}"
+    if unit != "ms":
+        for suffix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(value) >= scale:
+                text = f"{value / scale:.4g}{suffix}"
+                break
+    if not with_unit or not unit:
+        return text
+    return f"{text} {unit}"
+
+
+class AdditiveCost:
+    """``cost(arch) = fixed[r] + sum over active slots of table[r, slot, k, e]``.
+
+    ``fixed`` has one entry per resolution of ``space``; ``table`` has shape
+    ``(resolutions, slots, kernel sizes, expand ratios)``, indexed like the space's choices.
+    """
+
+    def __init__(
+        self, name: str, fixed: np.ndarray, table: np.ndarray, unit: str, space: MBConvSpace
+    ) -> None:
+        layout = genome_layout(space)
+        fixed = np.asarray(fixed, dtype=np.float64)
+        table = np.asarray(table, dtype=np.float64)
+        if fixed.shape != (len(space.resolutions),) or table.shape != layout.table_shape:
+            raise ValueError(
+                f"cost {name!r}: fixed must have shape ({len(space.resolutions)},) and table "
+                f"{layout.table_shape} for this space; got {fixed.shape} and {table.shape}"
+            )
+        if not (np.isfinite(fixed).all() and np.isfinite(table).all()):
+            raise ValueError(f"cost {name!r} has non-finite entries")
+        self.name, self.unit, self.space = name, unit, space
+        self.fixed, self.table = fixed, table
+        self.padded = np.append(table.ravel(), 0.0)  # the zero absorbs skipped slots
+
+    def __repr__(self) -> str:
+        return f"AdditiveCost({self.name!r}, unit={self.unit!r})"
+
+    def of_genes(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) cost of a gene matrix of this space (see :mod:`.population`)."""
+        layout = genome_layout(self.space)
+        return self.padded[layout.block_index(genes)].sum(axis=1) + self.fixed[genes[:, -1]]
+
+    def __call__(self, batch: ArchBatch) -> np.ndarray:
+        """(N,) cost of every architecture of ``batch``."""
+        if batch.space != self.space:
+            raise ValueError(f"cost {self.name!r} belongs to another space than this batch")
+        return self.of_genes(batch.genes)
+
+    def of(self, arch: ArchLike) -> float:
+        """Cost of one architecture."""
+        return float(self(ArchBatch.from_archs(self.space, [arch]))[0])
+
+    def combined(self, others: Sequence[AdditiveCost], weights: Sequence[float]) -> AdditiveCost:
+        """``weights[0] * self + sum weights[i] * others[i-1]``: still additive."""
+        costs = [self, *others]
+        fixed = sum(w * c.fixed for w, c in zip(weights, costs))
+        table = sum(w * c.table for w, c in zip(weights, costs))
+        return AdditiveCost("weighted", fixed, table, "", self.space)
+
+    def _extreme(self, sign: float) -> tuple[float, Arch]:
+        """Exact min (sign=1) or max (sign=-1) over the space, with an arch attaining it:
+        per resolution, per stage the best depth of the prefix sums of per-slot optima."""
+        layout = genome_layout(self.space)
+        flat = sign * self.table.reshape(self.table.shape[0], layout.n_slots, -1)
+        choice = flat.argmin(axis=2)  # (R, S) best (k, e) per slot
+        best_block = flat.min(axis=2)
+        total = sign * self.fixed.copy()
+        depth_choice = np.zeros((len(total), layout.n_stages), dtype=np.intp)
+        for stage in range(layout.n_stages):
+            slots = np.asarray(self.space.stage_slots(stage))
+            prefix = np.cumsum(best_block[:, slots], axis=1)  # (R, max depth)
+            depths = layout.depth_values[stage]
+            options = prefix[:, depths - 1]  # (R, depth choices)
+            depth_choice[:, stage] = options.argmin(axis=1)
+            total += options.min(axis=1)
+        r = int(total.argmin())
+        n_e = self.table.shape[3]
+        genes = np.concatenate([choice[r] // n_e, choice[r] % n_e, depth_choice[r], [r]])
+        genes = genes.reshape(1, -1)
+        # The value as every check computes it (the same sum, maybe in another order).
+        return float(self.of_genes(genes)[0]), ArchBatch(self.space, genes).arch(0)
+
+    def minimum(self) -> tuple[float, Arch]:
+        """The smallest cost any sub-network reaches (exact), and one that reaches it."""
+        return self._extreme(1.0)
+
+    def maximum(self) -> tuple[float, Arch]:
+        """The largest cost any sub-network reaches (exact), and one that reaches it."""
+        return self._extreme(-1.0)
+
+
+def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
+    space: MBConvSpace = supernet.space
+    layout = genome_layout(space)
+    fixed = np.zeros(len(space.resolutions))
+    table = np.zeros(layout.table_shape)
+    for ri, r in enumerate(space.resolutions):
+        parts = supernet.cost_parts(r)
+        fixed[ri] = count(parts.stem) + count(parts.head)
+        for slot in range(layout.n_slots):
+            for ki, k in enumerate(space.kernel_sizes):
+                for ei, e in enumerate(space.expand_ratios):
+                    table[ri, slot, ki, ei] = count(parts.blocks[(slot, k, e)])
+    return AdditiveCost(name, fixed, table, unit, space)
+
+
+def macs_cost(supernet) -> AdditiveCost:
+    """MACs of every sub-network of ``supernet`` (equal to ``supernet.macs``)."""
+    return _cost_from_parts(supernet, "macs", "MACs", total_macs)
+
+
+def params_cost(supernet) -> AdditiveCost:
+    """Parameters of every sub-network of ``supernet`` (equal to ``supernet.params``)."""
+    return _cost_from_parts(supernet, "params", "params", total_params)
+
+
+def latency_cost(
+    table: AdditiveTable, space: MBConvSpace, name: str = "latency_ms"
+) -> AdditiveCost:
+    """Latency predicted by a lookup table (``fixed_ms(r) + sum block_ms(r, slot, k, e)``)."""
+    layout = genome_layout(space)
+    fixed = np.array([table.fixed_ms(r) for r in space.resolutions], dtype=np.float64)
+    blocks = np.zeros(layout.table_shape)
+    for ri, r in enumerate(space.resolutions):
+        for slot in range(layout.n_slots):
+            for ki, k in enumerate(space.kernel_sizes):
+                for ei, e in enumerate(space.expand_ratios):
+                    blocks[ri, slot, ki, ei] = table.block_ms(r, slot, k, e)
+    return AdditiveCost(name, fixed, blocks, "ms", space)
+
+
+# ------------------------------------------------------------------ constraints
+class InfeasibleConstraintError(ValueError):
+    """No sub-network of the space satisfies the constraint(s); the message says by how
+    much and what the space can reach."""
+
+
+@dataclass(frozen=True, eq=False)
+class Constraint:
+    """``cost(arch) <= limit``."""
+
+    cost: AdditiveCost
+    limit: float
+
+    def __str__(self) -> str:
+        return f"{self.cost.name}<={format_value(self.limit, self.cost.unit, with_unit=False)}"
+
+    def satisfied(self, batch: ArchBatch) -> np.ndarray:
+        """(N,) bool."""
+        return self.cost(batch) <= self.limit
+
+
+CostsLike = Union[Mapping[str, AdditiveCost], Sequence[AdditiveCost]]
+
+
+def _as_mapping(costs: CostsLike) -> dict[str, AdditiveCost]:
+    if isinstance(costs, Mapping):
+        return dict(costs)
+    return {c.name: c for c in costs}
+
+
+def parse_constraint(text: str, costs: CostsLike) -> Constraint:
+    """Parse ``"macs<=20M"``, ``"params<=3.5M"``, ``"latency_ms<=5"`` against the costs
+    available (by name). Raises ValueError saying what is accepted."""
+    available = _as_mapping(costs)
+    accepted = ", ".join(sorted(available)) or "none"
+    match = _PATTERN.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"cannot parse constraint {text!r}: expected {_SYNTAX}; metrics here: {accepted}"
+        )
+    metric, number, suffix = match.groups()
+    if suffix not in _SUFFIX:
+        raise ValueError(
+            f"constraint {text!r}: unknown suffix {suffix!r}; accepted suffixes: K (1e3), "
+            f"M (1e6), G (1e9), or none"
+        )
+    if metric not in available:
+        hint = ""
+        if metric in KNOWN_METRICS:
+            hint = f" ({metric} needs {KNOWN_METRICS[metric]}, which was not given)"
+        raise ValueError(
+            f"constraint {text!r}: unknown metric {metric!r}{hint}; accepted metrics: {accepted}"
+        )
+    return Constraint(available[metric], float(number) * _SUFFIX[suffix])
+
+
+def parse_constraints(texts: Sequence[str], costs: CostsLike) -> list[Constraint]:
+    return [parse_constraint(t, costs) for t in texts]
+
+
+class ConstraintSet:
+    """Several constraints of one space, checked together with one gather per batch."""
+
+    def __init__(self, space: MBConvSpace, constraints: Sequence[Constraint]) -> None:
+        for c in constraints:
+            if c.cost.space != space:
+                raise ValueError(f"constraint {c} belongs to another space than the search")
+        self.space = space
+        self.constraints = list(constraints)
+        self.layout = genome_layout(space)
+        if self.constraints:
+            self.padded = np.stack([c.cost.padded for c in self.constraints])
+            self.fixed = np.stack([c.cost.fixed for c in self.constraints])
+            self.limits = np.array([c.limit for c in self.constraints])[:, None]
+
+    def values(self, genes: np.ndarray) -> np.ndarray:
+        """(C, N) cost of every constraint."""
+        if not self.constraints:
+            return np.zeros((0, len(genes)))
+        index = self.layout.block_index(genes)
+        r = genes[:, -1]
+        out = np.empty((len(self.constraints), len(genes)))
+        for i, (padded, fixed) in enumerate(zip(self.padded, self.fixed)):
+            np.add(padded[index].sum(axis=1), fixed[r], out=out[i])
+        return out
+
+    def feasible(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) bool: every constraint holds."""
+        if not self.constraints:
+            return np.ones(len(genes), dtype=bool)
+        values = self.values(genes)
+        if len(values) == 1:
+            return values[0] <= self.limits[0, 0]
+        return (values <= self.limits).all(axis=0)
+
+    def check(self, rng: np.random.Generator, samples: int = 4096) -> np.ndarray:
+        """Genes of at least one feasible architecture, or raise
+        :class:`InfeasibleConstraintError`.
+
+        Each constraint alone is decided exactly from its cost's minimum. Together they are
+        tried on each cost's minimiser, on the exact minimisers of 64 random weighted sums
+        of the costs (each scaled by its range), and on ``samples`` random architectures.
+        """
+        if not self.constraints:
+            return self.layout.sample(1, rng)
+        violated, witnesses = [], []
+        for c in self.constraints:
+            low, arch = c.cost.minimum()
+            if low > c.limit:
+                violated.append(
+                    f"{c} cannot be met: the smallest {c.cost.name} in this space is "
+                    f"{format_value(low, c.cost.unit)} ({low:.10g}), reached by {arch}"
+                )
+            witnesses.append(arch)
+        if violated:
+            raise InfeasibleConstraintError("; ".join(violated))
+        candidates = [ArchBatch.from_archs(self.space, witnesses).genes]
+        found = self._first_feasible(candidates[0])
+        if found is not None:
+            return found
+        costs = [c.cost for c in self.constraints]
+        spans = np.array([c.maximum()[0] - c.minimum()[0] for c in costs])
+        spans[spans <= 0] = 1.0
+        weights = rng.dirichlet(np.ones(len(costs)), size=64)
+        for w in weights:
+            combo = costs[0].combined(costs[1:], w / spans)
+            genes = ArchBatch.from_archs(self.space, [combo.minimum()[1]]).genes
+            if self.feasible(genes)[0]:
+                return genes
+            candidates.append(genes)
+        sampled = self.layout.sample(samples, rng)
+        found = self._first_feasible(sampled)
+        if found is not None:
+            return found
+        candidates.append(sampled)
+        pool = np.concatenate(candidates)
+        excess = ((self.values(pool) - self.limits) / spans[:, None]).max(axis=0)
+        closest = ArchBatch(self.space, pool[[int(excess.argmin())]])
+        values = self.values(closest.genes)[:, 0]
+        detail = ", ".join(
+            f"{c.cost.name}={format_value(v, c.cost.unit)}"
+            for c, v in zip(self.constraints, values)
+        )
+        raise InfeasibleConstraintError(
+            f"no sub-network satisfies {', '.join(str(c) for c in self.constraints)} together "
+            f"(each alone can be met; tried every cost's minimiser, {len(weights)} minimisers "
+            f"of weighted sums and {samples} random sub-networks). Closest found: {detail} "
+            f"({closest.arch(0)})"
+        )
+
+    def _first_feasible(self, genes: np.ndarray) -> np.ndarray | None:
+        ok = np.flatnonzero(self.feasible(genes))
+        return genes[ok[:1]] if len(ok) else None

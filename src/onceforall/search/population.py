@@ -1,0 +1,365 @@
+"""Populations of architectures as integer arrays, for search loops without per-arch Python.
+
+A population is one ``(N, G)`` integer matrix of *genes*, each gene an index into the
+choices of one decision of the space::
+
+    [ kernel index per slot | expand index per slot | depth index per stage | resolution ]
+
+Depth genes index the depths allowed in their stage (a stage with fewer slots may allow
+fewer depths). Sampling, mutation, crossover, one-hot encoding and the additive cost
+lookups (:mod:`.objectives`) are all whole-array numpy operations on this matrix.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ..arch import Arch, ArchLike, MBConvSpace
+
+__all__ = ["ArchBatch", "GenomeLayout", "genome_layout"]
+
+
+@dataclass(frozen=True, eq=False)
+class GenomeLayout:
+    """Index tables of one space, computed once (see :func:`genome_layout`)."""
+
+    space: MBConvSpace
+    n_slots: int
+    n_stages: int
+    slot_stage: np.ndarray  # (S,) stage of each slot
+    slot_pos: np.ndarray  # (S,) position of each slot inside its stage
+    depth_values: np.ndarray  # (T, max choices) depth of each depth index, padded
+    cardinality: np.ndarray  # (G,) number of choices of each gene
+    cardinality_f32: np.ndarray  # the same as float32, for drawing choices
+    gene_group: np.ndarray  # (G,) mutation group: slot s (k and e), S + stage, S + T (r)
+    encode_offset: np.ndarray  # (G,) one-hot column of choice 0 of each gene
+    block_offset: np.ndarray  # (S,) flat index of (r=0, slot, k=0, e=0) in a cost table
+    active_lut: np.ndarray  # (T * max depth choices, max slots) active slots per depth gene
+    active_cols: np.ndarray | None  # columns of the (T * max slots) lookup that are slots
+    stage_lut_offset: np.ndarray  # (T,) row of stage t's first depth choice in active_lut
+    table_shape: tuple[int, int, int, int]  # per-block cost table: (R, S, kernels, expands)
+    table_size: int  # its number of entries (index of the padding zero)
+
+    @property
+    def n_genes(self) -> int:
+        return 2 * self.n_slots + self.n_stages + 1
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_slots + self.n_stages + 1
+
+    def group_probabilities(self, prob: float, resolution_prob: float) -> np.ndarray:
+        """Mutation probability of each group: a block's (k, e) mutate together, as in the
+        authors' finder; depths with ``prob``; the resolution with ``resolution_prob``."""
+        probs = np.full(self.n_groups, float(prob))
+        probs[-1] = float(resolution_prob)
+        return probs
+
+    # ----------------------------------------------------- whole-array primitives
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` uniformly random genomes (each choice independently uniform)."""
+        return (rng.random((n, self.n_genes)) * self.cardinality).astype(np.intp)
+
+    def active(self, genes: np.ndarray) -> np.ndarray:
+        """(N, S) bool: which block slots run (the first ``d`` of every stage)."""
+        s, t = self.n_slots, self.n_stages
+        rows = genes[:, 2 * s : 2 * s + t] + self.stage_lut_offset
+        active = self.active_lut[rows].reshape(len(genes), t * self.active_lut.shape[1])
+        return active if self.active_cols is None else active[:, self.active_cols]
+
+    def block_index(self, genes: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """(N, S) flat index into a raveled cost table of :attr:`table_shape` for every
+        active slot; skipped slots point one past the end (callers pad a zero there)."""
+        s = self.n_slots
+        n_e = self.table_shape[3]
+        flat = genes[:, :s] * n_e
+        flat += genes[:, s : 2 * s]
+        flat += self.block_offset
+        flat += genes[:, -1:] * (s * self.table_shape[2] * n_e)
+        if active is None:
+            active = self.active(genes)
+        return np.where(active, flat, self.table_size)
+
+    def encode(self, genes: np.ndarray) -> np.ndarray:
+        """(N, D) float32 one-hot features, row by row equal to ``space.encode``."""
+        n, s = len(genes), self.n_slots
+        width = self.space.encoding_size + 1  # one spare column absorbs skipped slots
+        inactive = ~self.active(genes)
+        cols = np.empty((n, 2 * s + 1), dtype=np.intp)
+        np.add(genes[:, : 2 * s], self.encode_offset[: 2 * s], out=cols[:, : 2 * s])
+        cols[:, :s][inactive] = width - 1
+        cols[:, s : 2 * s][inactive] = width - 1
+        cols[:, -1] = genes[:, -1]
+        cols += (np.arange(n) * width)[:, None]
+        out = np.zeros(n * width, dtype=np.float32)
+        out[cols.ravel()] = 1.0
+        return out.reshape(n, width)[:, :-1]
+
+    def offspring(
+        self,
+        a: np.ndarray,
+        b: np.ndarray,
+        rng: np.random.Generator,
+        group_probs: np.ndarray,
+        mutate_rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Uniform crossover of ``a`` and ``b`` (every gene from either parent with
+        probability 1/2; pass ``b = a`` for none), then mutation: each group redrawn with
+        its probability, only in ``mutate_rows`` (bool, N) when given. A redraw may land on
+        the same choice, as in the authors' finder.
+
+        One uniform ``u`` per gene serves both: ``u < 1/2`` keeps parent ``a`` and
+        ``floor(u * choices)`` is the redrawn choice. A redrawn gene discards the parent
+        pick, so every output gene still has the right distribution."""
+        n = len(a)
+        u = rng.random((n, self.n_genes + self.n_groups), dtype=np.float32)
+        gene_u = u[:, : self.n_genes]
+        hit = u[:, self.n_genes :] < group_probs
+        if mutate_rows is not None:
+            hit &= mutate_rows[:, None]
+        child = np.where(gene_u < 0.5, a, b)
+        # float32 u <= 1 - 2**-24, so u * choices stays below choices (<= 126 of them).
+        fresh = (gene_u * self.cardinality_f32).astype(np.intp)
+        return np.where(hit[:, self.gene_group], fresh, child)
+
+    def mutate(
+        self,
+        genes: np.ndarray,
+        rng: np.random.Generator,
+        group_probs: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Copies of ``genes`` with each group redrawn with its probability (see
+        :meth:`offspring`)."""
+        return self.offspring(genes, genes, rng, group_probs, rows)
+
+    def crossover(self, a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Uniform crossover: every gene from either parent with probability 1/2."""
+        return self.offspring(a, b, rng, np.zeros(self.n_groups))
+
+    def network_keys(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) opaque keys, equal exactly when two rows run the same network (skipped
+        slots ignored): the genes, block genes of skipped slots zeroed, as raw bytes."""
+        n, s = len(genes), self.n_slots
+        blocks = (genes[:, : 2 * s].reshape(n, 2, s) + 1) * self.active(genes)[:, None, :]
+        keys = np.concatenate([blocks.reshape(n, 2 * s), genes[:, 2 * s :]], axis=1)
+        keys = np.ascontiguousarray(keys, dtype=np.int8)  # every gene has <= 126 choices
+        return keys.view(np.dtype((np.void, keys.shape[1]))).ravel()
+
+    def first_occurrences(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) bool: True for the first row of every distinct network."""
+        _, first = np.unique(self.network_keys(genes), return_index=True)
+        keep = np.zeros(len(genes), dtype=bool)
+        keep[first] = True
+        return keep
+
+
+@functools.lru_cache(maxsize=32)
+def genome_layout(space: MBConvSpace) -> GenomeLayout:
+    """The (cached) index tables of ``space``."""
+    s, t = space.num_slots, space.num_stages
+    n_k, n_e, n_r = len(space.kernel_sizes), len(space.expand_ratios), len(space.resolutions)
+    slot_stage = np.concatenate([np.full(m, i) for i, m in enumerate(space.stage_max_depths)])
+    slot_pos = np.concatenate([np.arange(m) for m in space.stage_max_depths])
+    stage_depths = [[x for x in space.depths if x <= m] for m in space.stage_max_depths]
+    widest = max(len(c) for c in stage_depths)
+    depth_values = np.array([c + [c[-1]] * (widest - len(c)) for c in stage_depths])
+    cardinality = np.concatenate(
+        [np.full(s, n_k), np.full(s, n_e), [len(c) for c in stage_depths], [n_r]]
+    )
+    if cardinality.max() > 126:  # keys are int8 and choices are drawn in float32
+        raise ValueError("search supports at most 126 choices per decision")
+    slots = np.arange(s)
+    gene_group = np.concatenate([slots, slots, s + np.arange(t), [s + t]])
+    k_base = n_r
+    e_base = k_base + s * n_k
+    encode_offset = np.concatenate(
+        [k_base + slots * n_k, e_base + slots * n_e, np.zeros(t, dtype=int), [0]]
+    )
+    widest_stage = max(space.stage_max_depths)
+    active_lut = np.zeros((t * widest, widest_stage), dtype=bool)
+    for stage, choices in enumerate(stage_depths):
+        for j, depth in enumerate(choices):
+            active_lut[stage * widest + j, :depth] = True
+    valid = (np.arange(widest_stage) < np.array(space.stage_max_depths)[:, None]).ravel()
+    table_shape = (n_r, s, n_k, n_e)
+    return GenomeLayout(
+        space=space,
+        n_slots=s,
+        n_stages=t,
+        slot_stage=slot_stage.astype(np.intp),
+        slot_pos=slot_pos.astype(np.intp),
+        depth_values=depth_values.astype(np.intp),
+        cardinality=cardinality.astype(np.intp),
+        cardinality_f32=cardinality.astype(np.float32),
+        gene_group=gene_group.astype(np.intp),
+        encode_offset=encode_offset.astype(np.intp),
+        block_offset=(slots * n_k * n_e).astype(np.intp),
+        active_lut=active_lut,
+        active_cols=None if valid.all() else np.flatnonzero(valid),
+        stage_lut_offset=(np.arange(t) * widest).astype(np.intp),
+        table_shape=table_shape,
+        table_size=int(np.prod(table_shape)),
+    )
+
+
+class ArchBatch:
+    """A population of architectures of one space, stored as a gene matrix.
+
+    Treat as immutable: operations return new batches. Columns are exposed as
+    :attr:`ks_index`, :attr:`e_index`, :attr:`depth_index`, :attr:`resolution_index`.
+    """
+
+    __slots__ = ("space", "genes", "layout")
+
+    def __init__(self, space: MBConvSpace, genes: np.ndarray) -> None:
+        layout = genome_layout(space)
+        genes = np.asarray(genes, dtype=np.intp)
+        if genes.ndim != 2 or genes.shape[1] != layout.n_genes:
+            raise ValueError(
+                f"genes must have shape (N, {layout.n_genes}) for this space; got {genes.shape}"
+            )
+        if len(genes) and ((genes < 0).any() or (genes >= layout.cardinality).any()):
+            raise ValueError("genes hold an index outside the choices of this space")
+        self.space = space
+        self.genes = genes
+        self.layout = layout
+
+    # --------------------------------------------------------------- columns
+    @property
+    def ks_index(self) -> np.ndarray:
+        return self.genes[:, : self.layout.n_slots]
+
+    @property
+    def e_index(self) -> np.ndarray:
+        s = self.layout.n_slots
+        return self.genes[:, s : 2 * s]
+
+    @property
+    def depth_index(self) -> np.ndarray:
+        s = self.layout.n_slots
+        return self.genes[:, 2 * s : 2 * s + self.layout.n_stages]
+
+    @property
+    def resolution_index(self) -> np.ndarray:
+        return self.genes[:, -1]
+
+    @property
+    def depths(self) -> np.ndarray:
+        """(N, T) depth of every stage."""
+        return self.layout.depth_values[np.arange(self.layout.n_stages), self.depth_index]
+
+    @property
+    def resolutions(self) -> np.ndarray:
+        return np.asarray(self.space.resolutions)[self.resolution_index]
+
+    def __len__(self) -> int:
+        return len(self.genes)
+
+    def __getitem__(self, index: int | slice | np.ndarray | Sequence[int]) -> ArchBatch:
+        """Rows as a new batch (an int gives a one-row batch; use :meth:`arch` for an Arch)."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return ArchBatch(self.space, self.genes[index])
+
+    def __repr__(self) -> str:
+        return f"ArchBatch(n={len(self)}, genes={self.layout.n_genes})"
+
+    # ----------------------------------------------------------- conversion
+    @classmethod
+    def from_archs(cls, space: MBConvSpace, archs: Iterable[ArchLike]) -> ArchBatch:
+        """Validate ``archs`` (Arch, dict or JSON) and pack them. Skipped slots may hold
+        any value (canonical archs hold 0); they are stored as choice 0."""
+        layout = genome_layout(space)
+        k_id = {k: i for i, k in enumerate(space.kernel_sizes)}
+        e_id = {e: i for i, e in enumerate(space.expand_ratios)}
+        r_id = {r: i for i, r in enumerate(space.resolutions)}
+        n_depths = layout.cardinality[2 * layout.n_slots : -1]
+        d_id = [
+            {int(d): i for i, d in enumerate(row[:n])}
+            for row, n in zip(layout.depth_values.tolist(), n_depths)
+        ]
+        rows = []
+        for raw in archs:
+            arch = space.parse(raw)
+            rows.append(
+                [k_id.get(k, 0) for k in arch.ks]
+                + [e_id.get(e, 0) for e in arch.e]
+                + [d_id[i][d] for i, d in enumerate(arch.d)]
+                + [r_id[arch.r]]
+            )
+        genes = np.array(rows, dtype=np.intp).reshape(len(rows), layout.n_genes)
+        return cls(space, genes)
+
+    def to_archs(self, canonical: bool = False) -> list[Arch]:
+        """The architectures; with ``canonical``, skipped slots are written as 0 (as
+        :meth:`MBConvSpace.canonical` does)."""
+        space = self.space
+        ks = np.asarray(space.kernel_sizes)[self.ks_index]
+        e = np.asarray(space.expand_ratios)[self.e_index]
+        if canonical:
+            inactive = ~self.active_mask()
+            ks[inactive] = 0
+            e[inactive] = 0
+        d, r = self.depths, self.resolutions
+        return [
+            Arch(
+                ks=tuple(ks[i].tolist()),
+                e=tuple(e[i].tolist()),
+                d=tuple(d[i].tolist()),
+                r=int(r[i]),
+            )
+            for i in range(len(self))
+        ]
+
+    def arch(self, i: int, canonical: bool = False) -> Arch:
+        return self[int(i)].to_archs(canonical)[0]
+
+    @staticmethod
+    def concat(batches: Sequence[ArchBatch]) -> ArchBatch:
+        if not batches:
+            raise ValueError("nothing to concatenate")
+        space = batches[0].space
+        if any(b.space != space for b in batches):
+            raise ValueError("cannot concatenate batches of different spaces")
+        return ArchBatch(space, np.concatenate([b.genes for b in batches]))
+
+    # ------------------------------------------------------------- features
+    def active_mask(self) -> np.ndarray:
+        """(N, S) bool: the block slots each architecture runs."""
+        return self.layout.active(self.genes)
+
+    def encode(self) -> np.ndarray:
+        """(N, D) float32 one-hot features; row i equals ``space.encode(self.arch(i))``."""
+        return self.layout.encode(self.genes)
+
+    def unique(self) -> ArchBatch:
+        """The first occurrence of every distinct network (skipped slots ignored)."""
+        return ArchBatch(self.space, self.genes[self.layout.first_occurrences(self.genes)])
+
+    # ------------------------------------------------------------ variation
+    @classmethod
+    def sample(cls, space: MBConvSpace, n: int, rng: np.random.Generator) -> ArchBatch:
+        """``n`` uniformly random architectures (the distribution of ``space.sample``)."""
+        return cls(space, genome_layout(space).sample(n, rng))
+
+    def mutate(
+        self, rng: np.random.Generator, prob: float = 0.1, resolution_prob: float | None = None
+    ) -> ArchBatch:
+        """Redraw each block's (k, e) and each stage depth with probability ``prob``, the
+        resolution with ``resolution_prob`` (default ``prob``)."""
+        probs = self.layout.group_probabilities(
+            prob, prob if resolution_prob is None else resolution_prob
+        )
+        return ArchBatch(self.space, self.layout.mutate(self.genes, rng, probs))
+
+    def crossover(self, other: ArchBatch, rng: np.random.Generator) -> ArchBatch:
+        """Row-wise uniform crossover with ``other`` (same length): every gene from either
+        parent with probability 1/2."""
+        if other.space != self.space or len(other) != len(self):
+            raise ValueError("crossover needs two batches of the same space and length")
+        return ArchBatch(self.space, self.layout.crossover(self.genes, other.genes, rng))
