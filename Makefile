@@ -35,9 +35,14 @@ data:
 	  echo "--data at a folder holding the four *-ubyte.gz IDX files."; \
 	fi
 
+# The main job end to end: train with progressive shrinking, measure the accuracy of
+# sampled sub-networks, fit the predictor, time every block on this CPU, specialise for
+# three latency targets and export them. About 15 minutes on 2 cores; running it again
+# reuses what runs/demo already holds (DEMO_ARGS=--fresh starts over).
+DEMO_RUN ?= runs/demo
+DEMO_ARGS ?=
 demo: setup data
-	$(VENV)/bin/ofa list
-	$(VENV)/bin/ofa profile --supernet ofa_mbv3_w1.0 --num-random 3 --threads 2
+	$(VENV)/bin/ofa run --config fashion-mnist-quick --data fashion-mnist --out $(DEMO_RUN) $(DEMO_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
@@ -51,7 +56,10 @@ test-all: setup data lint
 	$(PY) -m pytest -q -m ""
 
 bench: setup
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[reference]'
 	$(PY) bench/train_step.py
+	$(PY) bench/search_speed.py
+	$(PY) bench/latency_table.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

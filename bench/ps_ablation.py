@@ -36,6 +36,7 @@ def baseline_config(ps_config, subnets_per_step: int = 2):
         name="all_elastic",
         epochs=total_epochs,
         lr=ps_config.stages[0].lr,
+        train_largest=last.train_largest,
         warmup_epochs=ps_config.stages[0].warmup_epochs,
         subnets_per_step=last.subnets_per_step,
         kernel_sizes=list(last.kernel_sizes),

@@ -169,3 +169,20 @@ def test_two_workers_stay_identical(tmp_path) -> None:
         params, archs = record["consistency"]["params"], record["consistency"]["archs"]
         assert len(params) == 2 and params[0] == params[1]
         assert len(archs) == 2 and archs[0] == archs[1]
+
+
+def test_step_archs_are_seeded_and_train_largest_comes_first() -> None:
+    from onceforall import MBConvSpace
+    from onceforall.training.config import StageConfig
+    from onceforall.training.schedule import step_archs
+
+    space = MBConvSpace(resolutions=(24, 32))
+    plain = StageConfig("s", 1, 0.1, subnets_per_step=3, kernel_sizes=[3, 5, 7])
+    sandwich = StageConfig(
+        "s", 1, 0.1, subnets_per_step=3, kernel_sizes=[3, 5, 7], train_largest=True
+    )
+    a = step_archs(space, plain, seed=0, stage_index=1, step=5)
+    assert a == step_archs(space, plain, seed=0, stage_index=1, step=5)
+    assert a != step_archs(space, plain, seed=0, stage_index=1, step=6)
+    b = step_archs(space, sandwich, seed=0, stage_index=1, step=5)
+    assert b[0] == space.largest() and b[1:] == a[1:]

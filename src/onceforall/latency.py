@@ -1,30 +1,61 @@
-"""Latency measured on the device at hand: warm-up, then the median of repeated runs."""
+"""Latency measured on the device at hand: warm-up, then the median of repeated runs.
+
+Two backends: ``"torch"`` (PyTorch eager, CPU or CUDA) and ``"onnxruntime"`` (the model
+exported to ONNX with a fixed input shape, run by ONNX Runtime on the CPU). ONNX Runtime is
+optional (``pip install onnxruntime``). A :class:`Runner` is one model prepared for one
+backend; :func:`measure_latency` times one, and the latency table times hundreds of them
+interleaved (see :mod:`onceforall.latency_table`).
+"""
 
 from __future__ import annotations
 
+import os
+import platform
+import random
 import statistics
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["LatencyStats", "measure_latency", "torch_threads"]
+from .onnx_export import export_onnx
+
+__all__ = [
+    "BACKENDS",
+    "LatencyStats",
+    "Runner",
+    "backend_versions",
+    "device_description",
+    "make_runner",
+    "measure_latency",
+    "time_interleaved",
+    "timing_scope",
+    "torch_threads",
+]
+
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Milliseconds per forward pass of one batch."""
+    """Milliseconds per forward pass of one batch: median, best run and percentiles of
+    the repeats. ``threads`` is the intra-op thread count (0: the backend's default, for
+    ONNX Runtime one per physical core)."""
 
     median_ms: float
+    min_ms: float
     p10_ms: float
     p90_ms: float
     repeats: int
     batch_size: int
     device: str
     threads: int
+    backend: str = "torch"
 
 
 @contextmanager
@@ -41,46 +72,210 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _sync(device: torch.device) -> None:
+def _check_backend(backend: str, device: str | torch.device) -> torch.device:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
+    device = torch.device(device)
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise ValueError("the onnxruntime backend runs on the CPU only; use device='cpu'")
+    return device
+
+
+def _onnxruntime() -> Any:
+    """The ``onnxruntime`` module, or an ImportError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            "the onnxruntime latency backend needs ONNX Runtime and the ONNX exporter: "
+            "pip install onnxruntime onnx onnxscript (or the onceforall[deploy] extra)"
+        ) from exc
+    return onnxruntime
+
+
+def backend_versions(backend: str) -> dict[str, str]:
+    """Versions of the software that produced a timing (saved with tables and results)."""
+    versions = {"torch": torch.__version__}
+    if backend == "onnxruntime":
+        versions["onnxruntime"] = _onnxruntime().__version__
+    return versions
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_description(device: str | torch.device = "cpu") -> str:
+    """One line naming the machine a timing comes from: CPU model and core count (or the
+    CUDA device), OS and torch version. Saved with latency tables so that a table is
+    never mistaken for one of another device."""
+    device = torch.device(device)
+    cpu = f"{_cpu_model()}, {os.cpu_count()} logical cores"
+    parts = [cpu, f"{platform.system()} {platform.machine()}", f"torch {torch.__version__}"]
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        parts.insert(0, f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})")
+    return "; ".join(parts)
 
 
-@torch.inference_mode()
+def _torch_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    if x.device.type != "cuda":
+        return lambda: model(x)
+
+    def run() -> None:
+        model(x)
+        torch.cuda.synchronize(x.device)
+
+    return run
+
+
+class Runner:
+    """One model prepared for one backend: calling it runs one forward pass on a fixed
+    random input (and waits for the device). Use inside :func:`timing_scope`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        backend: str = "torch",
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        self.device = _check_backend(backend, device)
+        self.backend = backend
+        self.input_shape = tuple(int(s) for s in input_shape)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(*self.input_shape, generator=gen)
+        self._run: Callable[[], Any]
+        if backend == "torch":
+            self.threads = torch.get_num_threads() if threads is None else threads
+            model = model.eval().to(self.device)
+            x = x.to(self.device)
+            self._run = _torch_call(model, x)
+        else:
+            ort = _onnxruntime()
+            self.threads = threads or 0
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            with tempfile.TemporaryDirectory(prefix="ofa-onnx-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                export_onnx(model, self.input_shape, path)
+                session = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            feed = {session.get_inputs()[0].name: x.numpy()}
+            self._run = lambda: session.run(None, feed)
+
+    def __call__(self) -> None:
+        self._run()
+
+    def time_ms(self, calls: int = 1) -> float:
+        """Milliseconds per call, averaged over ``calls`` back-to-back calls."""
+        start = time.perf_counter()
+        for _ in range(calls):
+            self._run()
+        return (time.perf_counter() - start) * 1000 / calls
+
+
+def make_runner(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    backend: str = "torch",
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+) -> Runner:
+    """Prepare ``model`` for timing on ``backend`` (exports it for ONNX Runtime)."""
+    return Runner(model, input_shape, backend=backend, device=device, threads=threads)
+
+
+@contextmanager
+def timing_scope(backend: str, threads: int | None) -> Iterator[None]:
+    """What torch runners need around their calls: the thread count, inference mode.
+    (ONNX Runtime sessions carry their thread count themselves.)"""
+    with ExitStack() as stack:
+        if backend == "torch":
+            stack.enter_context(torch_threads(threads))
+            stack.enter_context(torch.inference_mode())
+        yield
+
+
+def time_interleaved(
+    runners: Sequence[Runner],
+    rounds: int,
+    *,
+    warmup: int = 3,
+    settle: int = 3,
+    seed: int = 0,
+    on_round: Callable[[], None] | None = None,
+) -> list[list[float]]:
+    """Milliseconds of ``rounds`` calls of every runner, one per round in a fresh seeded
+    random order, so that background load and drift hit every runner alike.
+
+    Each timed call follows ``settle`` untimed ones: after the other runners have
+    evicted its weights and buffers from the caches, a model takes a few calls to reach
+    the steady state of a model run over and over (which is what a deployed network is,
+    and what :func:`measure_latency` times). Call inside :func:`timing_scope`."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner()
+    samples: list[list[float]] = [[] for _ in runners]
+    order = list(range(len(runners)))
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for i in order:
+            for _ in range(settle):
+                runners[i]()
+            samples[i].append(runners[i].time_ms())
+        if on_round is not None:
+            on_round()
+    return samples
+
+
 def measure_latency(
     model: nn.Module,
     resolution: int,
     *,
+    backend: str = "torch",
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     threads: int | None = None,
     warmup: int = 5,
     repeats: int = 30,
 ) -> LatencyStats:
-    """Time ``model`` in eval mode on a random ``(batch, 3, r, r)`` input."""
+    """Time ``model`` in eval mode on a random ``(batch, 3, r, r)`` input: ``warmup``
+    untimed runs, then the median (and 10th / 90th percentiles) of ``repeats`` runs."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
-    device = torch.device(device)
-    model = model.eval().to(device)
-    x = torch.randn(batch_size, 3, resolution, resolution, device=device)
-    times = []
-    with torch_threads(threads):
+    runner = make_runner(
+        model,
+        (batch_size, 3, resolution, resolution),
+        backend=backend,
+        device=device,
+        threads=threads,
+    )
+    with timing_scope(backend, threads):
         for _ in range(warmup):
-            model(x)
-        _sync(device)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1000)
-        used_threads = torch.get_num_threads()
-    times.sort()
+            runner()
+        times = sorted(runner.time_ms() for _ in range(repeats))
     return LatencyStats(
         median_ms=statistics.median(times),
+        min_ms=times[0],
         p10_ms=times[int(0.1 * (len(times) - 1))],
         p90_ms=times[int(0.9 * (len(times) - 1))],
         repeats=repeats,
         batch_size=batch_size,
-        device=str(device),
-        threads=used_threads,
+        device=str(runner.device),
+        threads=runner.threads,
+        backend=backend,
     )

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from . import __version__
-from .arch import ArchError
-from .models import create_supernet, list_supernets
-from .report import arch_summary, format_table, profile_subnets, spread_archs
+from .. import __version__
+from ..arch import ArchError
+from ..models import create_supernet, list_supernets
+from ..report import arch_summary, format_table, profile_subnets, spread_archs
+from .deploy import add_deploy_commands
+from .train import add_training_commands
 
 
 def _supernet_arg(parser: argparse.ArgumentParser) -> None:
@@ -103,93 +104,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict:
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"ofa: --set expects KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import TrainingDiverged, load_config, train
-
-    config = load_config(args.config, **_parse_overrides(args.set))
-    try:
-        results = train(
-            config,
-            args.data,
-            args.out,
-            stages=args.stage,
-            resume=args.resume,
-            device=args.device,
-            max_steps=args.max_steps,
-        )
-    except TrainingDiverged as exc:
-        print(f"ofa: training stopped: {exc}", file=sys.stderr)
-        return 3
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0  # under torchrun, rank 0 reports
-    for stage, validation in results.items():
-        if stage == "stopped_at":
-            print(f"stopped at {validation} (--max-steps); continue with --resume")
-            continue
-        parts = "  ".join(f"{k} {v:.1f}" for k, v in (validation or {}).items())
-        print(f"{stage:10s} test top-1: {parts}")
-    print(f"run directory: {args.out}")
-    return 0
-
-
-def _cmd_acc_dataset(args: argparse.Namespace) -> int:
-    from .predictors import accuracy_dataset_for_run
-
-    out, rows = accuracy_dataset_for_run(
-        args.run,
-        args.data,
-        out=args.out,
-        num_archs=args.num_archs,
-        calibration_images=args.calibration_images,
-        eval_images=args.eval_images,
-        seed=args.seed,
-        device=args.device,
-    )
-    if rows:
-        accs = [r["accuracy"] for r in rows]
-        print(
-            f"{len(rows)} archs in {out}: top-1 {min(accs):.2f} to {max(accs):.2f} % "
-            f"(mean {sum(accs) / len(accs):.2f})"
-        )
-    return 0
-
-
-def _cmd_train_predictor(args: argparse.Namespace) -> int:
-    from .predictors import fit_accuracy_predictor, read_accuracy_dataset
-    from .training import load_run
-
-    _, net = load_run(args.run)
-    dataset = Path(args.dataset or Path(args.run) / "accuracy_dataset.jsonl")
-    rows = read_accuracy_dataset(dataset)
-    predictor, report = fit_accuracy_predictor(
-        net.space,
-        [r["arch"] for r in rows],
-        [r["accuracy"] for r in rows],
-        val_fraction=args.val_fraction,
-        epochs=args.epochs,
-        seed=args.seed,
-    )
-    out = predictor.save(args.out or Path(args.run) / "accuracy_predictor.pt")
-    print(f"accuracy predictor: {report}")
-    print(f"wrote {out}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ofa", description="Once-for-All supernets: build, inspect, profile."
+        prog="ofa",
+        description="Once-for-All supernets: train once, specialise for each device, export.",
     )
     parser.add_argument("--version", action="version", version=f"onceforall {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,64 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_profile)
 
-    p = sub.add_parser("train", help="progressive shrinking on a dataset; resumable")
-    p.add_argument(
-        "--config",
-        required=True,
-        help="YAML file, or a preset: imagenet, fashion-mnist, fashion-mnist-quick",
-    )
-    p.add_argument(
-        "--data",
-        default="fashion-mnist",
-        help="'fashion-mnist', a folder of its IDX files, or an ImageNet-style "
-        "folder with train/ and val/ (default: %(default)s)",
-    )
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument(
-        "--stage", action="append", help="run only this stage (repeatable; default: all)"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="continue from the last complete checkpoint in --out"
-    )
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set batch_size=32",
-    )
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser(
-        "acc-dataset",
-        help="measure the accuracy of many sub-networks of a trained supernet (resumable)",
-    )
-    p.add_argument("--run", required=True, help="training run directory")
-    p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
-    p.add_argument("--out", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
-    p.add_argument("--num-archs", type=int, default=1000)
-    p.add_argument(
-        "--calibration-images",
-        type=int,
-        help="held-out images for BN recalibration (default: the run's bn_recal_images)",
-    )
-    p.add_argument(
-        "--eval-images", type=int, help="held-out images to measure on (default: the rest)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.set_defaults(func=_cmd_acc_dataset)
-
-    p = sub.add_parser("train-predictor", help="fit the accuracy predictor on the dataset")
-    p.add_argument("--run", required=True, help="training run directory")
-    p.add_argument("--dataset", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
-    p.add_argument("--out", help="predictor file (default: RUN/accuracy_predictor.pt)")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_train_predictor)
+    add_training_commands(sub)
+    add_deploy_commands(sub)
 
     p = sub.add_parser("inspect", help="validate an arch (JSON text or file); MACs and params")
     _supernet_arg(p)

@@ -116,8 +116,9 @@ def build_accuracy_dataset(
         if path.is_file():
             rows = read_accuracy_dataset(path)
             done.update(_key(r["arch"]) for r in rows)
-            if path == mine:
-                _rewrite_complete(path, rows)
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            if path == mine and len(lines) != len(rows):
+                _rewrite_complete(path, rows)  # drop the row cut off by an interruption
     todo = [a for i, a in enumerate(archs) if i % env.world_size == env.rank]
     todo = [a for a in todo if _key(a) not in done]
     supernet.eval()

@@ -14,7 +14,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..arch import Arch, MBConvSpace
+from ..arch import Arch, ArchLike, MBConvSpace
 from .evolution import (
     PredictorLike,
     _Evaluator,
@@ -129,13 +129,14 @@ def pareto_search(
     resolution_mutation_prob: float = 0.5,
     seed: int = 0,
     max_tries: int = 100,
+    initial: Sequence[ArchLike] = (),
     progress: bool = False,
 ) -> ParetoFront:
     """NSGA-II over (predicted accuracy, ``costs``): the non-dominated feasible
     architectures of the final population. Children are the uniform crossover of two
     tournament winners, then mutated; infeasible children are redrawn as in
     :func:`~.evolution.evolutionary_search`. Two architectures that run the same network
-    count once."""
+    count once. ``initial`` archs (feasible ones) seed the first population."""
     if isinstance(costs, AdditiveCost):
         costs = [costs]
     costs = list(costs)
@@ -161,6 +162,12 @@ def pareto_search(
         return np.column_stack([-accuracy, objective_costs.values(genes).T])
 
     genes = _random_feasible(layout, cset, population, rng, witness, probs, max_tries)
+    if len(initial):
+        # Known good architectures (e.g. the winners of constrained searches) join the
+        # first population, so the front reaches at least as far as they do.
+        seeds = ArchBatch.from_archs(space, initial).genes[:population]
+        seeds = seeds[cset.feasible(seeds)]
+        genes[: len(seeds)] = seeds
     f = objectives(genes)
     chosen, ranks, crowd = _select(f, layout.first_occurrences(genes), population)
     genes, f = genes[chosen], f[chosen]

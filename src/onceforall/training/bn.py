@@ -125,7 +125,7 @@ class SubnetEvaluator:
         self.cache_bytes = cache_bytes
         self._cache: dict[tuple[str, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
-    def _batches(self, which: str, resolution: int) -> Iterable:
+    def batches(self, which: str, resolution: int) -> Iterable:
         """Evaluation batches of the calibration (only the images it needs) or test set."""
         key = (which, resolution)
         if key in self._cache:
@@ -152,14 +152,14 @@ class SubnetEvaluator:
         subnet = recalibrate_bn(
             net,
             arch,
-            self._batches("calibration", arch.r),
+            self.batches("calibration", arch.r),
             self.calibration_images,
             device=self.device,
             memory_format=self.memory_format,
         )
         metrics = evaluate(
             subnet,
-            self._batches("test", arch.r),
+            self.batches("test", arch.r),
             device=self.device,
             memory_format=self.memory_format,
         )

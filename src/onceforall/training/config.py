@@ -35,6 +35,10 @@ class StageConfig:
     expand_ratios: list[int] = field(default_factory=lambda: [6])
     depths: list[int] = field(default_factory=lambda: [4])
     sort_channels: bool = False  # sort hidden channels by importance before this stage
+    # Make the first sub-network of every step the largest of the open space (the
+    # "sandwich rule" of BigNAS). Not in the paper's recipe; short schedules use it to
+    # keep the largest sub-network where the full stage left it.
+    train_largest: bool = False
     distill: bool = True  # distil from the frozen full network (not in the first stage)
 
 
@@ -70,6 +74,8 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True  # much faster convolutions on CPU
     amp_dtype: str | None = None  # "bfloat16" for autocast on GPU
+    # steps after training (ofa run): see onceforall.pipeline.SpecializeConfig
+    specialize: dict[str, Any] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:

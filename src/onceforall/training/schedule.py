@@ -16,7 +16,15 @@ from typing import Any, Iterator
 from ..arch import Arch, MBConvSpace
 from .config import StageConfig
 
-__all__ = ["Position", "SkipBatches", "lr_at", "peak_lr", "sample_stage_arch", "stage_space"]
+__all__ = [
+    "Position",
+    "SkipBatches",
+    "lr_at",
+    "peak_lr",
+    "sample_stage_arch",
+    "stage_space",
+    "step_archs",
+]
 
 
 def stage_space(space: MBConvSpace, stage: StageConfig) -> MBConvSpace:
@@ -78,3 +86,13 @@ def lr_at(peak: float, stage: StageConfig, step: int, steps_per_epoch: int, tota
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_archs(space: MBConvSpace, stage: StageConfig, seed: int, stage_index: int, step: int):
+    """The sub-networks one optimiser step of ``stage`` trains, in order."""
+    archs = [
+        sample_stage_arch(space, seed, stage_index, step, k) for k in range(stage.subnets_per_step)
+    ]
+    if stage.train_largest:
+        archs[0] = space.largest()
+    return archs

@@ -7,6 +7,7 @@ One :class:`Trainer` owns a run directory::
     RUN_DIR/teacher/             the full network after the first stage (frozen teacher)
     RUN_DIR/supernet/            the supernet weights after the last finished stage
     RUN_DIR/metrics.jsonl        one JSON record per log interval and per validation
+    RUN_DIR/training_done.json   the final validation, once every stage has finished
 
 A position in the run is (stage, epoch, batch within the epoch, global step). The data
 order and the sampled sub-networks are pure functions of (seed, stage, epoch, step), so a
@@ -57,11 +58,13 @@ from .schedule import (
     SkipBatches,
     lr_at,
     peak_lr,
-    sample_stage_arch,
     stage_space,
+    step_archs,
 )
 
-__all__ = ["Trainer", "TrainingDiverged", "load_run", "stage_space", "train"]
+__all__ = ["DONE_FILE", "Trainer", "TrainingDiverged", "load_run", "stage_space", "train"]
+
+DONE_FILE = "training_done.json"  # written when every stage has finished
 
 
 class TrainingDiverged(RuntimeError):
@@ -282,6 +285,9 @@ class Trainer:
             self.position = Position(
                 stage=self.position.stage + 1, global_step=self.position.global_step
             )
+        if "stopped_at" not in results and stages is None and self.env.is_main:
+            self._log({"type": "done", **results})
+            (self.run_dir / DONE_FILE).write_text(json.dumps(results, indent=1) + "\n")
         return results
 
     def _run_stage(self, stage: StageConfig, optimizer_state: dict | None) -> bool:
@@ -337,8 +343,8 @@ class Trainer:
                         teacher_probs = torch.softmax(self.teacher(images).float(), dim=1)
                 optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
-                for k in range(stage.subnets_per_step):
-                    arch = sample_stage_arch(space, cfg.seed, pos.stage, pos.stage_step, k)
+                archs = step_archs(space, stage, cfg.seed, pos.stage, pos.stage_step)
+                for k, arch in enumerate(archs):
                     arch_log.append(arch.to_json())
                     self.net.set_active(arch)
                     with autocast:

@@ -1,0 +1,262 @@
+"""``ofa latency-table``, ``ofa search``, ``ofa specialize``, ``ofa export``, ``ofa run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..report import arch_summary, format_table
+
+
+def _load_arch_text(text: str) -> str:
+    path = Path(text)
+    return path.read_text() if path.is_file() else text
+
+
+def _predictor_and_table(args: argparse.Namespace, supernet: Any, need_table: bool):
+    from ..latency_table import LatencyTable
+    from ..predictors import AccuracyPredictor
+
+    run = Path(args.run)
+    predictor = AccuracyPredictor.load(
+        args.predictor or run / "accuracy_predictor.pt", space=supernet.space
+    )
+    table_path = Path(args.latency_table or run / "latency_table.json")
+    table = None
+    if table_path.is_file():
+        table = LatencyTable.load(table_path, supernet)
+    elif need_table or args.latency_table:
+        raise SystemExit(f"ofa: no latency table at {table_path}; build one: ofa latency-table")
+    return predictor, table
+
+
+def _targets_need_latency(targets: list[str]) -> bool:
+    return any("latency" in t for t in targets)
+
+
+def _cmd_latency_table(args: argparse.Namespace) -> int:
+    from ..latency_table import LatencyTable
+    from ..models import create_supernet
+    from ..training import load_run
+
+    if args.run:
+        _, supernet = load_run(args.run)
+    else:
+        supernet = create_supernet(
+            args.supernet, num_classes=args.num_classes, resolutions=args.resolutions
+        )
+    out = Path(args.out or (Path(args.run) / "latency_table.json" if args.run else None) or "")
+    if not str(out):
+        raise SystemExit("ofa: --out is required without --run")
+    existing = LatencyTable.load(out, supernet) if args.extend and out.is_file() else None
+    table = LatencyTable.build(
+        supernet,
+        backend=args.backend,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        resolutions=args.resolutions,
+        repeats=args.repeats,
+        existing=existing,
+    )
+    table.save(out)
+    smallest, largest = supernet.space.smallest(), supernet.space.largest()
+    print(
+        f"latency table ({table.backend}, {table.device_description}, batch "
+        f"{table.batch_size}): {len(table.entries)} entries, built in "
+        f"{table.build_seconds:.0f} s; predicted smallest {table.predict(smallest):.2f} ms, "
+        f"largest {table.predict(largest):.2f} ms"
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from ..search import evolutionary_search, parse_constraints, random_search
+    from ..specialize import search_costs
+    from ..training import load_run
+
+    _, supernet = load_run(args.run)
+    predictor, table = _predictor_and_table(args, supernet, _targets_need_latency(args.target))
+    costs = search_costs(supernet, table)
+    search = random_search if args.random else evolutionary_search
+    rows, records = [], []
+    for target in args.target:
+        constraints = parse_constraints([t for t in target.split(",") if t], costs)
+        found = search(
+            supernet.space, predictor, constraints, generations=args.generations, seed=args.seed
+        )
+        values = {name: cost.of(found.arch) for name, cost in costs.items()}
+        rows.append(
+            (
+                target,
+                arch_summary(supernet.space, found.arch),
+                f"{found.accuracy:.2f}",
+                f"{values['macs'] / 1e6:.1f}",
+                f"{values['params'] / 1e6:.2f}",
+                f"{values['latency_ms']:.2f}" if "latency_ms" in values else "-",
+                f"{found.wall_time_s:.2f}",
+            )
+        )
+        records.append(
+            {"target": target, "arch": found.arch.to_dict(), "predicted_accuracy": found.accuracy}
+            | values
+        )
+    headers = ("target", "arch", "pred. top-1", "MMACs", "Mparams", "table ms", "search s")
+    print(format_table(headers, rows))
+    if args.out:
+        Path(args.out).write_text(json.dumps(records, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_specialize(args: argparse.Namespace) -> int:
+    from ..pipeline import test_evaluator
+    from ..specialize import format_specialized, specialize
+    from ..training import load_run
+
+    config, supernet = load_run(args.run)
+    predictor, table = _predictor_and_table(args, supernet, _targets_need_latency(args.target))
+    evaluator = test_evaluator(config, args.data)
+    chosen = specialize(
+        supernet.to(memory_format=evaluator.memory_format),
+        predictor,
+        args.target,
+        latency_table=table,
+        evaluator=evaluator,
+        random_baseline=args.random_baseline,
+        seed=args.seed,
+        generations=args.generations,
+    )
+    print(format_specialized(supernet.space, chosen))
+    out = Path(args.out or Path(args.run) / "specialized.json")
+    out.write_text(json.dumps([c.to_dict() for c in chosen], indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ..data import make_loader, open_splits
+    from ..export import export_subnet
+    from ..training import load_run
+
+    config, supernet = load_run(args.run)
+    arch = supernet.parse_arch(_load_arch_text(args.arch))
+    splits = open_splits(
+        args.data,
+        holdout_size=config.holdout_size,
+        seed=config.seed,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+    )
+    loaders = [
+        make_loader(s, 256, [arch.r], train=False, seed=config.seed, num_workers=0)
+        for s in (splits.holdout, splits.test)
+    ]
+    result = export_subnet(
+        supernet,
+        arch,
+        args.out,
+        calibration_loader=loaders[0],
+        test_loader=loaders[1],
+        n_calibration=config.bn_recal_images,
+        onnx=not args.no_onnx,
+        threads=args.threads,
+        extra_metadata={"source_run": str(args.run)},
+    )
+    top1 = "-" if result.top1 is None else f"{result.top1:.2f} %"
+    print(
+        f"{arch_summary(supernet.space, arch)}: test top-1 {top1}, "
+        f"{result.macs / 1e6:.1f} MMACs, {result.params / 1e6:.2f} M params, "
+        f"{result.latency_ms:.2f} ms on this CPU"
+    )
+    print(f"wrote {result.out_dir} (model.safetensors, model.onnx, arch.json, metadata.json)")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ..pipeline import run_pipeline
+    from ..specialize import format_specialized
+    from ..training import load_config
+    from .train import _parse_overrides
+
+    config = load_config(args.config, **_parse_overrides(args.set))
+    summary = run_pipeline(config, args.data, args.out, fresh=args.fresh, device=args.device)
+    print()
+    print(format_specialized(summary.space, summary.chosen))
+    print(
+        "top-1: test split after BN recalibration; random top-1: mean of random "
+        "sub-networks meeting the same target; latency: measured on this device"
+    )
+    if summary.plot:
+        print(f"Pareto plot: {summary.plot}")
+    for path in summary.exports:
+        print(f"exported: {path}")
+    return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--predictor", help="default: RUN/accuracy_predictor.pt")
+    p.add_argument("--latency-table", help="default: RUN/latency_table.json")
+    p.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        help="constraints, e.g. 'latency_ms<=5' or 'macs<=20M,params<=3M' (repeatable)",
+    )
+    p.add_argument("--generations", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_deploy_commands(sub: Any) -> None:
+    from ..latency import BACKENDS
+
+    p = sub.add_parser("latency-table", help="measure per-block latencies on this device")
+    p.add_argument("--run", help="training run directory (its supernet and resolutions)")
+    p.add_argument("--supernet", default="ofa_mbv3_w1.0", help="without --run")
+    p.add_argument("--num-classes", type=int, default=1000, help="without --run")
+    p.add_argument("--resolutions", type=int, nargs="+", help="default: the supernet's")
+    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the backend's)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--extend", action="store_true", help="only measure what --out lacks")
+    p.add_argument("--out", help="JSON file (default: RUN/latency_table.json)")
+    p.set_defaults(func=_cmd_latency_table)
+
+    p = sub.add_parser("search", help="best predicted sub-network per target (no measuring)")
+    _run_args(p)
+    p.add_argument("--random", action="store_true", help="random search (baseline)")
+    p.add_argument("--out", help="write the chosen archs to this JSON file")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "specialize", help="search per target, then measure accuracy and latency for real"
+    )
+    _run_args(p)
+    p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
+    p.add_argument("--random-baseline", type=int, default=5, help="random archs per target")
+    p.add_argument("--out", help="JSON file (default: RUN/specialized.json)")
+    p.set_defaults(func=_cmd_specialize)
+
+    p = sub.add_parser("export", help="a sub-network as safetensors + ONNX, with metadata")
+    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
+    p.add_argument("--arch", required=True, help="arch JSON, or a file holding it")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--threads", type=int, help="CPU threads for the latency measurement")
+    p.add_argument("--no-onnx", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "run", help="the whole job: train, accuracy dataset, predictor, latency, specialise, export"
+    )
+    p.add_argument("--config", required=True, help="YAML file or preset")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--fresh", action="store_true", help="delete --out and start over")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_run)

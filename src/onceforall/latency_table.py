@@ -1,0 +1,416 @@
+"""Per-block latency lookup table (the paper's per-layer table, one entry per block).
+
+A sub-network of an MBConv supernet is a fixed stem, one block per active slot (chosen
+by the slot's kernel size and expand ratio) and a fixed head, and a slot's input size
+depends only on the resolution. So its latency is predicted as
+``fixed_ms(r) + sum(block_ms(r, slot, k, e) for the active slots)``, each term looked up.
+
+Every distinct block shape (channels, kernel, stride, activation, SE, input size) is timed
+as a static module with random weights on the target backend; slots of one shape share
+the entry. The parts of a resolution and a few whole calibration networks are timed in
+the same interleaved rounds (each timed run after untimed ones, to reach the steady state
+of a network run over and over); each keeps the median of its rounds (as
+:func:`~onceforall.latency.measure_latency` reports) or, with ``statistic="min"``, its best
+round, which ignores preemption by other processes on a shared machine.
+
+A block timed alone does not take the time it takes inside a network (its weights stay
+in the core's cache, each call pays its own overhead), so a calibration model is fitted to
+the whole networks: a scale, an overhead plus a scale, or both plus a cost per parameter,
+whichever predicts left-out networks best. It is folded into the entries
+(``block_ms = scale * ms + ms_per_mparam * mparams``, the overhead into ``fixed_ms``), so
+every term stays a lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import latency_parts as lp
+from .arch import Arch, ArchLike, MBConvSpace
+from .latency import (
+    BACKENDS,
+    backend_versions,
+    device_description,
+    make_runner,
+    time_interleaved,
+    timing_scope,
+)
+from .models.mobilenet_v3 import OFAMobileNetV3
+
+__all__ = ["LatencyTable", "LatencyTableError"]
+
+FORMAT = "onceforall-latency-table"
+VERSION = 1
+STATISTICS = {"median": statistics.median, "min": min}  # of the timed rounds
+
+
+class LatencyTableError(ValueError):
+    """A table that does not fit the supernet, backend or device it is used with."""
+
+
+_MODELS = ((1,), (0, 1), (0, 1, 2))  # feature columns: overhead, scale, ms_per_mparam
+
+
+def _solve(features: np.ndarray, measured: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
+    """Least squares of the relative error of ``features[:, columns] @ coef``."""
+    w = 1.0 / measured
+    coef, *_ = np.linalg.lstsq(features[:, columns] * w[:, None], measured * w, rcond=None)
+    return coef
+
+
+def _loo_error(features: np.ndarray, measured: np.ndarray, columns: tuple[int, ...]) -> float:
+    """Mean relative error on each network of the model fitted to the others."""
+    n = len(measured)
+    if n <= len(columns):
+        return float("nan")
+    keep = ~np.eye(n, dtype=bool)
+    errors = [
+        abs(features[i, columns] @ _solve(features[keep[i]], measured[keep[i]], columns) - y) / y
+        for i, y in enumerate(measured)
+    ]
+    return float(np.mean(errors))
+
+
+def _fit(features: np.ndarray, measured: np.ndarray) -> tuple[float, float, float, float]:
+    """(overhead, scale, ms_per_mparam, error) of the calibration model with the lowest
+    leave-one-out mean relative error: scale only, overhead + scale, or both plus a cost
+    per parameter (weights streamed from memory rather than from a core's cache). The
+    simpler model wins ties; unphysical fits (scale <= 0, negative cost per parameter)
+    are skipped. ``error`` is the winner's leave-one-out error (NaN when unknown)."""
+    best: tuple[float, float, float, float] | None = None
+    for columns in _MODELS:
+        if len(measured) < (1 if len(columns) == 1 else len(columns) + 1):
+            continue
+        coef = dict(zip(columns, _solve(features, measured, columns)))
+        if coef[1] <= 0 or coef.get(2, 0.0) < 0:
+            continue
+        error = _loo_error(features, measured, columns)
+        if best is None or error < best[3]:
+            best = (coef.get(0, 0.0), coef[1], coef.get(2, 0.0), error)
+    return best or (0.0, 1.0, 0.0, float("nan"))
+
+
+@dataclass
+class LatencyTable:
+    """Measured per-block latencies of one supernet on one backend and device.
+
+    Build with :meth:`build`, query with :meth:`predict`, :meth:`block_ms` and
+    :meth:`fixed_ms`, persist with :meth:`save` / :meth:`load`. ``entries`` holds the raw
+    (uncalibrated) ms and the parameters (M) of every block shape, stem and head;
+    ``calibration`` the timed whole networks; ``calibration_error`` the leave-one-out
+    mean relative error of the fitted model on them."""
+
+    supernet_name: str | None
+    fingerprint: dict[str, Any]
+    backend: str
+    batch_size: int
+    threads: int  # intra-op threads; 0: ONNX Runtime's default
+    statistic: str  # of the timed rounds: "median" (as measure_latency) or "min"
+    device: str
+    device_description: str
+    versions: dict[str, str]
+    resolutions: tuple[int, ...] = ()
+    entries: dict[str, tuple[float, float]] = field(default_factory=dict)
+    index: dict[tuple[int, int, int, int], str] = field(default_factory=dict)
+    calibration: list[tuple[Arch, float]] = field(default_factory=list)
+    overhead_ms: float = 0.0
+    scale: float = 1.0
+    ms_per_mparam: float = 0.0
+    calibration_error: float = float("nan")
+    build_seconds: float = 0.0
+    _space: MBConvSpace | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def space(self) -> MBConvSpace:
+        """The supernet's space restricted to the resolutions the table covers."""
+        if self._space is None or self._space.resolutions != tuple(sorted(self.resolutions)):
+            fp = self.fingerprint
+            self._space = MBConvSpace(
+                kernel_sizes=tuple(fp["kernel_sizes"]),
+                expand_ratios=tuple(fp["expand_ratios"]),
+                depths=tuple(fp["depths"]),
+                stage_max_depths=tuple(s["max_depth"] for s in fp["stages"]),
+                resolutions=self.resolutions,
+            )
+        return self._space
+
+    # ------------------------------------------------------------------ queries
+    def _value(self, key: str) -> float:
+        ms, mparams = self.entries[key]
+        return self.scale * ms + self.ms_per_mparam * mparams
+
+    def block_ms(self, resolution: int, slot: int, kernel_size: int, expand_ratio: int) -> float:
+        """Calibrated milliseconds of block ``slot`` with (k, e) at ``resolution``."""
+        key = self.index.get((resolution, slot, kernel_size, expand_ratio))
+        if key is None:
+            self._check_resolution(resolution)
+            raise KeyError(f"no entry for slot {slot}, k={kernel_size}, e={expand_ratio}")
+        return self._value(key)
+
+    def fixed_ms(self, resolution: int) -> float:
+        """Calibrated milliseconds of what every sub-network at ``resolution`` runs (stem,
+        first block, head) plus the fitted per-network overhead."""
+        self._check_resolution(resolution)
+        stem, head = self._value(f"stem@{resolution}"), self._value(f"head@{resolution}")
+        return stem + head + self.overhead_ms
+
+    def predict(self, arch: ArchLike) -> float:
+        """Predicted milliseconds of ``arch`` on this table's backend and device (the
+        median of repeated runs, ``LatencyStats.median_ms``, or with a ``statistic="min"``
+        table the best, ``LatencyStats.min_ms``)."""
+        arch = self._parse(arch)
+        blocks = (
+            self.block_ms(arch.r, slot, arch.ks[slot], arch.e[slot])
+            for slot in self.space.active_slots(arch)
+        )
+        return self.fixed_ms(arch.r) + sum(blocks)
+
+    def features(self, arch: ArchLike) -> tuple[float, float]:
+        """Uncalibrated sums over the parts of ``arch``: measured ms, parameters (M)."""
+        arch = self._parse(arch)
+        keys = [f"stem@{arch.r}", f"head@{arch.r}"] + [
+            self.index[(arch.r, slot, arch.ks[slot], arch.e[slot])]
+            for slot in self.space.active_slots(arch)
+        ]
+        return sum(self.entries[k][0] for k in keys), sum(self.entries[k][1] for k in keys)
+
+    def calibrate(self) -> None:
+        """Fit the calibration model to the timed whole networks."""
+        if self.calibration:
+            rows = np.array([(1.0, *self.features(a)) for a, _ in self.calibration])
+            measured = np.array([ms for _, ms in self.calibration])
+            fit = _fit(rows, measured)
+            self.overhead_ms, self.scale, self.ms_per_mparam, self.calibration_error = fit
+
+    def _parse(self, arch: ArchLike) -> Arch:
+        if isinstance(arch, Arch):
+            self._check_resolution(arch.r)
+        return self.space.parse(arch)
+
+    def _check_resolution(self, resolution: int) -> None:
+        if resolution not in self.resolutions:
+            raise KeyError(
+                f"the latency table has no entries for resolution {resolution} (it covers "
+                f"{', '.join(map(str, self.resolutions))}); add them with "
+                "table.extend(supernet, [resolutions]) or LatencyTable.build(..., existing=table)"
+            )
+
+    def check_compatible(self, supernet: OFAMobileNetV3, source: str = "the table") -> None:
+        """Raise :class:`LatencyTableError` unless ``supernet`` has the block, stem and
+        head shapes the table was built for."""
+        theirs = lp.fingerprint(supernet)
+        if theirs == self.fingerprint:
+            return
+        diffs = [
+            f"{key} (table: {self.fingerprint.get(key)!r}, supernet: {theirs.get(key)!r})"
+            for key in sorted(set(theirs) | set(self.fingerprint))
+            if theirs.get(key) != self.fingerprint.get(key)
+        ]
+        raise LatencyTableError(
+            f"{source} was built for another supernet ({self.supernet_name or 'unnamed'}): it "
+            f"differs from {getattr(supernet, 'name', 'this supernet')} in {'; '.join(diffs)}. "
+            "Build a table for this supernet with LatencyTable.build."
+        )
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        supernet: OFAMobileNetV3,
+        *,
+        backend: str = "torch",
+        batch_size: int = 1,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        resolutions: Iterable[int] | None = None,
+        repeats: int = 30,
+        warmup: int = 3,
+        calibration_archs: int = 4,
+        statistic: str = "median",
+        existing: LatencyTable | None = None,
+        progress: bool = True,
+    ) -> LatencyTable:
+        """Time every block shape, stem and head of ``supernet`` at ``resolutions``
+        (default: the supernet's), ``statistic`` of ``repeats`` interleaved rounds, with
+        ``calibration_archs`` whole networks per resolution (smallest, largest, seeded
+        random ones) in the same rounds, then fit the calibration. With ``existing`` (a
+        table timed alike), only what it lacks is timed."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
+        if repeats < 1 or calibration_archs < 0:
+            raise ValueError("repeats must be at least 1 and calibration_archs at least 0")
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not {statistic!r}")
+        device = torch.device(device)
+        if backend == "torch":
+            threads = torch.get_num_threads() if threads is None else threads
+        table = cls(
+            supernet_name=getattr(supernet, "name", None),
+            fingerprint=lp.fingerprint(supernet),
+            backend=backend,
+            batch_size=batch_size,
+            threads=threads or 0,
+            statistic=statistic,
+            device=str(device),
+            device_description=device_description(device),
+            versions=backend_versions(backend),
+        )
+        if existing is not None:
+            existing.check_compatible(supernet, "the existing table")
+            table._adopt(existing)
+        start = time.perf_counter()
+        space = supernet.space
+        n, d = space.num_slots, space.largest().d
+        subnets = {
+            (k, e): lp.static_net(supernet, Arch((k,) * n, (e,) * n, d, 0))
+            for k in space.kernel_sizes
+            for e in space.expand_ratios
+        }
+        todo = sorted(set(int(r) for r in (resolutions or space.resolutions)))
+        todo = [r for r in todo if r not in table.resolutions]
+        with tqdm(total=len(todo) * repeats, desc="latency table", disable=not progress) as bar:
+            for r in todo:
+                table._measure(supernet, r, subnets, repeats, warmup, calibration_archs, bar)
+        table.build_seconds += time.perf_counter() - start
+        table.calibrate()
+        return table
+
+    def extend(
+        self, supernet: OFAMobileNetV3, resolutions: Iterable[int], **kwargs: Any
+    ) -> LatencyTable:
+        """A new table that also covers ``resolutions``, timed like this one (only the
+        missing entries are timed; the calibration is refitted on all networks)."""
+        return LatencyTable.build(
+            supernet,
+            backend=self.backend,
+            batch_size=self.batch_size,
+            device=self.device,
+            threads=self.threads or None,
+            statistic=self.statistic,
+            resolutions=resolutions,
+            existing=self,
+            **kwargs,
+        )
+
+    def _adopt(self, existing: LatencyTable) -> None:
+        """Reuse the entries of ``existing`` after checking it was timed alike."""
+        fields = ("backend", "batch_size", "threads", "statistic", "device_description")
+        mine = tuple(getattr(self, f) for f in fields)
+        theirs = tuple(getattr(existing, f) for f in fields)
+        if mine != theirs:
+            raise LatencyTableError(
+                f"the existing table was timed differently ({', '.join(fields)}): {theirs}, "
+                f"now {mine}; build a new table instead"
+            )
+        self.resolutions = existing.resolutions
+        self.entries.update(existing.entries)
+        self.index.update(existing.index)
+        self.calibration.extend(existing.calibration)
+        self.build_seconds = existing.build_seconds
+
+    def _measure(
+        self,
+        supernet: OFAMobileNetV3,
+        r: int,
+        subnets: dict[tuple[int, int], nn.Module],
+        repeats: int,
+        warmup: int,
+        calibration_archs: int,
+        bar: tqdm,
+    ) -> None:
+        """Time the missing parts and the calibration networks of resolution ``r`` in
+        the same interleaved rounds."""
+        b, threads = self.batch_size, self.threads or None
+        index, parts = lp.timed_parts(supernet, r, b, subnets)
+        parts = [p for p in parts if p.key not in self.entries]
+        archs = lp.calibration_archs(supernet.space, r, calibration_archs)
+        nets = [lp.TimedPart(str(a), lp.static_net(supernet, a), (b, 3, r, r)) for a in archs]
+        bar.set_postfix_str(f"r={r}: preparing {len(parts) + len(nets)} models")
+        runners = [
+            make_runner(
+                m.module, m.input_shape, backend=self.backend, device=self.device, threads=threads
+            )
+            for m in parts + nets
+        ]
+        bar.set_postfix_str(f"r={r}: timing {len(runners)} models")
+        with timing_scope(self.backend, threads):
+            samples = time_interleaved(runners, repeats, warmup=warmup, seed=r, on_round=bar.update)
+        ms = [STATISTICS[self.statistic](s) for s in samples]
+        self.entries.update({p.key: (t, p.mparams) for p, t in zip(parts, ms)})
+        self.calibration += list(zip(archs, ms[len(parts) :]))
+        self.index.update({(r, *slot_k_e): key for slot_k_e, key in index.items()})
+        self.resolutions = tuple(sorted({*self.resolutions, r}))
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | Path) -> Path:
+        """Write the table as JSON: raw entries, calibration, what it was timed on."""
+        space, ks = self.space, self.space.kernel_sizes
+        data = {"format": FORMAT, "version": VERSION}
+        data.update({name: getattr(self, name) for name in _SAVED_FIELDS})
+        if np.isnan(self.calibration_error):
+            data["calibration_error"] = None  # strict JSON has no NaN
+        data["calibration"] = [{"arch": a.to_dict(), "ms": ms} for a, ms in self.calibration]
+        data["entries"] = {key: list(value) for key, value in self.entries.items()}
+        data["index"] = {  # resolution -> [slot][k][e] -> entry key
+            str(r): [
+                [[self.index[(r, s, k, e)] for e in space.expand_ratios] for k in ks]
+                for s in range(space.num_slots)
+            ]
+            for r in self.resolutions
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)  # atomic: an interrupted save leaves the old table
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, supernet: OFAMobileNetV3 | None = None) -> LatencyTable:
+        """Read a table written by :meth:`save`; with ``supernet``, refuse one built for
+        a supernet of other shapes (:class:`LatencyTableError`)."""
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise LatencyTableError(f"{path} is not a onceforall latency table")
+        if data.get("version") != VERSION:
+            raise LatencyTableError(
+                f"{path} is a version {data.get('version')} latency table; "
+                f"this onceforall reads version {VERSION}"
+            )
+        fp = data["fingerprint"]
+        table = cls(**{name: data[name] for name in _SAVED_FIELDS})
+        table.resolutions = tuple(table.resolutions)
+        if table.calibration_error is None:
+            table.calibration_error = float("nan")
+        table.entries = {key: (float(v[0]), float(v[1])) for key, v in data["entries"].items()}
+        table.calibration = [
+            (Arch(*(tuple(n["arch"][key]) for key in ("ks", "e", "d")), n["arch"]["r"][0]), n["ms"])
+            for n in data["calibration"]
+        ]
+        table.index = {
+            (int(r), s, k, e): key
+            for r, slots in data["index"].items()
+            for s, per_k in enumerate(slots)
+            for k, per_e in zip(fp["kernel_sizes"], per_k)
+            for e, key in zip(fp["expand_ratios"], per_e)
+        }
+        if supernet is not None:
+            table.check_compatible(supernet, f"latency table {path}")
+        return table
+
+
+_SAVED_FIELDS = tuple(
+    "supernet_name fingerprint backend batch_size threads statistic device device_description "
+    "versions resolutions overhead_ms scale ms_per_mparam calibration_error build_seconds".split()
+)

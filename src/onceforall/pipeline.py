@@ -1,0 +1,265 @@
+"""The whole job in one call: train, measure, predict, specialise, export (``ofa run``).
+
+Every step writes its result into the run directory and is skipped when that result is
+already there, so running again resumes an interrupted job or only redoes what was
+deleted::
+
+    RUN/supernet/                 trained supernet (training resumes from checkpoints/)
+    RUN/accuracy_dataset.jsonl    measured accuracy of sampled sub-networks (resumable)
+    RUN/accuracy_predictor.pt     the MLP accuracy predictor
+    RUN/latency_table.json        per-block latencies measured on this device
+    RUN/specialized.json          chosen sub-network per target, predicted and measured
+    RUN/pareto.png                sampled archs, predicted front, chosen sub-networks
+    RUN/exports/<target>/         model.safetensors, model.onnx, arch.json, metadata.json
+
+The settings of the steps after training live under ``specialize:`` in the run's YAML
+config (:class:`SpecializeConfig`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import data as datamod
+from .latency_table import LatencyTable
+from .predictors import (
+    AccuracyPredictor,
+    accuracy_dataset_for_run,
+    fit_accuracy_predictor,
+)
+from .search import pareto_search
+from .specialize import Specialized, search_costs, specialize, spread_latency_targets
+from .training import SubnetEvaluator, TrainConfig, load_run, train
+from .training.trainer import DONE_FILE
+
+__all__ = ["SpecializeConfig", "RunSummary", "run_pipeline", "test_evaluator"]
+
+
+@dataclass
+class SpecializeConfig:
+    """What happens after training (the ``specialize:`` section of a config)."""
+
+    acc_dataset_archs: int = 1000
+    acc_eval_images: int | None = None  # held-out images per arch (default: all left)
+    predictor_epochs: int = 300
+    latency_backend: str = "torch"
+    latency_threads: int | None = None
+    latency_repeats: int = 30
+    targets: list[str] = field(default_factory=list)  # empty: spread over latency range
+    num_targets: int = 3
+    random_baseline: int = 5  # random archs measured per target, for comparison
+    generations: int = 500
+    export: bool = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SpecializeConfig:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown specialize key(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    space: Any
+    chosen: list[Specialized]
+    exports: list[Path]
+    plot: Path | None
+    predictor_report: str | None
+    latency_table: Path
+
+
+def test_evaluator(config: TrainConfig, data: str | os.PathLike) -> SubnetEvaluator:
+    """Measures sub-networks of a run on its test split, BN-recalibrated on its held-out
+    training images (the same splits the run trained with)."""
+    splits = datamod.open_splits(
+        data,
+        holdout_size=config.holdout_size,
+        seed=config.seed,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+    )
+    return SubnetEvaluator(
+        splits.holdout,
+        splits.test,
+        calibration_images=config.bn_recal_images,
+        num_workers=config.num_workers,
+        seed=config.seed,
+        memory_format=_memory_format(config),
+    )
+
+
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _slug(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", target).strip("_")
+
+
+def _say(progress: bool) -> Callable[[str], None]:
+    return (lambda text: print(text, flush=True)) if progress else (lambda text: None)
+
+
+def run_pipeline(
+    config: TrainConfig,
+    data: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    *,
+    fresh: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Run (or continue) every step for ``config`` on ``data`` in ``run_dir``."""
+    run_dir = Path(run_dir)
+    say = _say(progress)
+    settings = SpecializeConfig.from_dict(config.specialize)
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+
+    # 1. Train (resumes from the last complete checkpoint when there is one).
+    if (run_dir / DONE_FILE).is_file():
+        say(f"[1/6] supernet: reusing {run_dir / 'supernet'}")
+    else:
+        say("[1/6] training the supernet (progressive shrinking)")
+        train(config, data, run_dir, resume=True, device=device, progress=progress)
+    _, supernet = load_run(run_dir)
+    memory_format = _memory_format(config)
+
+    # 2. Accuracy dataset (resumable row by row).
+    say(f"[2/6] accuracy dataset: {settings.acc_dataset_archs} sub-networks")
+    dataset_path, rows = accuracy_dataset_for_run(
+        run_dir,
+        data,
+        num_archs=settings.acc_dataset_archs,
+        eval_images=settings.acc_eval_images,
+        seed=config.seed,
+        device=device,
+        progress=progress,
+    )
+
+    # 3. Accuracy predictor.
+    predictor_path = run_dir / "accuracy_predictor.pt"
+    report = None
+    if predictor_path.is_file():
+        say(f"[3/6] accuracy predictor: reusing {predictor_path}")
+        predictor = AccuracyPredictor.load(predictor_path, space=supernet.space)
+    else:
+        predictor, fit = fit_accuracy_predictor(
+            supernet.space,
+            [r["arch"] for r in rows],
+            [r["accuracy"] for r in rows],
+            epochs=settings.predictor_epochs,
+            seed=config.seed,
+        )
+        predictor.save(predictor_path)
+        report = str(fit)
+        say(f"[3/6] accuracy predictor: {report}")
+
+    # 4. Latency table on this device.
+    table_path = run_dir / "latency_table.json"
+    if table_path.is_file():
+        say(f"[4/6] latency table: reusing {table_path}")
+        table = LatencyTable.load(table_path, supernet)
+    else:
+        say(f"[4/6] latency table ({settings.latency_backend}, this device)")
+        table = LatencyTable.build(
+            supernet,
+            backend=settings.latency_backend,
+            threads=settings.latency_threads,
+            repeats=settings.latency_repeats,
+            progress=progress,
+        )
+        table.save(table_path)
+
+    # 5. Specialise and measure.
+    costs = search_costs(supernet, table)
+    targets = settings.targets or spread_latency_targets(costs["latency_ms"], settings.num_targets)
+    say(f"[5/6] specialising for {', '.join(targets)}")
+    evaluator = test_evaluator(config, data)
+    supernet = supernet.to(memory_format=memory_format)
+    chosen = specialize(
+        supernet,
+        predictor,
+        targets,
+        latency_table=table,
+        evaluator=evaluator,
+        random_baseline=settings.random_baseline,
+        seed=config.seed,
+        generations=settings.generations,
+        progress=progress,
+    )
+    (run_dir / "specialized.json").write_text(
+        json.dumps([c.to_dict() for c in chosen], indent=1) + "\n"
+    )
+    plot = _plot(run_dir / "pareto.png", supernet, predictor, costs, table, rows, chosen)
+
+    # 6. Export.
+    exports: list[Path] = []
+    if settings.export:
+        from .export import export_subnet
+
+        say("[6/6] exporting the chosen sub-networks (safetensors + ONNX, checked)")
+        for row in chosen:
+            out = run_dir / "exports" / _slug(row.target)
+            result = export_subnet(
+                supernet,
+                row.arch,
+                out,
+                calibration_loader=evaluator.batches("calibration", row.arch.r),
+                test_loader=evaluator.batches("test", row.arch.r),
+                n_calibration=config.bn_recal_images,
+                threads=table.threads or None,
+                extra_metadata={"source_run": str(run_dir), "target": row.target},
+            )
+            exports.append(result.out_dir)
+    return RunSummary(run_dir, supernet.space, chosen, exports, plot, report, table_path)
+
+
+def _plot(path, supernet, predictor, costs, table, rows, chosen) -> Path | None:
+    """Pareto plot against table latency; skipped (None) when matplotlib is missing."""
+    from .export import MissingDependencyError
+    from .plot import ChosenPoint, plot_pareto
+
+    front = pareto_search(
+        supernet.space,
+        predictor,
+        costs["latency_ms"],
+        generations=200,
+        initial=[c.arch for c in chosen],
+    )
+    sampled = [(table.predict(r["arch"]), r["accuracy"]) for r in rows]
+    points = [
+        ChosenPoint(
+            c.measured_latency_ms or c.predicted_latency_ms,
+            c.measured_accuracy if c.measured_accuracy is not None else c.predicted_accuracy,
+            c.target,
+            c.predicted_accuracy,
+        )
+        for c in chosen
+    ]
+    try:
+        return plot_pareto(
+            path,
+            sampled,
+            list(zip(front.costs["latency_ms"].tolist(), front.accuracy.tolist())),
+            points,
+            cost_label=f"latency measured on this device (ms, {table.backend})",
+            title="sampled (held-out top-1), predicted front, chosen (test top-1)",
+        )
+    except MissingDependencyError:
+        return None

@@ -1,0 +1,292 @@
+"""Specialisation: the best sub-network of a trained supernet for each deployment target.
+
+A target is one or more constraints (``latency_ms<=5``, ``macs<=20M``, ``params<=3M``).
+For each, evolutionary search over the accuracy predictor finds the sub-network with the
+best predicted accuracy that satisfies all of them (SPEC section 4); it is then measured
+for real: top-1 after BN recalibration, latency on this device with the latency table's
+backend and threads, and, as a baseline, the top-1 of random sub-networks that meet the
+same target.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .arch import Arch
+from .latency import measure_latency
+from .latency_table import LatencyTable
+from .models import Supernet
+from .predictors import AccuracyPredictor
+from .search import (
+    AdditiveCost,
+    Constraint,
+    InfeasibleConstraintError,
+    evolutionary_search,
+    latency_cost,
+    macs_cost,
+    params_cost,
+    parse_constraints,
+)
+from .training.bn import SubnetEvaluator
+
+__all__ = [
+    "Specialized",
+    "feasible_random",
+    "format_specialized",
+    "search_costs",
+    "specialize",
+    "spread_latency_targets",
+]
+
+
+@dataclass
+class Specialized:
+    """The sub-network chosen for one target, predicted and measured."""
+
+    target: str
+    arch: Arch
+    predicted_accuracy: float
+    macs: int
+    params: int
+    predicted_latency_ms: float | None = None
+    measured_accuracy: float | None = None
+    measured_latency_ms: float | None = None
+    random_accuracies: list[float] = field(default_factory=list)
+    search_seconds: float = 0.0
+    search_rounds: int = 1  # searches run (more when a measurement exceeded the target)
+    meets_target: bool | None = None  # measured latency within every latency limit
+
+    @property
+    def random_mean_accuracy(self) -> float | None:
+        return float(np.mean(self.random_accuracies)) if self.random_accuracies else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "arch": self.arch.to_dict(),
+            "predicted_accuracy": self.predicted_accuracy,
+            "measured_accuracy": self.measured_accuracy,
+            "macs": self.macs,
+            "params": self.params,
+            "predicted_latency_ms": self.predicted_latency_ms,
+            "measured_latency_ms": self.measured_latency_ms,
+            "random_accuracies": self.random_accuracies,
+            "random_mean_accuracy": self.random_mean_accuracy,
+            "search_seconds": self.search_seconds,
+            "search_rounds": self.search_rounds,
+            "meets_target": self.meets_target,
+        }
+
+
+def search_costs(
+    supernet: Supernet, latency_table: LatencyTable | None = None
+) -> dict[str, AdditiveCost]:
+    """The costs a target may constrain: ``macs``, ``params`` and, with a table,
+    ``latency_ms`` (restricted to the resolutions the table covers)."""
+    costs = {"macs": macs_cost(supernet), "params": params_cost(supernet)}
+    if latency_table is not None:
+        latency_table.check_compatible(supernet)
+        if set(supernet.space.resolutions) - set(latency_table.resolutions):
+            missing = sorted(set(supernet.space.resolutions) - set(latency_table.resolutions))
+            raise ValueError(
+                f"the latency table lacks resolutions {missing} of the supernet; extend it "
+                "(LatencyTable.build(..., existing=table) or ofa latency-table --extend)"
+            )
+        costs["latency_ms"] = latency_cost(latency_table, supernet.space)
+    return costs
+
+
+def spread_latency_targets(
+    cost: AdditiveCost, n: int = 3, low: float = 0.2, high: float = 0.8
+) -> list[str]:
+    """``n`` targets ``<name><=v`` evenly placed between fractions ``low`` and ``high`` of
+    the range the space can reach (exact minimum and maximum of the additive cost)."""
+    lo, hi = cost.minimum()[0], cost.maximum()[0]
+    fractions = np.linspace(low, high, n) if n > 1 else np.array([(low + high) / 2])
+    return [f"{cost.name}<={lo + f * (hi - lo):.3g}" for f in fractions]
+
+
+def feasible_random(
+    supernet: Supernet,
+    constraints: Sequence[Any],
+    n: int,
+    seed: int = 0,
+    max_draws: int = 100_000,
+) -> list[Arch]:
+    """Up to ``n`` uniformly random sub-networks that satisfy every constraint."""
+    rng = random.Random(f"ofa-random-baseline-{seed}")
+    found: list[Arch] = []
+    for _ in range(max_draws):
+        if len(found) == n:
+            break
+        arch = supernet.space.sample(rng)
+        if all(c.cost.of(arch) <= c.limit for c in constraints):
+            found.append(arch)
+    return found
+
+
+def _search_and_measure(
+    supernet: Supernet,
+    predictor: AccuracyPredictor,
+    target: str,
+    constraints: list[Constraint],
+    *,
+    latency_table: LatencyTable | None,
+    repeats: int,
+    seed: int,
+    population: int,
+    generations: int,
+    max_rounds: int,
+) -> Specialized:
+    """Search under ``constraints``; measure the winner's latency; while it exceeds a
+    latency limit, tighten that limit by the measured/predicted ratio and search again."""
+    searched = list(constraints)
+    row: Specialized | None = None
+    for round_ in range(1, max_rounds + 1):
+        try:
+            found = evolutionary_search(
+                supernet.space,
+                predictor,
+                searched,
+                population=population,
+                generations=generations,
+                seed=seed,
+            )
+        except InfeasibleConstraintError:
+            if row is None:
+                raise
+            break  # the tightened limit is out of reach: keep the last measured winner
+        arch = found.arch
+        row = Specialized(
+            target=target,
+            arch=arch,
+            predicted_accuracy=float(found.accuracy),
+            macs=supernet.macs(arch),
+            params=supernet.params(arch),
+            search_seconds=found.wall_time_s + (row.search_seconds if row else 0.0),
+            search_rounds=round_,
+        )
+        latency_limits = [c for c in constraints if c.cost.name == "latency_ms"]
+        if latency_table is None or not latency_limits:
+            return row
+        row.predicted_latency_ms = latency_table.predict(arch)
+        row.measured_latency_ms = measure_latency(
+            supernet.extract(arch),
+            arch.r,
+            backend=latency_table.backend,
+            batch_size=latency_table.batch_size,
+            device=latency_table.device,
+            threads=latency_table.threads or None,
+            repeats=repeats,
+        ).median_ms
+        row.meets_target = all(row.measured_latency_ms <= c.limit for c in latency_limits)
+        if row.meets_target:
+            return row
+        ratio = row.measured_latency_ms / row.predicted_latency_ms
+        searched = [
+            Constraint(c.cost, min(s.limit, c.limit / ratio * 0.99))
+            if c.cost.name == "latency_ms"
+            else s
+            for c, s in zip(constraints, searched)
+        ]
+    assert row is not None
+    return row
+
+
+def specialize(
+    supernet: Supernet,
+    predictor: AccuracyPredictor,
+    targets: Sequence[str],
+    *,
+    latency_table: LatencyTable | None = None,
+    evaluator: SubnetEvaluator | None = None,
+    measure_latency_repeats: int = 30,
+    random_baseline: int = 0,
+    seed: int = 0,
+    population: int = 100,
+    generations: int = 500,
+    max_rounds: int = 4,
+    progress: bool = True,
+) -> list[Specialized]:
+    """Search, then measure, the best sub-network for each target.
+
+    ``targets`` are strings of constraints joined by commas (``"latency_ms<=5,macs<=20M"``).
+    With ``evaluator`` the chosen sub-network's top-1 is measured (and that of
+    ``random_baseline`` random sub-networks meeting the same target); with
+    ``latency_table`` its latency is measured on this device the way the table was, and
+    when the measurement exceeds a latency limit the table under-predicted: the limit is
+    tightened by the measured/predicted ratio and the search repeated (at most
+    ``max_rounds`` searches), so what is returned was *measured* within its target
+    whenever that is reachable (``meets_target`` says whether it was).
+    """
+    predictor.check_space(supernet.space)
+    costs = search_costs(supernet, latency_table)
+    results = []
+    for target in tqdm(targets, desc="specialise", disable=not progress, dynamic_ncols=True):
+        constraints = parse_constraints([t.strip() for t in target.split(",") if t.strip()], costs)
+        row = _search_and_measure(
+            supernet,
+            predictor,
+            target,
+            constraints,
+            latency_table=latency_table,
+            repeats=measure_latency_repeats,
+            seed=seed,
+            population=population,
+            generations=generations,
+            max_rounds=max_rounds,
+        )
+        if evaluator is not None:
+            row.measured_accuracy = evaluator.evaluate_arch(supernet, row.arch)
+            for other in feasible_random(supernet, constraints, random_baseline, seed):
+                row.random_accuracies.append(evaluator.evaluate_arch(supernet, other))
+        results.append(row)
+    return results
+
+
+def format_specialized(space: Any, rows: Sequence[Specialized]) -> str:
+    """The table ``ofa specialize`` and ``ofa run`` print: one line per target."""
+    from .report import arch_summary, format_table
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return format_table(
+        (
+            "target",
+            "arch",
+            "MMACs",
+            "Mparams",
+            "latency ms",
+            "in target",
+            "pred. top-1",
+            "top-1",
+            "random top-1",
+        ),
+        [
+            (
+                r.target,
+                arch_summary(space, r.arch),
+                f"{r.macs / 1e6:.1f}",
+                f"{r.params / 1e6:.2f}",
+                ms(
+                    r.measured_latency_ms
+                    if r.measured_latency_ms is not None
+                    else r.predicted_latency_ms
+                ),
+                {True: "yes", False: "NO", None: "-"}[r.meets_target],
+                pct(r.predicted_accuracy),
+                pct(r.measured_accuracy),
+                pct(r.random_mean_accuracy),
+            )
+            for r in rows
+        ],
+    )

@@ -1,0 +1,121 @@
+"""The whole job end to end (``ofa run``) on a tiny budget of real Fashion-MNIST: every
+artefact is checked, and running again reuses them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onceforall.cli import main
+from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
+from onceforall.export import load_exported
+from onceforall.latency_table import LatencyTable
+from onceforall.predictors import AccuracyPredictor, read_accuracy_dataset
+from onceforall.search import latency_cost, parse_constraints
+from onceforall.training import load_run
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+TINY_RUN = {
+    "supernet": "ofa_mbv3_w1.0",
+    "resolutions": [24, 32],
+    "eval_resolutions": [32],
+    "batch_size": 16,
+    "holdout_size": 96,
+    "train_subset": 64,
+    "test_subset": 64,
+    "num_workers": 0,
+    "num_random_val_archs": 0,
+    "bn_recal_images": 32,
+    "stages": [
+        {"name": "full", "epochs": 1, "lr": 0.05, "distill": False},
+        {
+            "name": "elastic",
+            "epochs": 1,
+            "lr": 0.01,
+            "subnets_per_step": 2,
+            "kernel_sizes": [3, 5, 7],
+            "depths": [2, 3, 4],
+            "expand_ratios": [3, 4, 6],
+            "sort_channels": True,
+        },
+    ],
+    "specialize": {
+        "acc_dataset_archs": 12,
+        "predictor_epochs": 20,
+        "latency_repeats": 2,
+        "num_targets": 2,
+        "random_baseline": 1,
+        "generations": 10,
+    },
+}
+
+
+def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(TINY_RUN))  # JSON is YAML
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "Pareto plot:" in printed and "exported:" in printed
+
+    # The supernet checkpoint loads.
+    _, supernet = load_run(run)
+    # The accuracy dataset and the predictor.
+    rows = read_accuracy_dataset(run / "accuracy_dataset.jsonl")
+    assert len(rows) == 12
+    predictor = AccuracyPredictor.load(run / "accuracy_predictor.pt", space=supernet.space)
+    # The latency table covers the space.
+    table = LatencyTable.load(run / "latency_table.json", supernet)
+    assert set(table.resolutions) == {24, 32}
+    # Every chosen arch meets its target by the table it was searched with.
+    chosen = json.loads((run / "specialized.json").read_text())
+    assert len(chosen) == 2
+    costs = {"latency_ms": latency_cost(table, supernet.space)}
+    for row in chosen:
+        for constraint in parse_constraints(row["target"].split(","), costs):
+            assert constraint.cost.of(row["arch"]) <= constraint.limit
+        assert row["predicted_accuracy"] == pytest.approx(
+            float(predictor.predict([row["arch"]])[0]), abs=1e-4
+        )
+        assert 0 <= row["measured_accuracy"] <= 100
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Exported models rebuild without the supernet and ONNX agrees with PyTorch.
+    import onnxruntime
+
+    exports = sorted((run / "exports").iterdir())
+    assert len(exports) == 2
+    for folder in exports:
+        model = load_exported(folder).eval()
+        arch = json.loads((folder / "arch.json").read_text())
+        r = arch["r"][0]
+        x = torch.randn(3, 3, r, r)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()))
+        metadata = json.loads((folder / "metadata.json").read_text())
+        assert metadata["arch"] == arch and metadata["latency_ms"] > 0
+
+    # Running again reuses everything: nothing is retrained or re-measured.
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    kept = [
+        run / "accuracy_dataset.jsonl",
+        run / "accuracy_predictor.pt",
+        run / "latency_table.json",
+        run / "metrics.jsonl",
+    ]
+    assert main(["run", "--config", str(config), "--out", str(run)]) == 0
+    second = capsys.readouterr().out
+    assert "reusing" in second
+    for path in kept:
+        assert path.stat().st_mtime_ns == stamps[path], path
