@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +199,30 @@ def test_read_accuracy_dataset_errors(tmp_path: Path) -> None:
     path.write_text(json.dumps({"arch": {}}) + "\n")
     with pytest.raises(ValueError, match="missing"):
         read_accuracy_dataset(path)
+
+
+@needs_data
+def test_accuracy_dataset_under_torchrun_matches_one_process(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """Two ranks share the archs out, rank 0 merges: the same rows as one process."""
+    import subprocess
+    import sys
+
+    def acc_dataset(out: Path, *launcher: str) -> None:
+        cmd = [sys.executable, *launcher, "-m", "onceforall.cli", "acc-dataset"]
+        cmd += ["--run-dir", str(trained_run), "--num-archs", "5", "--out", str(out)]
+        cmd += ["--device", "cpu"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    torchrun = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29733")
+    acc_dataset(tmp_path / "two.jsonl", *torchrun)
+    acc_dataset(tmp_path / "one.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.jsonl", "two.jsonl"]  # merged
+
+    def by_arch(path: Path) -> dict[str, float]:
+        return {json.dumps(r["arch"]): r["accuracy"] for r in read_accuracy_dataset(path)}
+
+    assert by_arch(tmp_path / "two.jsonl") == by_arch(tmp_path / "one.jsonl")

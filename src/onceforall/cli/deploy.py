@@ -197,7 +197,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--predictor", help="default: RUN/accuracy_predictor.pt")
     p.add_argument("--latency-table", help="default: RUN/latency_table.json")
     p.add_argument(
@@ -214,7 +214,12 @@ def add_deploy_commands(sub: Any) -> None:
     from ..latency import BACKENDS
 
     p = sub.add_parser("latency-table", help="measure per-block latencies on this device")
-    p.add_argument("--run", help="training run directory (its supernet and resolutions)")
+    p.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        help="training run directory (its supernet and resolutions)",
+    )
     p.add_argument("--supernet", default="ofa_mbv3_w1.0", help="without --run")
     p.add_argument("--num-classes", type=int, default=1000, help="without --run")
     p.add_argument("--resolutions", type=int, nargs="+", help="default: the supernet's")
@@ -242,7 +247,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_specialize)
 
     p = sub.add_parser("export", help="a sub-network as safetensors + ONNX, with metadata")
-    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
     p.add_argument("--arch", required=True, help="arch JSON, or a file holding it")
     p.add_argument("--out", required=True, help="output folder")

@@ -128,7 +128,7 @@ def add_training_commands(sub: Any) -> None:
         "acc-dataset",
         help="measure the accuracy of many sub-networks of a trained supernet (resumable)",
     )
-    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
     p.add_argument("--out", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
     p.add_argument("--num-archs", type=int, default=1000)
@@ -145,7 +145,7 @@ def add_training_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_acc_dataset)
 
     p = sub.add_parser("train-predictor", help="fit the accuracy predictor on the dataset")
-    p.add_argument("--run", required=True, help="training run directory")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--dataset", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
     p.add_argument("--out", help="predictor file (default: RUN/accuracy_predictor.pt)")
     p.add_argument("--val-fraction", type=float, default=0.2)
