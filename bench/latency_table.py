@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="table rounds")
     parser.add_argument("--eval-repeats", type=int, default=30, help="runs per network")
     parser.add_argument("--statistic", choices=tuple(STATISTICS), default="median")
+    parser.add_argument(
+        "--calibration-archs", type=int, default=12, help="whole networks timed per resolution"
+    )
     parser.add_argument("--save", help="write the table to this JSON file")
     parser.add_argument("--json", help="write per-network predictions and timings here")
     args = parser.parse_args()
@@ -80,6 +83,7 @@ def main() -> None:
         resolutions=args.resolutions,
         repeats=args.repeats,
         statistic=args.statistic,
+        calibration_archs=args.calibration_archs,
     )
     print(
         f"table: {len(table.entries)} entries, built in {table.build_seconds:.1f} s; fit on "

@@ -236,7 +236,7 @@ class LatencyTable:
         resolutions: Iterable[int] | None = None,
         repeats: int = 30,
         warmup: int = 3,
-        calibration_archs: int = 4,
+        calibration_archs: int = 12,
         statistic: str = "median",
         existing: LatencyTable | None = None,
         progress: bool = True,
