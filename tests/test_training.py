@@ -186,3 +186,28 @@ def test_step_archs_are_seeded_and_train_largest_comes_first() -> None:
     assert a != step_archs(space, plain, seed=0, stage_index=1, step=6)
     b = step_archs(space, sandwich, seed=0, stage_index=1, step=5)
     assert b[0] == space.largest() and b[1:] == a[1:]
+
+
+def test_a_later_stage_alone_trains_on_from_the_earlier_stages(tmp_path) -> None:
+    """``ofa train --stage kernel`` continues from RUN/supernet, not from a fresh init."""
+    config = TrainConfig.from_dict(
+        {
+            **TINY,
+            "stages": [
+                TINY["stages"][0],
+                {"name": "kernel", "epochs": 1, "lr": 0.0, "kernel_sizes": [3, 5, 7]},
+            ],
+        }
+    )
+    train(config, "fashion-mnist", tmp_path, stages=["full"], progress=False)
+    after_full = _final_weights(tmp_path)
+    # lr 0: the kernel stage changes no parameter, so it must end with the full stage's.
+    train(config, "fashion-mnist", tmp_path, stages=["kernel"], progress=False)
+    after_kernel = _final_weights(tmp_path)
+    params = [k for k in after_full if "running" not in k and "num_batches" not in k]
+    assert params and all(torch.equal(after_full[k], after_kernel[k]) for k in params)
+    assert any(r["type"] == "continue" for r in _records(tmp_path))
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FileNotFoundError, match="run the earlier stages first"):
+        train(config, "fashion-mnist", fresh, stages=["kernel"], progress=False)

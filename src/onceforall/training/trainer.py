@@ -22,6 +22,7 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -181,9 +182,30 @@ class Trainer:
         teacher.eval().requires_grad_(False)
         return teacher
 
-    def _save_weights(self, name: str) -> None:
+    def _save_weights(self, name: str, stage: str) -> None:
         if self.env.is_main:
-            save_checkpoint(self.run_dir / name, name, {"model": self.net.state_dict()}, keep=1)
+            state = {"model": self.net.state_dict(), "stage": stage}
+            save_checkpoint(self.run_dir / name, name, state, keep=1)
+
+    def _continue_from(self, previous: str, first: str) -> None:
+        """A run started at a later stage trains on from the supernet the earlier stages
+        left in ``RUN_DIR/supernet`` (not from freshly initialised weights)."""
+        found = load_latest_checkpoint(self.run_dir / "supernet")
+        if found is None:
+            raise FileNotFoundError(
+                f"stage {first!r} trains on from the supernet of the stages before it, but "
+                f"{self.run_dir / 'supernet'} holds none: run the earlier stages first"
+            )
+        path, state = found
+        self.net.load_state_dict(state["model"])
+        after = state.get("stage")
+        if after != previous:
+            warnings.warn(
+                f"{path} holds the supernet after stage {after!r}, not after {previous!r} "
+                f"(the stage before {first!r}); training on from it anyway",
+                stacklevel=3,
+            )
+        self._log({"type": "continue", "from": str(path), "after_stage": after})
 
     # ---------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
@@ -251,7 +273,10 @@ class Trainer:
             self.config.stage(name)  # raises with the list of stages
         resumed = self._resume() if resume else None
         if resumed is None:
-            self.position = Position(stage=names.index(wanted[0]))
+            first = names.index(wanted[0])
+            self.position = Position(stage=first)
+            if first > 0:
+                self._continue_from(names[first - 1], wanted[0])
         # DistributedSampler even on one worker: its order is a pure function of
         # (seed, epoch), which is what makes resuming mid-epoch exact.
         self._batch_sampler = datamod.ElasticResolutionBatchSampler(
@@ -421,8 +446,8 @@ class Trainer:
                 tqdm.write(self._format_validation(stage.name, epoch_record))
             self.save(optimizer)
         if not stage.distill:
-            self._save_weights("teacher")
-        self._save_weights("supernet")
+            self._save_weights("teacher", stage.name)
+        self._save_weights("supernet", stage.name)
         return True
 
     # -------------------------------------------------------------- validation
