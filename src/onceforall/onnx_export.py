@@ -8,6 +8,7 @@ onnxruntime latency backend. onnx, onnxruntime and onnxscript are optional
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -52,6 +53,10 @@ def require(module: str, purpose: str) -> Any:
         ) from exc
 
 
+def _has_dynamo_flag() -> bool:
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
 def export_onnx(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -74,13 +79,15 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+            # torch < 2.5 has only this exporter and no ``dynamo`` argument.
+            legacy = {"dynamo": False} if _has_dynamo_flag() else {}
             torch.onnx.export(
                 model,
                 example,
                 str(path),
-                dynamo=False,
                 opset_version=ONNX_OPSET,
                 dynamic_axes=axes,
+                **legacy,
                 **names,
             )
         return "torchscript"
