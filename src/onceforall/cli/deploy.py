@@ -196,6 +196,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_reference(args: argparse.Namespace) -> int:
+    from ..reference import import_reference
+
+    run = import_reference(args.path, args.name, args.out, config=args.config)
+    print(f"imported {args.path} ({args.name}) into the run directory {run}")
+    return 0
+
+
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--predictor", help="default: RUN/accuracy_predictor.pt")
@@ -254,6 +262,17 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for the latency measurement")
     p.add_argument("--no-onnx", action="store_true")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "import-reference", help="a supernet checkpoint saved by the authors' ofa package"
+    )
+    p.add_argument("path", help="their .pth file (read with weights_only: no code runs)")
+    p.add_argument(
+        "--name", required=True, help="their supernet name, e.g. ofa_mbv3_d234_e346_k357_w1.0"
+    )
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--config", default="imagenet", help="preset or YAML for data settings")
+    p.set_defaults(func=_cmd_import_reference)
 
     p = sub.add_parser(
         "run", help="the whole job: train, accuracy dataset, predictor, latency, specialise, export"

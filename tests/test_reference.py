@@ -1,0 +1,133 @@
+"""Differential tests against the authors' package (``ofa`` from PyPI): a checkpoint of
+their supernet, loaded into ours, computes the same logits for random sub-networks."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from onceforall.reference import (
+    ReferenceCheckpointError,
+    load_reference_checkpoint,
+    reference_keys,
+)
+
+networks = pytest.importorskip(
+    "ofa.imagenet_classification.elastic_nn.networks",
+    reason="the authors' package is not installed (pip install -e '.[reference]')",
+)
+dynamic_op = pytest.importorskip("ofa.imagenet_classification.elastic_nn.modules.dynamic_op")
+ofa_utils = pytest.importorskip("ofa.utils")
+
+
+def _reference_supernet(width: float, num_classes: int, seed: int) -> torch.nn.Module:
+    """Their OFA-MobileNetV3, with every BN statistic, affine and kernel-transform matrix
+    randomised so that equality cannot hold by accident of initialisation."""
+    torch.manual_seed(seed)
+    dynamic_op.DynamicSeparableConv2d.KERNEL_TRANSFORM_MODE = 1  # register the matrices
+    net = networks.OFAMobileNetV3(
+        n_classes=num_classes,
+        dropout_rate=0.0,
+        width_mult=width,
+        ks_list=[3, 5, 7],
+        expand_ratio_list=[3, 4, 6],
+        depth_list=[2, 3, 4],
+    )
+    ofa_utils.init_models(net, "he_fout")  # their training init: signals reach the head
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, tensor in net.state_dict().items():
+            if name.endswith(("bn.bias", "bn.bn.bias")):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+            elif name.endswith(("bn.weight", "bn.bn.weight")):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            elif name.endswith("_matrix"):
+                size = tensor.shape[0]
+                tensor.copy_(torch.eye(size) + torch.randn(size, size, generator=gen) * 0.1)
+        # Running statistics estimated from data (random images through the largest
+        # sub-network), as after training: per-channel values that differ, and eval-mode
+        # activations that keep their scale, so the logits depend on the input.
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        net.set_max_net()
+        net.train()
+        for _ in range(3):
+            net(torch.randn(8, 3, 160, 160, generator=gen))
+    return net.eval()
+
+
+@pytest.mark.parametrize(
+    ("their_name", "width"),
+    [("ofa_mbv3_d234_e346_k357_w1.0", 1.0), ("ofa_mbv3_d234_e346_k357_w1.2", 1.2)],
+)
+def test_reference_checkpoint_gives_the_same_logits(tmp_path, their_name, width) -> None:
+    reference = _reference_supernet(width, num_classes=10, seed=3)
+    path = tmp_path / "ofa.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)  # their checkpoint layout
+    ours = load_reference_checkpoint(path, their_name, resolutions=list(range(128, 225, 4)))
+    rng = random.Random(0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        arch = ours.space.sample(rng)
+        x = torch.randn(2, 3, arch.r, arch.r, generator=gen)
+        reference.set_active_subnet(ks=list(arch.ks), e=list(arch.e), d=list(arch.d))
+        ours.set_active(arch)
+        with torch.no_grad():
+            want, got = reference(x), ours(x)
+        scale = want.abs().max().item()
+        assert (got - want).abs().max().item() <= 1e-4 * scale, arch
+        # The part of the logits that depends on the input agrees too (it is small next to
+        # the part the biases set, so it gets its own check).
+        signal = want[0] - want[1]
+        assert signal.abs().max() > 1e-3 * scale
+        assert ((got[0] - got[1]) - signal).abs().max() <= 1e-3 * signal.abs().max(), arch
+
+
+def test_mapping_covers_their_state_dict_exactly() -> None:
+    from onceforall import create_supernet
+
+    reference = _reference_supernet(1.0, num_classes=7, seed=0)
+    mapping = reference_keys(create_supernet("ofa_mbv3_w1.0", num_classes=7))
+    assert set(mapping.values()) == set(reference.state_dict())
+
+
+def test_bad_reference_checkpoints_are_refused_by_name(tmp_path) -> None:
+    reference = _reference_supernet(1.0, num_classes=10, seed=0)
+    state = reference.state_dict()
+    del state["blocks.3.conv.point_linear.bn.bn.weight"]
+    state["blocks.99.extra"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ReferenceCheckpointError, match=r"missing 1 key.*blocks\.3.*unexpected"):
+        load_reference_checkpoint(tmp_path / "bad.pth", "ofa_mbv3_d234_e346_k357_w1.0")
+    # A w1.0 checkpoint is not a w1.2 supernet: shapes are named.
+    torch.save(reference.state_dict(), tmp_path / "w10.pth")
+    with pytest.raises(ReferenceCheckpointError, match="shape mismatch"):
+        load_reference_checkpoint(tmp_path / "w10.pth", "ofa_mbv3_d234_e346_k357_w1.2")
+    with pytest.raises(ValueError, match="no reference mapping"):
+        load_reference_checkpoint(tmp_path / "w10.pth", "ofa_resnet50")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ReferenceCheckpointError, match="weights-only"):
+        load_reference_checkpoint(tmp_path / "junk.pth", "ofa_mbv3_w1.0")
+
+
+def test_import_reference_makes_a_run_directory(tmp_path) -> None:
+    from onceforall.cli import main
+    from onceforall.training import load_run
+
+    reference = _reference_supernet(1.0, num_classes=10, seed=5)
+    torch.save({"state_dict": reference.state_dict()}, tmp_path / "ofa.pth")
+    args = ["import-reference", str(tmp_path / "ofa.pth"), "--out", str(tmp_path / "run")]
+    assert main([*args, "--name", "ofa_mbv3_d234_e346_k357_w1.0"]) == 0
+    config, ours = load_run(tmp_path / "run")
+    assert config.supernet == "ofa_mbv3_w1.0"
+    arch = ours.space.largest(160)
+    ours.set_active(arch)
+    reference.set_max_net()
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        want, got = reference(x), ours(x)
+    assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
