@@ -131,3 +131,20 @@ def test_import_reference_makes_a_run_directory(tmp_path) -> None:
     with torch.no_grad():
         want, got = reference(x), ours(x)
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("width", [1.0, 1.2])
+def test_macs_equal_the_reference_count(width) -> None:
+    """Our analytic MACs against the authors' own count of the same sub-networks."""
+    from onceforall import create_supernet
+
+    table = pytest.importorskip("ofa.nas.efficiency_predictor.latency_lookup_table")
+    reference = _reference_supernet(width, num_classes=1000, seed=0)
+    ours = create_supernet(f"ofa_mbv3_w{width}", num_classes=1000)
+    rng = random.Random(7)
+    for _ in range(20):
+        arch = ours.space.sample(rng)
+        reference.set_active_subnet(ks=list(arch.ks), e=list(arch.e), d=list(arch.d))
+        config = reference.get_active_net_config()
+        mflops = table.MBv3LatencyTable.count_flops_given_config(config, arch.r)
+        assert ours.macs(arch) == round(mflops * 1e6), arch
