@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 
 import onceforall
 from onceforall import Arch, MBConvSpace
+from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
 from onceforall.elastic import ElasticDepthwiseConv2d
+
+# Tests that train or evaluate on the real Fashion-MNIST files (make test installs them).
+needs_fashion_mnist = pytest.mark.skipif(
+    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 
 
 def archs(space: MBConvSpace) -> st.SearchStrategy[Arch]:

@@ -17,7 +17,7 @@ import torch
 
 import onceforall
 from onceforall import export as export_module
-from onceforall.data import DEFAULT_FASHION_MNIST_ROOT, make_loader, open_dataset, subset_for_budget
+from onceforall.data import make_loader, open_dataset, subset_for_budget
 from onceforall.elastic import ElasticMBConv
 from onceforall.export import (
     ExportError,
@@ -28,12 +28,9 @@ from onceforall.export import (
 )
 from onceforall.plot import ChosenPoint, plot_pareto
 from onceforall.training import evaluate, recalibrate_bn
-from tests.conftest import randomize
+from tests.conftest import needs_fashion_mnist, randomize
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+pytestmark = needs_fashion_mnist
 
 N_CALIBRATION = 200  # not a multiple of the batch size: the last batch is cut
 

@@ -11,17 +11,14 @@ import pytest
 import torch
 
 from onceforall.cli import main
-from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
 from onceforall.export import load_exported
 from onceforall.latency_table import LatencyTable
 from onceforall.predictors import AccuracyPredictor, read_accuracy_dataset
 from onceforall.search import latency_cost, parse_constraints
 from onceforall.training import load_run
+from tests.conftest import needs_fashion_mnist
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+pytestmark = needs_fashion_mnist
 
 TINY_RUN = {
     "supernet": "ofa_mbv3_w1.0",
@@ -105,6 +102,15 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
         np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()))
         metadata = json.loads((folder / "metadata.json").read_text())
         assert metadata["arch"] == arch and metadata["latency_ms"] > 0
+
+    # `ofa export` of a chosen arch measures what the pipeline's export measured.
+    folder = exports[0]
+    out = tmp_path / "cli_export"
+    export_args = ["--run", str(run), "--arch", str(folder / "arch.json"), "--out", str(out)]
+    assert main(["export", *export_args]) == 0
+    capsys.readouterr()
+    pipeline_top1 = json.loads((folder / "metadata.json").read_text())["top1"]
+    assert json.loads((out / "metadata.json").read_text())["top1"] == pipeline_top1
 
     # Running again reuses everything: nothing is retrained or re-measured.
     stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}

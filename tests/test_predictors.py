@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from onceforall import MBConvSpace, create_supernet
-from onceforall.data import DEFAULT_FASHION_MNIST_ROOT, open_splits
+from onceforall.data import open_splits
 from onceforall.predictors import (
     AccuracyPredictor,
     PredictorMismatchError,
@@ -25,11 +25,7 @@ from onceforall.predictors import (
     rmse,
 )
 from onceforall.training import SubnetEvaluator, TrainConfig, load_run, train
-
-needs_data = pytest.mark.skipif(
-    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+from tests.conftest import needs_fashion_mnist
 
 SPACE = MBConvSpace(resolutions=(24, 28, 32))
 
@@ -152,7 +148,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-@needs_data
+@needs_fashion_mnist
 def test_accuracy_dataset_measures_and_resumes(trained_run: Path, tmp_path: Path) -> None:
     config, net = load_run(trained_run)
     splits = open_splits(
@@ -201,7 +197,7 @@ def test_read_accuracy_dataset_errors(tmp_path: Path) -> None:
         read_accuracy_dataset(path)
 
 
-@needs_data
+@needs_fashion_mnist
 def test_accuracy_dataset_under_torchrun_matches_one_process(
     trained_run: Path, tmp_path: Path
 ) -> None:

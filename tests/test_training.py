@@ -16,13 +16,10 @@ import pytest
 import torch
 
 from onceforall.checkpoint import list_checkpoints, load_latest_checkpoint
-from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
 from onceforall.training import TrainConfig, TrainingDiverged, train
+from tests.conftest import needs_fashion_mnist
 
-pytestmark = pytest.mark.skipif(
-    not (DEFAULT_FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").exists(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
+pytestmark = needs_fashion_mnist
 
 TINY = {
     "supernet": "ofa_mbv3_w1.0",

@@ -137,29 +137,20 @@ def _cmd_specialize(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..data import make_loader, open_splits
     from ..export import export_subnet
+    from ..pipeline import test_evaluator
     from ..training import load_run
 
     config, supernet = load_run(args.run)
     arch = supernet.parse_arch(_load_arch_text(args.arch))
-    splits = open_splits(
-        args.data,
-        holdout_size=config.holdout_size,
-        seed=config.seed,
-        train_subset=config.train_subset,
-        test_subset=config.test_subset,
-    )
-    loaders = [
-        make_loader(s, 256, [arch.r], train=False, seed=config.seed, num_workers=0)
-        for s in (splits.holdout, splits.test)
-    ]
+    # The same calibration and test images as `ofa specialize`: the same accuracy.
+    evaluator = test_evaluator(config, args.data)
     result = export_subnet(
         supernet,
         arch,
         args.out,
-        calibration_loader=loaders[0],
-        test_loader=loaders[1],
+        calibration_loader=evaluator.batches("calibration", arch.r),
+        test_loader=evaluator.batches("test", arch.r),
         n_calibration=config.bn_recal_images,
         onnx=not args.no_onnx,
         threads=args.threads,
