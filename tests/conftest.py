@@ -26,7 +26,12 @@ def archs(space: MBConvSpace) -> st.SearchStrategy[Arch]:
         Arch,
         ks=st.lists(st.sampled_from(space.kernel_sizes), min_size=n, max_size=n).map(tuple),
         e=st.lists(st.sampled_from(space.expand_ratios), min_size=n, max_size=n).map(tuple),
-        d=st.tuples(*[st.sampled_from(space.depths) for _ in range(space.num_stages)]),
+        d=st.tuples(
+            *[
+                st.sampled_from(sorted(set(space.depths) | set(space.stage_depth_choices(s))))
+                for s in range(space.num_stages)
+            ]
+        ),
         r=st.sampled_from(space.resolutions),
     )
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .arch import Arch, MBConvSpace
 from .costs import total_params
-from .models.mobilenet_v3 import OFAMobileNetV3, block_plan
+from .models.mbconv import OFAMBConvNet, block_plan
 
 __all__ = ["TimedPart", "calibration_archs", "fingerprint", "static_net", "timed_parts"]
 
@@ -23,10 +23,10 @@ _SHAPELESS_FIELDS = ("resolutions", "dropout", "bn_eps", "bn_momentum")  # chang
 _CALIBRATION_SEED = 12345  # calibration archs: seeded, distinct from any evaluation seed
 
 
-def fingerprint(supernet: OFAMobileNetV3) -> dict[str, Any]:
+def fingerprint(supernet: OFAMBConvNet) -> dict[str, Any]:
     """What fixes the shapes of every block, stem and head (not the resolutions), in the
     form a saved table holds it."""
-    if not isinstance(supernet, OFAMobileNetV3):
+    if not isinstance(supernet, OFAMBConvNet):
         raise TypeError(f"latency tables support OFA-MobileNetV3 supernets, not {supernet!r}")
     config = json.loads(json.dumps(supernet.config.to_dict()))
     return {key: value for key, value in config.items() if key not in _SHAPELESS_FIELDS}
@@ -53,7 +53,7 @@ class TimedPart:
     mparams: float = 0.0
 
 
-def static_net(supernet: OFAMobileNetV3, arch: Arch) -> nn.Module:
+def static_net(supernet: OFAMBConvNet, arch: Arch) -> nn.Module:
     """A randomly initialised static network of ``arch``'s shape in eval mode (modules do
     not depend on the resolution, so any resolution may be timed)."""
     shape = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=supernet.space.resolutions[0])
@@ -61,7 +61,7 @@ def static_net(supernet: OFAMobileNetV3, arch: Arch) -> nn.Module:
 
 
 def timed_parts(
-    supernet: OFAMobileNetV3, r: int, batch: int, subnets: dict[tuple[int, int], nn.Module]
+    supernet: OFAMBConvNet, r: int, batch: int, subnets: dict[tuple[int, int], nn.Module]
 ) -> tuple[dict[tuple[int, int, int], str], list[TimedPart]]:
     """The entry key of every (slot, k, e) at resolution ``r``, and one part per distinct
     key: every block shape, the stem (with the first block) and the head."""

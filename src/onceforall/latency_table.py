@@ -46,7 +46,7 @@ from .latency import (
     time_interleaved,
     timing_scope,
 )
-from .models.mobilenet_v3 import OFAMobileNetV3
+from .models.mbconv import OFAMBConvNet
 
 __all__ = ["LatencyTable", "LatencyTableError"]
 
@@ -206,7 +206,7 @@ class LatencyTable:
                 "table.extend(supernet, [resolutions]) or LatencyTable.build(..., existing=table)"
             )
 
-    def check_compatible(self, supernet: OFAMobileNetV3, source: str = "the table") -> None:
+    def check_compatible(self, supernet: OFAMBConvNet, source: str = "the table") -> None:
         """Raise :class:`LatencyTableError` unless ``supernet`` has the block, stem and
         head shapes the table was built for."""
         theirs = lp.fingerprint(supernet)
@@ -227,7 +227,7 @@ class LatencyTable:
     @classmethod
     def build(
         cls,
-        supernet: OFAMobileNetV3,
+        supernet: OFAMBConvNet,
         *,
         backend: str = "torch",
         batch_size: int = 1,
@@ -287,7 +287,7 @@ class LatencyTable:
         return table
 
     def extend(
-        self, supernet: OFAMobileNetV3, resolutions: Iterable[int], **kwargs: Any
+        self, supernet: OFAMBConvNet, resolutions: Iterable[int], **kwargs: Any
     ) -> LatencyTable:
         """A new table that also covers ``resolutions``, timed like this one (only the
         missing entries are timed; the calibration is refitted on all networks)."""
@@ -321,7 +321,7 @@ class LatencyTable:
 
     def _measure(
         self,
-        supernet: OFAMobileNetV3,
+        supernet: OFAMBConvNet,
         r: int,
         subnets: dict[tuple[int, int], nn.Module],
         repeats: int,
@@ -377,7 +377,7 @@ class LatencyTable:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, supernet: OFAMobileNetV3 | None = None) -> LatencyTable:
+    def load(cls, path: str | Path, supernet: OFAMBConvNet | None = None) -> LatencyTable:
         """Read a table written by :meth:`save`; with ``supernet``, refuse one built for
         a supernet of other shapes (:class:`LatencyTableError`)."""
         data = json.loads(Path(path).read_text())

@@ -16,7 +16,7 @@ from typing import Mapping
 import torch
 
 from .models import create_supernet
-from .models.mobilenet_v3 import OFAMobileNetV3, block_plan
+from .models.mbconv import OFAMBConvNet, block_plan
 
 __all__ = [
     "REFERENCE_NAMES",
@@ -37,7 +37,7 @@ class ReferenceCheckpointError(ValueError):
     """A reference checkpoint that does not fit the named supernet."""
 
 
-def _mbv3_keys(net: OFAMobileNetV3) -> dict[str, str]:
+def _mbv3_keys(net: OFAMBConvNet) -> dict[str, str]:
     """Our state-dict key -> the authors' key, for every tensor."""
     ours = net.state_dict().keys()
     mapping: dict[str, str] = {}
@@ -80,9 +80,9 @@ def _mbv3_keys(net: OFAMobileNetV3) -> dict[str, str]:
     return mapping
 
 
-def reference_keys(net: OFAMobileNetV3) -> dict[str, str]:
+def reference_keys(net: OFAMBConvNet) -> dict[str, str]:
     """Our state-dict key -> the key the authors' code uses for the same tensor."""
-    if not isinstance(net, OFAMobileNetV3):
+    if not isinstance(net, OFAMBConvNet):
         raise TypeError(f"no reference mapping for {type(net).__name__} yet")
     return _mbv3_keys(net)
 
@@ -103,7 +103,7 @@ def _state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in data.items()}  # DataParallel saves
 
 
-def load_reference_checkpoint(path: str | os.PathLike, name: str, **overrides) -> OFAMobileNetV3:
+def load_reference_checkpoint(path: str | os.PathLike, name: str, **overrides) -> OFAMBConvNet:
     """Our supernet holding the weights of a checkpoint saved by the authors' code.
 
     ``name`` is their name (``ofa_mbv3_d234_e346_k357_w1.0``) or ours (``ofa_mbv3_w1.0``);

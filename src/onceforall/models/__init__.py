@@ -13,7 +13,7 @@ from torch import nn
 
 from ..arch import ArchLike
 from .base import Supernet
-from .mobilenet_v3 import MobileNetV3Config, MobileNetV3Subnet, OFAMobileNetV3
+from .mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, proxyless_config
 
 __all__ = [
     "Supernet",
@@ -22,9 +22,9 @@ __all__ = [
     "register_supernet",
     "build_subnet",
     "supernet_config",
-    "OFAMobileNetV3",
-    "MobileNetV3Config",
-    "MobileNetV3Subnet",
+    "OFAMBConvNet",
+    "MBConvNetConfig",
+    "MBConvSubnet",
 ]
 
 # name -> (supernet class, default config)
@@ -76,11 +76,12 @@ def build_subnet(spec: dict[str, Any], arch: ArchLike | None = None) -> nn.Modul
     """Rebuild a static sub-network from the ``spec()`` of an extracted one (weights are
     not included: load them afterwards)."""
     family = spec.get("family")
-    if family == "mobilenet_v3":
-        config = MobileNetV3Config.from_dict(spec["config"])
-        return MobileNetV3Subnet(config, config.space.parse(arch or spec["arch"]))
+    if family in ("mbconv", "mobilenet_v3"):  # "mobilenet_v3": exports written by 0.1.0
+        config = MBConvNetConfig.from_dict(spec["config"])
+        return MBConvSubnet(config, config.space.parse(arch or spec["arch"]))
     raise ValueError(f"unknown sub-network family {family!r}")
 
 
-register_supernet("ofa_mbv3_w1.0", OFAMobileNetV3, MobileNetV3Config(width_mult=1.0))
-register_supernet("ofa_mbv3_w1.2", OFAMobileNetV3, MobileNetV3Config(width_mult=1.2))
+register_supernet("ofa_mbv3_w1.0", OFAMBConvNet, MBConvNetConfig(width_mult=1.0))
+register_supernet("ofa_mbv3_w1.2", OFAMBConvNet, MBConvNetConfig(width_mult=1.2))
+register_supernet("ofa_proxyless_w1.3", OFAMBConvNet, proxyless_config(width_mult=1.3))

@@ -165,7 +165,7 @@ def genome_layout(space: MBConvSpace) -> GenomeLayout:
     n_k, n_e, n_r = len(space.kernel_sizes), len(space.expand_ratios), len(space.resolutions)
     slot_stage = np.concatenate([np.full(m, i) for i, m in enumerate(space.stage_max_depths)])
     slot_pos = np.concatenate([np.arange(m) for m in space.stage_max_depths])
-    stage_depths = [[x for x in space.depths if x <= m] for m in space.stage_max_depths]
+    stage_depths = [list(space.stage_depth_choices(i)) for i in range(t)]
     widest = max(len(c) for c in stage_depths)
     depth_values = np.array([c + [c[-1]] * (widest - len(c)) for c in stage_depths])
     cardinality = np.concatenate(

@@ -1,9 +1,12 @@
-"""OFA-MobileNetV3: the paper's main design space (SPEC section 1).
+"""The MBConv supernet family: OFA-MobileNetV3 (the paper's main space) and
+OFA-ProxylessNAS (SPEC section 1).
 
-The network is a table: a fixed stem and first block, then one row per elastic stage
-(width, first-block stride, activation, squeeze-excite, block slots), then a fixed head.
-:func:`block_plan` reads the table once; the elastic supernet, the static sub-network
-and the cost model are all built from that plan, so they cannot disagree on shapes.
+A network is a table: a fixed stem and first block, then one row per stage (width,
+first-block stride, activation, squeeze-excite, block slots), then a fixed head. The two
+named spaces are two tables: the defaults of :class:`MBConvNetConfig` and
+:func:`proxyless_config`. :func:`block_plan` reads the table
+once; the elastic supernet, the static sub-network and the cost model are all built from
+that plan, so they cannot disagree on shapes.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from .base import Supernet
 
 __all__ = [
     "StageSpec",
-    "MobileNetV3Config",
-    "OFAMobileNetV3",
-    "MobileNetV3Subnet",
+    "MBV3_STAGES",
+    "PROXYLESS_STAGES",
+    "proxyless_config",
+    "MBConvNetConfig",
+    "OFAMBConvNet",
+    "MBConvSubnet",
     "BlockPlan",
     "block_plan",
 ]
@@ -50,18 +56,39 @@ MBV3_STAGES: tuple[StageSpec, ...] = (
     StageSpec(160, 2, "h_swish", True),
 )
 
+# OFA-ProxylessNAS: MobileNetV2-style widths, ReLU6, no SE; the last stage is one block
+# whose kernel and expand ratio are elastic but whose depth is not.
+PROXYLESS_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(24, 2, "relu6", False),
+    StageSpec(40, 2, "relu6", False),
+    StageSpec(80, 2, "relu6", False),
+    StageSpec(96, 1, "relu6", False),
+    StageSpec(192, 2, "relu6", False),
+    StageSpec(320, 1, "relu6", False, max_depth=1),
+)
+
 
 @dataclass(frozen=True)
-class MobileNetV3Config:
-    """Everything that fixes the shape of an OFA-MobileNetV3 supernet."""
+class MBConvNetConfig:
+    """Everything that fixes the shape of an MBConv supernet. The defaults are
+    OFA-MobileNetV3; :func:`proxyless_config` gives OFA-ProxylessNAS.
+
+    The head is ``final_expand`` (1x1 conv + BN + ``final_act`` before the global pool),
+    then, if ``head_width`` is set, ``feature_mix`` (1x1 conv + ``final_act`` after the
+    pool, no BN), then dropout and the linear classifier.
+    """
 
     width_mult: float = 1.0
     num_classes: int = 1000
     stem_width: int = 16
+    stem_act: str = "h_swish"
     first_block_width: int = 16
+    first_block_act: str = "relu"
+    first_block_shortcut: bool = True  # identity shortcut when its widths agree
     stages: tuple[StageSpec, ...] = MBV3_STAGES
     final_expand_width: int = 960
-    head_width: int = 1280
+    final_act: str = "h_swish"
+    head_width: int | None = 1280
     kernel_sizes: tuple[int, ...] = (3, 5, 7)
     expand_ratios: tuple[int, ...] = (3, 4, 6)
     depths: tuple[int, ...] = (2, 3, 4)
@@ -89,12 +116,33 @@ class MobileNetV3Config:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MobileNetV3Config:
+    def from_dict(cls, data: dict[str, Any]) -> MBConvNetConfig:
         data = dict(data)
         data["stages"] = tuple(StageSpec(**s) for s in data["stages"])
         for key in ("kernel_sizes", "expand_ratios", "depths", "resolutions"):
             data[key] = tuple(data[key])
         return cls(**data)
+
+
+def proxyless_config(width_mult: float = 1.3, **overrides: Any) -> MBConvNetConfig:
+    """OFA-ProxylessNAS: stem 32, first block 16 (no shortcut), the six stages of
+    :data:`PROXYLESS_STAGES`, a 1280-wide feature mix with BN before the pool, ReLU6
+    everywhere, BN eps 1e-3."""
+    settings: dict[str, Any] = dict(
+        width_mult=width_mult,
+        stem_width=32,
+        stem_act="relu6",
+        first_block_width=16,
+        first_block_act="relu6",
+        first_block_shortcut=False,
+        stages=PROXYLESS_STAGES,
+        final_expand_width=1280,
+        final_act="relu6",
+        head_width=None,
+        bn_eps=1e-3,
+    )
+    settings.update(overrides)
+    return MBConvNetConfig(**settings)
 
 
 @dataclass(frozen=True)
@@ -111,7 +159,7 @@ class BlockPlan:
     se: bool
 
 
-def block_plan(config: MobileNetV3Config) -> Iterator[BlockPlan]:
+def block_plan(config: MBConvNetConfig) -> Iterator[BlockPlan]:
     """Every elastic block slot of the supernet, stage by stage."""
     in_channels = config.channels(config.first_block_width)
     slot = 0
@@ -132,49 +180,54 @@ def block_plan(config: MobileNetV3Config) -> Iterator[BlockPlan]:
             slot += 1
 
 
-class _MobileNetV3Body(nn.Module):
+class _MBConvNetBody(nn.Module):
     """Stem, first block, head: the parts shared by supernet and sub-network."""
 
-    def _build_fixed_parts(self, config: MobileNetV3Config) -> None:
+    def _build_fixed_parts(self, config: MBConvNetConfig) -> None:
         bn = {"bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum}
         stem = config.channels(config.stem_width)
         first = config.channels(config.first_block_width)
         last_stage = config.channels(config.stages[-1].width)
         final = config.channels(config.final_expand_width)
-        head = config.channels(config.head_width)
-        self.stem = ConvBNAct(3, stem, 3, stride=2, act="h_swish", **bn)
+        self.stem = ConvBNAct(3, stem, 3, stride=2, act=config.stem_act, **bn)
         self.first_block = MBConv(
             stem,
             stem,
             first,
             3,
             1,
-            "relu",
+            config.first_block_act,
             use_se=False,
-            shortcut=stem == first,
+            shortcut=config.first_block_shortcut and stem == first,
             has_expand=False,
             **bn,
         )
-        self.final_expand = ConvBNAct(last_stage, final, 1, act="h_swish", **bn)
-        self.feature_mix = ConvBNAct(final, head, 1, act="h_swish", bn=False)
+        self.final_expand = ConvBNAct(last_stage, final, 1, act=config.final_act, **bn)
+        if config.head_width is None:
+            self.feature_mix = None
+            classifier_in = final
+        else:
+            classifier_in = config.channels(config.head_width)
+            self.feature_mix = ConvBNAct(final, classifier_in, 1, act=config.final_act, bn=False)
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(head, config.num_classes)
+        self.classifier = nn.Linear(classifier_in, config.num_classes)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         x = self.final_expand(x)
         x = x.mean((2, 3), keepdim=True)
-        x = self.feature_mix(x)
+        if self.feature_mix is not None:
+            x = self.feature_mix(x)
         return self.classifier(self.dropout(torch.flatten(x, 1)))
 
 
-class MobileNetV3Subnet(_MobileNetV3Body):
-    """A static sub-network of OFA-MobileNetV3: plain Conv2d / BatchNorm2d / Linear.
+class MBConvSubnet(_MBConvNetBody):
+    """A static sub-network of an MBConv supernet: plain Conv2d / BatchNorm2d / Linear.
 
     Rebuildable from ``config`` and ``arch`` alone (see :meth:`spec`), so an exported
     model needs only its arch JSON and its weights.
     """
 
-    def __init__(self, config: MobileNetV3Config, arch: Arch) -> None:
+    def __init__(self, config: MBConvNetConfig, arch: Arch) -> None:
         super().__init__()
         self.config = config
         self.arch = config.space.parse(arch)
@@ -209,24 +262,24 @@ class MobileNetV3Subnet(_MobileNetV3Body):
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description from which the network can be rebuilt."""
         return {
-            "family": "mobilenet_v3",
+            "family": "mbconv",
             "config": self.config.to_dict(),
             "arch": self.arch.to_dict(),
         }
 
 
-class OFAMobileNetV3(_MobileNetV3Body, Supernet):
-    """The elastic OFA-MobileNetV3 supernet.
+class OFAMBConvNet(_MBConvNetBody, Supernet):
+    """The elastic MBConv supernet (OFA-MobileNetV3 or OFA-ProxylessNAS, by config).
 
-    >>> net = OFAMobileNetV3(MobileNetV3Config(num_classes=10))
+    >>> net = OFAMBConvNet(MBConvNetConfig(num_classes=10))
     >>> arch = net.space.sample(0)
     >>> net.set_active(arch); logits = net(torch.randn(2, 3, arch.r, arch.r))
     >>> subnet = net.extract(arch)  # an ordinary nn.Module
     """
 
-    def __init__(self, config: MobileNetV3Config | None = None) -> None:
+    def __init__(self, config: MBConvNetConfig | None = None) -> None:
         super().__init__()
-        self.config = config or MobileNetV3Config()
+        self.config = config or MBConvNetConfig()
         self.space = self.config.space
         self._build_fixed_parts(self.config)
         bn = {"bn_eps": self.config.bn_eps, "bn_momentum": self.config.bn_momentum}
@@ -265,8 +318,8 @@ class OFAMobileNetV3(_MobileNetV3Body, Supernet):
             if plan.index < arch.d[plan.stage]:
                 block.set_active(arch.ks[plan.slot], arch.e[plan.slot])
 
-    def build_subnet(self, arch: Arch) -> MobileNetV3Subnet:
-        return MobileNetV3Subnet(self.config, arch)
+    def build_subnet(self, arch: Arch) -> MBConvSubnet:
+        return MBConvSubnet(self.config, arch)
 
     def _computed_weights(self, arch: Arch) -> dict[str, torch.Tensor]:
         computed = {}
@@ -308,13 +361,13 @@ class OFAMobileNetV3(_MobileNetV3Body, Supernet):
             size = conv_output_size(size, 1, plan.stride)  # 'same' padding: k-independent
         last_stage = config.channels(config.stages[-1].width)
         final = config.channels(config.final_expand_width)
-        head = config.channels(config.head_width)
-        back = (
-            LayerCost("conv", last_stage, final, 1, in_size=size, bn=True),
-            LayerCost("conv", final, head, 1, in_size=1),
-            LayerCost("linear", head, config.num_classes, bias=True),
-        )
-        return CostParts(resolution, tuple(front), blocks, back)
+        back = [LayerCost("conv", last_stage, final, 1, in_size=size, bn=True)]
+        classifier_in = final
+        if config.head_width is not None:
+            classifier_in = config.channels(config.head_width)
+            back.append(LayerCost("conv", final, classifier_in, 1, in_size=1))
+        back.append(LayerCost("linear", classifier_in, config.num_classes, bias=True))
+        return CostParts(resolution, tuple(front), blocks, tuple(back))
 
     @staticmethod
     def _block_costs(plan: BlockPlan, k: int, e: int, size: int) -> tuple[LayerCost, ...]:

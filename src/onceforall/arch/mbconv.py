@@ -69,8 +69,11 @@ def _describe_choices(choices: Sequence[int]) -> str:
 class MBConvSpace:
     """The space of an MBConv supernet (OFA-MobileNetV3, OFA-ProxylessNAS).
 
-    ``stage_max_depths`` gives the number of block slots per elastic stage; the depth of
-    each of those stages is chosen from ``depths`` (capped by its slot count).
+    ``stage_max_depths`` gives the number of block slots per stage; the depth of each
+    stage is chosen from ``depths`` capped by its slot count, as the authors' code caps
+    it. A stage with fewer slots than the smallest depth therefore always runs all of
+    them (OFA-ProxylessNAS's last stage: one block, ``d`` written as anything in
+    ``depths`` and read as 1).
     """
 
     kernel_sizes: tuple[int, ...] = (3, 5, 7)
@@ -87,8 +90,8 @@ class MBConvSpace:
             object.__setattr__(self, name, values)
         if any(k % 2 == 0 or k < 1 for k in self.kernel_sizes):
             raise ValueError(f"kernel sizes must be odd and positive, got {self.kernel_sizes}")
-        if max(self.depths) > min(self.stage_max_depths):
-            raise ValueError("a depth choice exceeds the number of block slots of a stage")
+        if not self.stage_max_depths or min(self.stage_max_depths) < 1:
+            raise ValueError(f"every stage needs at least one block slot: {self.stage_max_depths}")
 
     # ----------------------------------------------------------------- structure
     @property
@@ -148,12 +151,15 @@ class MBConvSpace:
 
         d = self._int_list(arch["d"], "d", self.num_stages, "one per stage", self.depths)
         for stage, depth in enumerate(d):
-            allowed = [x for x in self.depths if x <= self.stage_max_depths[stage]]
-            if depth not in allowed:
+            allowed = self.stage_depth_choices(stage)
+            if depth not in allowed and not (
+                depth in self.depths and depth > self.stage_max_depths[stage]
+            ):
                 raise ArchError(
                     f"d[{stage}] = {depth} is not an allowed depth; "
                     f"allowed: {_describe_choices(allowed)}"
                 )
+        d = tuple(min(depth, cap) for depth, cap in zip(d, self.stage_max_depths))
         ks = self._int_list(
             arch["ks"], "ks", self.num_slots, "one per block slot", self.kernel_sizes
         )
@@ -209,8 +215,10 @@ class MBConvSpace:
         return Arch(ks=ks, e=e, d=arch.d, r=arch.r)
 
     # ------------------------------------------------------------------ sampling
-    def _stage_depths(self, stage: int) -> tuple[int, ...]:
-        return tuple(x for x in self.depths if x <= self.stage_max_depths[stage])
+    def stage_depth_choices(self, stage: int) -> tuple[int, ...]:
+        """The depths stage ``stage`` can run: ``depths`` capped by its slot count."""
+        cap = self.stage_max_depths[stage]
+        return tuple(sorted({min(x, cap) for x in self.depths}))
 
     def sample(self, rng: random.Random | int | None = None) -> Arch:
         """A uniformly random architecture (each choice independently uniform)."""
@@ -218,7 +226,7 @@ class MBConvSpace:
             rng = random.Random(rng)
         ks = tuple(rng.choice(self.kernel_sizes) for _ in range(self.num_slots))
         e = tuple(rng.choice(self.expand_ratios) for _ in range(self.num_slots))
-        d = tuple(rng.choice(self._stage_depths(s)) for s in range(self.num_stages))
+        d = tuple(rng.choice(self.stage_depth_choices(s)) for s in range(self.num_stages))
         return Arch(ks=ks, e=e, d=d, r=rng.choice(self.resolutions))
 
     def largest(self, resolution: int | None = None) -> Arch:
@@ -226,7 +234,7 @@ class MBConvSpace:
         return Arch(
             ks=(max(self.kernel_sizes),) * n,
             e=(max(self.expand_ratios),) * n,
-            d=tuple(max(self._stage_depths(s)) for s in range(self.num_stages)),
+            d=tuple(max(self.stage_depth_choices(s)) for s in range(self.num_stages)),
             r=max(self.resolutions) if resolution is None else resolution,
         )
 
@@ -235,7 +243,7 @@ class MBConvSpace:
         return Arch(
             ks=(min(self.kernel_sizes),) * n,
             e=(min(self.expand_ratios),) * n,
-            d=tuple(min(self._stage_depths(s)) for s in range(self.num_stages)),
+            d=tuple(min(self.stage_depth_choices(s)) for s in range(self.num_stages)),
             r=min(self.resolutions) if resolution is None else resolution,
         )
 
@@ -243,7 +251,7 @@ class MBConvSpace:
         """How many distinct sub-networks the space holds (exact integer)."""
         per_block = len(self.kernel_sizes) * len(self.expand_ratios)
         total = math.prod(
-            sum(per_block**depth for depth in self._stage_depths(s)) for s in range(self.num_stages)
+            sum(per_block**depth for depth in self.stage_depth_choices(s)) for s in range(self.num_stages)
         )
         return total * len(self.resolutions) if with_resolution else total
 
