@@ -65,3 +65,9 @@ def mbv3() -> onceforall.Supernet:
 def mbv3_w12() -> onceforall.Supernet:
     torch.manual_seed(0)
     return randomize(onceforall.create_supernet("ofa_mbv3_w1.2", num_classes=7), seed=2)
+
+
+@pytest.fixture(scope="module")
+def proxyless() -> onceforall.Supernet:
+    torch.manual_seed(0)
+    return randomize(onceforall.create_supernet("ofa_proxyless_w1.3", num_classes=10), seed=3)

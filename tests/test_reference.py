@@ -22,12 +22,21 @@ dynamic_op = pytest.importorskip("ofa.imagenet_classification.elastic_nn.modules
 ofa_utils = pytest.importorskip("ofa.utils")
 
 
-def _reference_supernet(width: float, num_classes: int, seed: int) -> torch.nn.Module:
-    """Their OFA-MobileNetV3, with every BN statistic, affine and kernel-transform matrix
+# Their name -> (our registry name, their class, width multiplier).
+FAMILIES = {
+    "ofa_mbv3_d234_e346_k357_w1.0": ("ofa_mbv3_w1.0", "OFAMobileNetV3", 1.0),
+    "ofa_mbv3_d234_e346_k357_w1.2": ("ofa_mbv3_w1.2", "OFAMobileNetV3", 1.2),
+    "ofa_proxyless_d234_e346_k357_w1.3": ("ofa_proxyless_w1.3", "OFAProxylessNASNets", 1.3),
+}
+
+
+def _reference_supernet(their_name: str, num_classes: int, seed: int) -> torch.nn.Module:
+    """Their supernet, with every BN statistic, affine and kernel-transform matrix
     randomised so that equality cannot hold by accident of initialisation."""
+    _, cls, width = FAMILIES[their_name]
     torch.manual_seed(seed)
     dynamic_op.DynamicSeparableConv2d.KERNEL_TRANSFORM_MODE = 1  # register the matrices
-    net = networks.OFAMobileNetV3(
+    net = getattr(networks, cls)(
         n_classes=num_classes,
         dropout_rate=0.0,
         width_mult=width,
@@ -46,36 +55,54 @@ def _reference_supernet(width: float, num_classes: int, seed: int) -> torch.nn.M
             elif name.endswith("_matrix"):
                 size = tensor.shape[0]
                 tensor.copy_(torch.eye(size) + torch.randn(size, size, generator=gen) * 0.1)
-        # Running statistics estimated from data (random images through the largest
-        # sub-network), as after training: per-channel values that differ, and eval-mode
-        # activations that keep their scale, so the logits depend on the input.
-        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        for bn in bns:
+    net.set_max_net()
+    _estimate_bn_statistics(net, 160, gen)
+    return net
+
+
+@torch.no_grad()
+def _estimate_bn_statistics(net: torch.nn.Module, resolution: int, gen: torch.Generator) -> None:
+    """Running statistics estimated from data (random images through the active
+    sub-network), as after training and BN recalibration: per-channel values that differ,
+    and eval-mode activations that keep their scale, so the logits depend on the input."""
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
             bn.reset_running_stats()
             bn.momentum = None
-        net.set_max_net()
-        net.train()
-        for _ in range(3):
-            net(torch.randn(8, 3, 160, 160, generator=gen))
-    return net.eval()
+    net.train()
+    for _ in range(2):
+        net(torch.randn(8, 3, resolution, resolution, generator=gen))
+    net.eval()
 
 
-@pytest.mark.parametrize(
-    ("their_name", "width"),
-    [("ofa_mbv3_d234_e346_k357_w1.0", 1.0), ("ofa_mbv3_d234_e346_k357_w1.2", 1.2)],
-)
-def test_reference_checkpoint_gives_the_same_logits(tmp_path, their_name, width) -> None:
-    reference = _reference_supernet(width, num_classes=10, seed=3)
+def _their_sample(reference: torch.nn.Module, rng: random.Random) -> dict:
+    """An arch dict exactly as their sampler writes it, at a random resolution."""
+    state = random.getstate()
+    random.seed(rng.random())
+    try:
+        arch = reference.sample_active_subnet()
+    finally:
+        random.setstate(state)
+    return {**arch, "r": [rng.choice(range(128, 225, 4))]}
+
+
+@pytest.mark.parametrize("their_name", sorted(FAMILIES))
+def test_reference_checkpoint_gives_the_same_logits(tmp_path, their_name) -> None:
+    reference = _reference_supernet(their_name, num_classes=10, seed=3)
     path = tmp_path / "ofa.pth"
     torch.save({"state_dict": reference.state_dict()}, path)  # their checkpoint layout
     ours = load_reference_checkpoint(path, their_name, resolutions=list(range(128, 225, 4)))
     rng = random.Random(0)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        arch = ours.space.sample(rng)
+    for i in range(20):
+        theirs = _their_sample(reference, rng)  # their dict, loaded unchanged
+        reference.set_active_subnet(ks=theirs["ks"], e=theirs["e"], d=theirs["d"])
+        if i > 0:  # statistics recalibrated for this sub-network, as before evaluating it
+            _estimate_bn_statistics(reference, theirs["r"][0], gen)
+            torch.save({"state_dict": reference.state_dict()}, path)
+            ours = load_reference_checkpoint(path, their_name)
+        arch = ours.set_active(theirs)
         x = torch.randn(2, 3, arch.r, arch.r, generator=gen)
-        reference.set_active_subnet(ks=list(arch.ks), e=list(arch.e), d=list(arch.d))
-        ours.set_active(arch)
         with torch.no_grad():
             want, got = reference(x), ours(x)
         scale = want.abs().max().item()
@@ -87,16 +114,17 @@ def test_reference_checkpoint_gives_the_same_logits(tmp_path, their_name, width)
         assert ((got[0] - got[1]) - signal).abs().max() <= 1e-3 * signal.abs().max(), arch
 
 
-def test_mapping_covers_their_state_dict_exactly() -> None:
+@pytest.mark.parametrize("their_name", sorted(FAMILIES))
+def test_mapping_covers_their_state_dict_exactly(their_name) -> None:
     from onceforall import create_supernet
 
-    reference = _reference_supernet(1.0, num_classes=7, seed=0)
-    mapping = reference_keys(create_supernet("ofa_mbv3_w1.0", num_classes=7))
+    reference = _reference_supernet(their_name, num_classes=7, seed=0)
+    mapping = reference_keys(create_supernet(FAMILIES[their_name][0], num_classes=7))
     assert set(mapping.values()) == set(reference.state_dict())
 
 
 def test_bad_reference_checkpoints_are_refused_by_name(tmp_path) -> None:
-    reference = _reference_supernet(1.0, num_classes=10, seed=0)
+    reference = _reference_supernet("ofa_mbv3_d234_e346_k357_w1.0", num_classes=10, seed=0)
     state = reference.state_dict()
     del state["blocks.3.conv.point_linear.bn.bn.weight"]
     state["blocks.99.extra"] = torch.zeros(1)
@@ -108,6 +136,9 @@ def test_bad_reference_checkpoints_are_refused_by_name(tmp_path) -> None:
     with pytest.raises(ReferenceCheckpointError, match="shape mismatch"):
         load_reference_checkpoint(tmp_path / "w10.pth", "ofa_mbv3_d234_e346_k357_w1.2")
     with pytest.raises(ValueError, match="no reference mapping"):
+        load_reference_checkpoint(tmp_path / "w10.pth", "ofa_densenet")
+    # An MBConv checkpoint is not an OFA-ResNet50.
+    with pytest.raises(ReferenceCheckpointError, match="not an OFA-ResNet50 checkpoint"):
         load_reference_checkpoint(tmp_path / "w10.pth", "ofa_resnet50")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ReferenceCheckpointError, match="weights-only"):
@@ -118,7 +149,7 @@ def test_import_reference_makes_a_run_directory(tmp_path) -> None:
     from onceforall.cli import main
     from onceforall.training import load_run
 
-    reference = _reference_supernet(1.0, num_classes=10, seed=5)
+    reference = _reference_supernet("ofa_mbv3_d234_e346_k357_w1.0", num_classes=10, seed=5)
     torch.save({"state_dict": reference.state_dict()}, tmp_path / "ofa.pth")
     args = ["import-reference", str(tmp_path / "ofa.pth"), "--out", str(tmp_path / "run")]
     assert main([*args, "--name", "ofa_mbv3_d234_e346_k357_w1.0"]) == 0
@@ -133,18 +164,22 @@ def test_import_reference_makes_a_run_directory(tmp_path) -> None:
     assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
-@pytest.mark.parametrize("width", [1.0, 1.2])
-def test_macs_equal_the_reference_count(width) -> None:
+@pytest.mark.parametrize("their_name", sorted(FAMILIES))
+def test_macs_equal_the_reference_count(their_name) -> None:
     """Our analytic MACs against the authors' own count of the same sub-networks."""
     from onceforall import create_supernet
 
     table = pytest.importorskip("ofa.nas.efficiency_predictor.latency_lookup_table")
-    reference = _reference_supernet(width, num_classes=1000, seed=0)
-    ours = create_supernet(f"ofa_mbv3_w{width}", num_classes=1000)
+    counter = {
+        "OFAMobileNetV3": table.MBv3LatencyTable,
+        "OFAProxylessNASNets": table.ProxylessNASLatencyTable,
+    }[FAMILIES[their_name][1]]
+    reference = _reference_supernet(their_name, num_classes=1000, seed=0)
+    ours = create_supernet(FAMILIES[their_name][0], num_classes=1000)
     rng = random.Random(7)
     for _ in range(20):
-        arch = ours.space.sample(rng)
-        reference.set_active_subnet(ks=list(arch.ks), e=list(arch.e), d=list(arch.d))
+        theirs = _their_sample(reference, rng)
+        reference.set_active_subnet(ks=theirs["ks"], e=theirs["e"], d=theirs["d"])
         config = reference.get_active_net_config()
-        mflops = table.MBv3LatencyTable.count_flops_given_config(config, arch.r)
-        assert ours.macs(arch) == round(mflops * 1e6), arch
+        mflops = counter.count_flops_given_config(config, theirs["r"][0])
+        assert ours.macs(theirs) == round(mflops * 1e6), theirs

@@ -43,14 +43,23 @@ PLAIN_LAYERS = (
 )
 
 
+@pytest.fixture(scope="module", params=["mbv3", "proxyless"])
+def family(request) -> onceforall.Supernet:
+    """Each MBConv family in turn (OFA-MobileNetV3 w1.0, OFA-ProxylessNAS w1.3), with
+    random BN statistics and kernel transforms."""
+    return request.getfixturevalue(request.param)
+
+
 def _input(arch: Arch, batch: int = 2, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, 3, arch.r, arch.r, generator=gen)
 
 
 @examples(30)
-@given(arch=archs(SPACE))
-def test_extracted_net_matches_supernet_in_eval(mbv3, arch: Arch) -> None:
+@given(data=st.data())
+def test_extracted_net_matches_supernet_in_eval(family, data) -> None:
+    mbv3 = family
+    arch = data.draw(archs(mbv3.space))
     mbv3.eval()
     mbv3.set_active(arch)
     subnet = mbv3.extract(arch).eval()
@@ -63,7 +72,7 @@ def test_extracted_net_matches_supernet_in_eval(mbv3, arch: Arch) -> None:
     # The extracted net is an ordinary network: plain layers, no elastic ones.
     from onceforall.layers import ConvBNAct, MBConv, SqueezeExcite
 
-    allowed = (*PLAIN_LAYERS, ConvBNAct, MBConv, SqueezeExcite, type(subnet))
+    allowed = (*PLAIN_LAYERS, nn.ReLU6, ConvBNAct, MBConv, SqueezeExcite, type(subnet))
     assert all(isinstance(m, allowed) for m in subnet.modules())
     # and a copy: changing it leaves the supernet untouched
     with torch.no_grad():
@@ -82,9 +91,10 @@ def test_wider_supernet_extracts_exactly(mbv3_w12, arch: Arch) -> None:
 
 
 @examples(8)
-@given(arch=archs(SPACE), seed=st.integers(0, 2**16))
-def test_gradients_of_active_weights_match_in_train_mode(mbv3, arch: Arch, seed: int) -> None:
-    supernet = copy.deepcopy(mbv3).train()
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_gradients_of_active_weights_match_in_train_mode(family, data, seed: int) -> None:
+    arch = data.draw(archs(family.space))
+    supernet = copy.deepcopy(family).train()
     supernet.set_active(arch)
     subnet = supernet.extract(arch).train()
     x = _input(arch, batch=4, seed=seed)
@@ -102,7 +112,7 @@ def test_gradients_of_active_weights_match_in_train_mode(mbv3, arch: Arch, seed:
             # matrices: push its gradient back through that computation.
             stage, index = (int(p) for p in name.split(".")[1:3])
             dw: ElasticDepthwiseConv2d = supernet.stages[stage][index].depthwise.conv
-            slot = stage * 4 + index
+            slot = supernet.space.stage_slots(stage)[index]
             mid = param.shape[0]
             sources = [dw.weight, *dw.kernel_transforms.values()]
             kernel = dw.kernel(arch.ks[slot], mid)
@@ -127,12 +137,13 @@ def test_gradients_of_active_weights_match_in_train_mode(mbv3, arch: Arch, seed:
 
 
 @examples(15)
-@given(arch=archs(SPACE))
-def test_channel_sorting_preserves_every_largest_width_subnet(mbv3, arch: Arch) -> None:
+@given(data=st.data())
+def test_channel_sorting_preserves_every_largest_width_subnet(family, data) -> None:
     # Sorting happens before the expand-ratio stages, while every block runs at its
     # largest expand ratio; kernel size, depth and resolution are free.
-    arch = Arch(ks=arch.ks, e=(6,) * 20, d=arch.d, r=arch.r)
-    supernet = copy.deepcopy(mbv3).eval()
+    arch = data.draw(archs(family.space))
+    arch = Arch(ks=arch.ks, e=(6,) * len(arch.e), d=arch.d, r=arch.r)
+    supernet = copy.deepcopy(family).eval()
     x = _input(arch)
     supernet.set_active(arch)
     with torch.no_grad():
@@ -155,13 +166,40 @@ def test_channel_sorting_orders_by_importance_and_changes_weights(mbv3) -> None:
 
 
 @examples(25)
-@given(arch=archs(SPACE))
-def test_macs_and_params_equal_an_independent_count(mbv3, arch: Arch) -> None:
+@given(data=st.data())
+def test_macs_and_params_equal_an_independent_count(family, data) -> None:
+    mbv3 = family
+    arch = data.draw(archs(mbv3.space))
     subnet = mbv3.extract(arch).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         subnet(_input(arch, batch=1))
     assert mbv3.macs(arch) * 2 == counter.get_total_flops()
     assert mbv3.params(arch) == sum(p.numel() for p in subnet.parameters())
+
+
+def test_proxyless_space_matches_the_authors_layout() -> None:
+    net = onceforall.create_supernet("ofa_proxyless_w1.3")
+    space = net.space
+    assert (space.num_slots, space.num_stages) == (21, 6)
+    assert space.stage_depth_choices(5) == (1,)
+    # Their sampler writes d[5] = 1, their encoder's samples any depth: both mean 1.
+    largest = space.largest(224).to_dict()
+    for depth in (1, 2, 4):
+        assert space.parse({**largest, "d": [4] * 5 + [depth]}).d[5] == 1
+    with pytest.raises(ArchError, match=r"d\[5\] = 5 is not an allowed depth; allowed: 1"):
+        space.parse({**largest, "d": [4] * 5 + [5]})
+    assert net.first_block.shortcut is False and net.feature_mix is None
+    assert [net.config.channels(w) for w in (32, 16, 24, 40, 80, 96, 192, 320, 1280)] == [
+        40,
+        24,
+        32,
+        56,
+        104,
+        128,
+        248,
+        416,
+        1664,
+    ]
 
 
 def test_known_sizes_of_the_largest_and_smallest_subnets() -> None:
@@ -207,9 +245,10 @@ def test_registry() -> None:
 
 
 @examples(5)
-@given(arch=archs(SPACE))
-def test_extracted_net_rebuilds_from_its_spec(mbv3, arch: Arch) -> None:
-    subnet = mbv3.extract(arch).eval()
+@given(data=st.data())
+def test_extracted_net_rebuilds_from_its_spec(family, data) -> None:
+    arch = data.draw(archs(family.space))
+    subnet = family.extract(arch).eval()
     rebuilt = onceforall.build_subnet(subnet.spec()).eval()
     rebuilt.load_state_dict(subnet.state_dict())
     x = _input(arch, batch=1)
@@ -218,11 +257,12 @@ def test_extracted_net_rebuilds_from_its_spec(mbv3, arch: Arch) -> None:
 
 
 @examples(6)
-@given(arch=archs(SPACE))
-def test_channels_last_supernet_computes_the_same(mbv3, arch: Arch) -> None:
+@given(data=st.data())
+def test_channels_last_supernet_computes_the_same(family, data) -> None:
     # The training loop runs channels_last on CPU (much faster there); slicing must
     # respect non-default strides.
-    supernet = copy.deepcopy(mbv3).eval()
+    arch = data.draw(archs(family.space))
+    supernet = copy.deepcopy(family).eval()
     supernet.set_active(arch)
     x = _input(arch)
     with torch.no_grad():

@@ -43,6 +43,7 @@ __all__ = [
     "MissingDependencyError",
     "export_subnet",
     "load_exported",
+    "write_export",
     "write_bytes_atomic",
 ]
 
@@ -148,18 +149,8 @@ def export_subnet(
     :class:`ExportError` and leaves no ``model.onnx``. ``extra_metadata`` (e.g.
     ``{"source_run": "runs/fmnist"}``) is merged into ``metadata.json``.
     """
-    safetensors_torch = require("safetensors.torch", "saving the weights")
-    if onnx:
-        require("onnx", "ONNX export")
-        require("onnxruntime", "checking the ONNX export")
+    _check_dependencies(onnx)
     arch = supernet.parse_arch(arch)
-    extra = dict(extra_metadata or {})
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"extra_metadata must be JSON-serialisable: {exc}") from None
-    out_dir = Path(out_dir)
-
     counted = [0]
 
     def calibration_batches() -> Iterator:
@@ -171,6 +162,56 @@ def export_subnet(
     accuracy = None
     if test_loader is not None:
         accuracy = evaluate(subnet, _at_resolution(test_loader, arch.r, "test_loader"))
+    return write_export(
+        subnet,
+        out_dir,
+        macs=supernet.macs(arch),
+        params=supernet.params(arch),
+        supernet_name=getattr(supernet, "name", type(supernet).__name__),
+        accuracy=accuracy,
+        bn_calibration_images=min(counted[0], n_calibration),
+        onnx=onnx,
+        latency_resolution=latency_resolution,
+        threads=threads,
+        extra_metadata=extra_metadata,
+    )
+
+
+def _check_dependencies(onnx: bool) -> None:
+    require("safetensors.torch", "saving the weights")
+    if onnx:
+        require("onnx", "ONNX export")
+        require("onnxruntime", "checking the ONNX export")
+
+
+def write_export(
+    subnet: nn.Module,
+    out_dir: PathLike,
+    *,
+    macs: int,
+    params: int,
+    supernet_name: str,
+    accuracy: Mapping[str, Any] | None = None,
+    bn_calibration_images: int | None = None,
+    onnx: bool = True,
+    latency_resolution: int | None = None,
+    threads: int | None = None,
+    extra_metadata: Mapping[str, Any] | None = None,
+) -> ExportResult:
+    """Write a finished static sub-network (one with ``arch`` and ``spec()``, its BN
+    statistics final) to ``out_dir``: time it on this CPU, then write the files of the
+    module docstring atomically. ``accuracy`` is :func:`evaluate`'s result, if measured.
+    Used by :func:`export_subnet` and by the import of the authors' specialised nets."""
+    _check_dependencies(onnx)
+    safetensors_torch = require("safetensors.torch", "saving the weights")
+    subnet = subnet.eval()
+    arch: Arch = subnet.arch
+    extra = dict(extra_metadata or {})
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"extra_metadata must be JSON-serialisable: {exc}") from None
+    out_dir = Path(out_dir)
     resolution = latency_resolution or arch.r
     latency = measure_latency(subnet, resolution, batch_size=1, threads=threads)
     spec = subnet.spec()
@@ -189,16 +230,16 @@ def export_subnet(
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "family": spec["family"],
-        "supernet": getattr(supernet, "name", type(supernet).__name__),
+        "supernet": supernet_name,
         "source_run": None,
         "arch": arch.to_dict(),
         "resolution": arch.r,
         "top1": None if accuracy is None else accuracy["top1"],
         "test_loss": None if accuracy is None else accuracy["loss"],
         "test_images": None if accuracy is None else accuracy["images"],
-        "bn_calibration_images": min(counted[0], n_calibration),
-        "macs": int(supernet.macs(arch)),
-        "params": int(supernet.params(arch)),
+        "bn_calibration_images": bn_calibration_images,
+        "macs": int(macs),
+        "params": int(params),
         "latency_ms": latency.median_ms,
         "latency": {
             **asdict(latency),  # median/p10/p90 ms, repeats, batch size, device, threads

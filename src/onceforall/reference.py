@@ -1,28 +1,33 @@
 """Weights saved by the authors' code (the ``ofa`` package) mapped onto our supernets.
 
-Their OFA-MobileNetV3 numbers its blocks (``blocks.0`` is the fixed first block,
-``blocks.1..20`` the elastic slots) and nests each conv and BN one level deeper; ours
-names stages. The mapping is derived from our table-driven block plan, so it covers
-every width multiplier. Files are read with ``torch.load(weights_only=True)``: nothing
-in them is executed.
+Their OFA-MobileNetV3 and OFA-ProxylessNAS number their blocks (``blocks.0`` is the
+fixed first block, ``blocks.1..`` the elastic slots) and nest each elastic conv and BN
+one level deeper; ours names stages. The mapping is derived from our table-driven block
+plan, so it covers every width multiplier. Their OFA-ResNet50 numbers its bottlenecks
+``blocks.0..17`` by slot and calls its deep stem ``input_stem.0..2``. Files are read with
+``torch.load(weights_only=True)``: nothing in them is executed.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
 from .models import create_supernet
-from .models.mbconv import OFAMBConvNet, block_plan
+from .models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
+from .models.resnet import OFAResNet, bottleneck_plan
 
 __all__ = [
     "REFERENCE_NAMES",
+    "NetConfigError",
     "ReferenceCheckpointError",
     "import_reference",
+    "load_mapped",
     "load_reference_checkpoint",
+    "read_state_dict",
     "reference_keys",
 ]
 
@@ -30,6 +35,9 @@ __all__ = [
 REFERENCE_NAMES = {
     "ofa_mbv3_d234_e346_k357_w1.0": "ofa_mbv3_w1.0",
     "ofa_mbv3_d234_e346_k357_w1.2": "ofa_mbv3_w1.2",
+    "ofa_proxyless_d234_e346_k357_w1.3": "ofa_proxyless_w1.3",
+    "ofa_resnet50": "ofa_resnet50",
+    "ofa_resnet50_d0-1-2_e0.2-0.25-0.35_w0.65-0.8-1.0": "ofa_resnet50",  # their file name
 }
 
 
@@ -37,57 +45,137 @@ class ReferenceCheckpointError(ValueError):
     """A reference checkpoint that does not fit the named supernet."""
 
 
-def _mbv3_keys(net: OFAMBConvNet) -> dict[str, str]:
-    """Our state-dict key -> the authors' key, for every tensor."""
-    ours = net.state_dict().keys()
+class NetConfigError(ValueError):
+    """A specialised net's ``net.config`` that is not a sub-network of one of our
+    supernets (see :mod:`onceforall.reference_specialized`)."""
+
+
+def conv_bn_keys(ours: Iterable[str], prefix: str, theirs: str, nested: bool) -> dict[str, str]:
+    """Keys of one of our ``conv``/``bn`` sequences (``prefix``) -> the authors' keys
+    under ``theirs``. Their elastic layers wrap conv and BN once more (``conv.conv``,
+    ``bn.bn``, set ``nested``) and store kernel transforms as ``conv.7to5_matrix``."""
+    inner = ".conv" if nested else ""
+    inner_bn = ".bn" if nested else ""
     mapping: dict[str, str] = {}
+    for key in ours:
+        if key.startswith(prefix + ".conv."):
+            rest = key[len(prefix) + len(".conv.") :]
+            if rest.startswith("kernel_transforms."):
+                mapping[key] = f"{theirs}.conv.{rest.split('.')[1]}_matrix"
+            else:
+                mapping[key] = f"{theirs}.conv{inner}.{rest}"
+        elif key.startswith(prefix + ".bn."):
+            mapping[key] = f"{theirs}.bn{inner_bn}.{key[len(prefix) + len('.bn.') :]}"
+    return mapping
 
-    def conv_bn(prefix: str, theirs: str, nested: bool) -> None:
-        # Their elastic layers wrap conv and BN once more (conv.conv, bn.bn).
-        inner = ".conv" if nested else ""
-        inner_bn = ".bn" if nested else ""
-        for key in ours:
-            if key.startswith(prefix + ".conv."):
-                rest = key[len(prefix) + len(".conv.") :]
-                if rest.startswith("kernel_transforms."):
-                    mapping[key] = f"{theirs}.conv.{rest.split('.')[1]}_matrix"
-                else:
-                    mapping[key] = f"{theirs}.conv{inner}.{rest}"
-            elif key.startswith(prefix + ".bn."):
-                mapping[key] = f"{theirs}.bn{inner_bn}.{key[len(prefix) + len('.bn.') :]}"
 
-    conv_bn("stem", "first_conv", nested=False)
-    conv_bn("first_block.depthwise", "blocks.0.conv.depth_conv", nested=False)
-    conv_bn("first_block.project", "blocks.0.conv.point_linear", nested=False)
-    for plan in block_plan(net.config):
-        ours_prefix = f"stages.{plan.stage}.{plan.index}"
-        theirs = f"blocks.{plan.slot + 1}.conv"
-        conv_bn(f"{ours_prefix}.expand", f"{theirs}.inverted_bottleneck", nested=True)
-        conv_bn(f"{ours_prefix}.depthwise", f"{theirs}.depth_conv", nested=True)
-        conv_bn(f"{ours_prefix}.project", f"{theirs}.point_linear", nested=True)
-        for part in ("reduce", "expand"):
-            for tensor in ("weight", "bias"):
-                key = f"{ours_prefix}.se.{part}.{tensor}"
-                if key in ours:
-                    mapping[key] = f"{theirs}.depth_conv.se.fc.{part}.{tensor}"
-    conv_bn("final_expand", "final_expand_layer", nested=False)
-    mapping["feature_mix.conv.weight"] = "feature_mix_layer.conv.weight"
+def mbconv_block_keys(
+    ours: Iterable[str], prefix: str, theirs: str, nested: bool
+) -> dict[str, str]:
+    """Keys of one of our MBConv blocks -> theirs (``blocks.N.conv``)."""
+    ours = list(ours)
+    mapping: dict[str, str] = {}
+    for part, their_part in (
+        ("expand", "inverted_bottleneck"),
+        ("depthwise", "depth_conv"),
+        ("project", "point_linear"),
+    ):
+        mapping.update(conv_bn_keys(ours, f"{prefix}.{part}", f"{theirs}.{their_part}", nested))
+    for part in ("reduce", "expand"):
+        for tensor in ("weight", "bias"):
+            key = f"{prefix}.se.{part}.{tensor}"
+            if key in ours:
+                mapping[key] = f"{theirs}.depth_conv.se.fc.{part}.{tensor}"
+    return mapping
+
+
+def mbconv_head_keys(ours: Iterable[str], config: MBConvNetConfig) -> dict[str, str]:
+    """Stem, first block and head keys -> theirs (the same in supernet and sub-network)."""
+    ours = list(ours)
+    mapping = conv_bn_keys(ours, "stem", "first_conv", nested=False)
+    mapping.update(mbconv_block_keys(ours, "first_block", "blocks.0.conv", nested=False))
+    if config.head_width is None:
+        mapping.update(conv_bn_keys(ours, "final_expand", "feature_mix_layer", nested=False))
+    else:
+        mapping.update(conv_bn_keys(ours, "final_expand", "final_expand_layer", nested=False))
+        mapping["feature_mix.conv.weight"] = "feature_mix_layer.conv.weight"
     mapping["classifier.weight"] = "classifier.linear.weight"
     mapping["classifier.bias"] = "classifier.linear.bias"
+    return mapping
+
+
+def _mbconv_keys(net: OFAMBConvNet) -> dict[str, str]:
+    """Our state-dict key -> the authors' key, for every tensor. Their MobileNetV3 calls
+    the pre-pool 1x1 conv ``final_expand_layer`` and the post-pool one
+    ``feature_mix_layer``; their ProxylessNAS has only the pre-pool one and calls it
+    ``feature_mix_layer``."""
+    ours = list(net.state_dict().keys())
+    mapping = mbconv_head_keys(ours, net.config)
+    for plan in block_plan(net.config):
+        mapping.update(
+            mbconv_block_keys(
+                ours, f"stages.{plan.stage}.{plan.index}", f"blocks.{plan.slot + 1}.conv", True
+            )
+        )
     unmapped = sorted(set(ours) - set(mapping))
     if unmapped:  # a family change this mapping does not know yet
         raise NotImplementedError(f"no reference name for {unmapped[:5]}")
     return mapping
 
 
-def reference_keys(net: OFAMBConvNet) -> dict[str, str]:
+def _resnet_keys(net: OFAResNet) -> dict[str, str]:
+    """Our state-dict key -> the authors' key, for every tensor of OFA-ResNet50. Their
+    deep stem is ``input_stem.0`` (conv), ``input_stem.1.conv`` (the skippable residual
+    block's conv) and ``input_stem.2``; their bottlenecks are ``blocks.<slot>`` with the
+    shortcut named ``downsample``; every conv and BN of theirs is nested once more."""
+    ours = list(net.state_dict().keys())
+    mapping = conv_bn_keys(ours, "stem.conv1", "input_stem.0", nested=True)
+    mapping.update(conv_bn_keys(ours, "stem.residual", "input_stem.1.conv", nested=True))
+    mapping.update(conv_bn_keys(ours, "stem.conv2", "input_stem.2", nested=True))
+    for plan in bottleneck_plan(net.config):
+        prefix, theirs = f"stages.{plan.stage}.{plan.index}", f"blocks.{plan.slot}"
+        for part in ("conv1", "conv2", "conv3"):
+            mapping.update(conv_bn_keys(ours, f"{prefix}.{part}", f"{theirs}.{part}", True))
+        mapping.update(conv_bn_keys(ours, f"{prefix}.shortcut", f"{theirs}.downsample", True))
+    mapping["classifier.weight"] = "classifier.linear.linear.weight"
+    mapping["classifier.bias"] = "classifier.linear.linear.bias"
+    unmapped = sorted(set(ours) - set(mapping))
+    if unmapped:  # a family change this mapping does not know yet
+        raise NotImplementedError(f"no reference name for {unmapped[:5]}")
+    return mapping
+
+
+def _nest_resnet_keys(
+    theirs: Mapping[str, torch.Tensor], expected: set[str]
+) -> dict[str, torch.Tensor]:
+    """Their ``OFAResNets.load_state_dict`` also reads files whose elastic layers are not
+    nested (``bn.weight``, ``conv.weight``, ``linear.weight`` one level up); rename such
+    keys with their rules, where that gives a key of the network (others stay as they
+    are, to be reported by name)."""
+    nested = {}
+    for key, value in theirs.items():
+        if key not in expected:
+            if ".linear." in key:
+                renamed = key.replace(".linear.", ".linear.linear.")
+            elif "bn." in key:
+                renamed = key.replace("bn.", "bn.bn.")
+            else:
+                renamed = key.replace("conv.weight", "conv.conv.weight")
+            key = renamed if renamed in expected else key
+        nested[key] = value
+    return nested
+
+
+def reference_keys(net: OFAMBConvNet | OFAResNet) -> dict[str, str]:
     """Our state-dict key -> the key the authors' code uses for the same tensor."""
+    if isinstance(net, OFAResNet):
+        return _resnet_keys(net)
     if not isinstance(net, OFAMBConvNet):
         raise TypeError(f"no reference mapping for {type(net).__name__} yet")
-    return _mbv3_keys(net)
+    return _mbconv_keys(net)
 
 
-def _state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no reference checkpoint at {path}")
     try:
@@ -100,34 +188,29 @@ def _state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         data = data["state_dict"]  # their training checkpoints wrap it
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ReferenceCheckpointError(f"{path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in data.items()}  # DataParallel saves
+    # DataParallel saves prefix "module."; their older releases named the block's layer
+    # "mobile_inverted_conv" (their own loader renames it the same way).
+    return {
+        k.removeprefix("module.").replace(".mobile_inverted_conv.", ".conv."): v
+        for k, v in data.items()
+    }
 
 
-def load_reference_checkpoint(path: str | os.PathLike, name: str, **overrides) -> OFAMBConvNet:
-    """Our supernet holding the weights of a checkpoint saved by the authors' code.
-
-    ``name`` is their name (``ofa_mbv3_d234_e346_k357_w1.0``) or ours (``ofa_mbv3_w1.0``);
-    the number of classes is read from the checkpoint. Missing or unexpected keys and
-    wrong shapes are refused, listed by name.
-    """
-    name = REFERENCE_NAMES.get(name, name)
-    if name not in REFERENCE_NAMES.values():
-        known = ", ".join(f"{k} ({v})" for k, v in REFERENCE_NAMES.items())
-        raise ValueError(f"no reference mapping for {name!r}; known: {known}")
-    theirs = _state_dict(Path(path))
-    classifier = theirs.get("classifier.linear.weight")
-    if classifier is None:
-        raise ReferenceCheckpointError(
-            f"{path} has no 'classifier.linear.weight': not an OFA-MobileNetV3 checkpoint"
-        )
-    net = create_supernet(name, num_classes=classifier.shape[0], **overrides)
-    mapping = reference_keys(net)
+def load_mapped(
+    net: torch.nn.Module,
+    theirs: Mapping[str, torch.Tensor],
+    mapping: Mapping[str, str],
+    what: str,
+) -> None:
+    """Load ``theirs`` into ``net`` through ``mapping`` (our key -> their key), or raise
+    :class:`ReferenceCheckpointError` (prefixed by ``what``) listing missing and
+    unexpected keys and wrong shapes by name. Nothing is loaded unless everything fits."""
     expected = set(mapping.values())
     missing = sorted(expected - set(theirs))
     unexpected = sorted(set(theirs) - expected)
     own = net.state_dict()
     wrong = [
-        f"{k}: file {tuple(theirs[k].shape)}, {name} {tuple(own[o].shape)}"
+        f"{k}: file {tuple(theirs[k].shape)}, ours {tuple(own[o].shape)}"
         for o, k in mapping.items()
         if k in theirs and theirs[k].shape != own[o].shape
     ]
@@ -139,8 +222,55 @@ def load_reference_checkpoint(path: str | os.PathLike, name: str, **overrides) -
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:5])}")
     if problems:
-        raise ReferenceCheckpointError(f"{path} does not fit {name}: " + " | ".join(problems))
+        raise ReferenceCheckpointError(f"{what}: " + " | ".join(problems))
     net.load_state_dict({o: theirs[k] for o, k in mapping.items()})
+
+
+def load_reference_checkpoint(
+    path: str | os.PathLike, name: str, **overrides
+) -> OFAMBConvNet | OFAResNet:
+    """Our supernet holding the weights of a checkpoint saved by the authors' code.
+
+    ``name`` is their name (``ofa_mbv3_d234_e346_k357_w1.0``, ...) or ours
+    (``ofa_mbv3_w1.0``, ...; see :data:`REFERENCE_NAMES`);
+    the number of classes is read from the checkpoint. Missing or unexpected keys and
+    wrong shapes are refused, listed by name.
+    """
+    name = REFERENCE_NAMES.get(name, name)
+    if name not in REFERENCE_NAMES.values():
+        known = ", ".join(f"{k} ({v})" for k, v in REFERENCE_NAMES.items())
+        raise ValueError(f"no reference mapping for {name!r}; known: {known}")
+    theirs = read_state_dict(Path(path))
+    if name == "ofa_resnet50":
+        return _load_resnet(path, theirs, name, **overrides)
+    classifier = theirs.get("classifier.linear.weight")
+    if classifier is None:
+        raise ReferenceCheckpointError(
+            f"{path} has no 'classifier.linear.weight': not an OFA-MobileNetV3 or "
+            "OFA-ProxylessNAS checkpoint"
+        )
+    net = create_supernet(name, num_classes=classifier.shape[0], **overrides)
+    load_mapped(net, theirs, reference_keys(net), f"{path} does not fit {name}")
+    return net.eval()
+
+
+def _load_resnet(
+    path: str | os.PathLike, theirs: Mapping[str, torch.Tensor], name: str, **overrides
+) -> OFAResNet:
+    # Their nested key names, or the non-nested ones their loader also reads.
+    stem = theirs.get("input_stem.0.conv.conv.weight", theirs.get("input_stem.0.conv.weight"))
+    classifier = theirs.get(
+        "classifier.linear.linear.weight", theirs.get("classifier.linear.weight")
+    )
+    if stem is None or classifier is None:
+        raise ReferenceCheckpointError(
+            f"{path} has no 'input_stem.0.conv.conv.weight' and "
+            "'classifier.linear.linear.weight': not an OFA-ResNet50 checkpoint"
+        )
+    net = create_supernet(name, num_classes=classifier.shape[0], **overrides)
+    mapping = reference_keys(net)
+    theirs = _nest_resnet_keys(theirs, set(mapping.values()))
+    load_mapped(net, theirs, mapping, f"{path} does not fit {name}")
     return net.eval()
 
 

@@ -251,7 +251,8 @@ class MBConvSpace:
         """How many distinct sub-networks the space holds (exact integer)."""
         per_block = len(self.kernel_sizes) * len(self.expand_ratios)
         total = math.prod(
-            sum(per_block**depth for depth in self.stage_depth_choices(s)) for s in range(self.num_stages)
+            sum(per_block**depth for depth in self.stage_depth_choices(s))
+            for s in range(self.num_stages)
         )
         return total * len(self.resolutions) if with_resolution else total
 

@@ -13,6 +13,7 @@ import torch
 from .. import __version__
 from ..arch import ArchError
 from ..models import create_supernet, list_supernets
+from ..reference import NetConfigError, ReferenceCheckpointError
 from ..report import arch_summary, format_table, profile_subnets, spread_archs
 from .deploy import add_deploy_commands
 from .train import add_training_commands
@@ -146,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ArchError as exc:
         print(f"ofa: invalid architecture: {exc}", file=sys.stderr)
+        return 2
+    except (ReferenceCheckpointError, NetConfigError) as exc:
+        print(f"ofa: {exc}", file=sys.stderr)
         return 2
 
 

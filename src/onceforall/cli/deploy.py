@@ -187,6 +187,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_subnet(args: argparse.Namespace) -> int:
+    from ..reference_specialized import import_reference_subnet
+
+    result = import_reference_subnet(
+        args.net_config,
+        args.weights,
+        args.out,
+        args.resolution,
+        onnx=not args.no_onnx,
+        threads=args.threads,
+    )
+    meta = result.metadata
+    print(f"{meta['supernet']} sub-network {result.arch}")
+    print(
+        f"MACs {result.macs / 1e6:.1f}M  params {result.params / 1e6:.2f}M  "
+        f"latency {result.latency_ms:.2f} ms on this CPU"
+    )
+    print(f"exported: {result.out_dir}")
+    return 0
+
+
 def _cmd_import_reference(args: argparse.Namespace) -> int:
     from ..reference import import_reference
 
@@ -264,6 +285,23 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--config", default="imagenet", help="preset or YAML for data settings")
     p.set_defaults(func=_cmd_import_reference)
+
+    p = sub.add_parser(
+        "import-subnet",
+        help="a specialised net of the authors (net.config + weights) as an export folder",
+    )
+    p.add_argument("net_config", help="their net.config JSON")
+    p.add_argument("weights", help="their weights file, e.g. 'init' (read with weights_only)")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        required=True,
+        help="input size the net was specialised for (image_size in their run.config)",
+    )
+    p.add_argument("--out", required=True, help="export folder to write")
+    p.add_argument("--threads", type=int, help="CPU threads for the latency measurement")
+    p.add_argument("--no-onnx", action="store_true")
+    p.set_defaults(func=_cmd_import_subnet)
 
     p = sub.add_parser(
         "run", help="the whole job: train, accuracy dataset, predictor, latency, specialise, export"

@@ -14,6 +14,7 @@ from torch import nn
 from ..arch import ArchLike
 from .base import Supernet
 from .mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, proxyless_config
+from .resnet import OFAResNet, ResNetConfig, ResNetSubnet
 
 __all__ = [
     "Supernet",
@@ -25,6 +26,9 @@ __all__ = [
     "OFAMBConvNet",
     "MBConvNetConfig",
     "MBConvSubnet",
+    "OFAResNet",
+    "ResNetConfig",
+    "ResNetSubnet",
 ]
 
 # name -> (supernet class, default config)
@@ -56,7 +60,8 @@ def supernet_config(name: str, **overrides: Any) -> Any:
         )
     for key in ("resolutions", "kernel_sizes", "expand_ratios", "depths"):
         if key in overrides:
-            overrides[key] = tuple(int(v) for v in overrides[key])
+            kind = float if isinstance(getattr(config, key)[0], float) else int
+            overrides[key] = tuple(kind(v) for v in overrides[key])
     return replace(config, **overrides)
 
 
@@ -79,9 +84,13 @@ def build_subnet(spec: dict[str, Any], arch: ArchLike | None = None) -> nn.Modul
     if family in ("mbconv", "mobilenet_v3"):  # "mobilenet_v3": exports written by 0.1.0
         config = MBConvNetConfig.from_dict(spec["config"])
         return MBConvSubnet(config, config.space.parse(arch or spec["arch"]))
+    if family == "resnet":
+        config = ResNetConfig.from_dict(spec["config"])
+        return ResNetSubnet(config, config.space.parse(arch or spec["arch"]))
     raise ValueError(f"unknown sub-network family {family!r}")
 
 
 register_supernet("ofa_mbv3_w1.0", OFAMBConvNet, MBConvNetConfig(width_mult=1.0))
 register_supernet("ofa_mbv3_w1.2", OFAMBConvNet, MBConvNetConfig(width_mult=1.2))
 register_supernet("ofa_proxyless_w1.3", OFAMBConvNet, proxyless_config(width_mult=1.3))
+register_supernet("ofa_resnet50", OFAResNet, ResNetConfig())

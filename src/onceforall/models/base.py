@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping
+from typing import Mapping, Union
 
 import torch
 from torch import nn
 
-from ..arch import Arch, ArchLike, MBConvSpace
+from ..arch import Arch, ArchLike, MBConvSpace, ResNetSpace
 from ..costs import CostParts, LayerCost, total_macs, total_params
 
 __all__ = ["Supernet", "copy_leading_slices"]
@@ -41,7 +41,7 @@ class Supernet(nn.Module, ABC):
     """Base of the supernet families. A family implements ``_activate(arch)``,
     ``build_subnet(arch)``, ``_computed_weights(arch)`` and ``layer_costs(arch)``."""
 
-    space: MBConvSpace
+    space: Union[MBConvSpace, ResNetSpace]
 
     def parse_arch(self, arch: ArchLike) -> Arch:
         return self.space.parse(arch)

@@ -1,0 +1,247 @@
+"""The authors' specialised sub-networks (``net.config`` JSON + weights) as our exports.
+
+Their model zoo ships each specialised network as a ``net.config`` (the layer-by-layer
+JSON their ``MobileNetV3`` / ``ProxylessNASNets`` classes write) and an ``init`` weights
+file. :func:`subnet_from_net_config` reads the JSON back into an arch of one of our MBConv
+supernets (kernel size, expand ratio and depth per stage are recovered from the blocks;
+every layer's channels, stride, activation and SE are checked against our table), and
+:func:`import_reference_subnet` loads the weights by name and writes an ordinary export
+directory (safetensors, ONNX checked with onnxruntime, metadata), the same format
+``ofa export`` writes. Weights are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .arch import Arch
+from .export import ExportResult, write_export
+from .layers import make_divisible
+from .models import supernet_config
+from .models.mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, block_plan
+from .reference import (
+    NetConfigError,
+    load_mapped,
+    mbconv_block_keys,
+    mbconv_head_keys,
+    read_state_dict,
+)
+
+__all__ = [
+    "NetConfigError",
+    "import_reference_subnet",
+    "load_reference_subnet",
+    "subnet_from_net_config",
+    "subnet_keys",
+]
+
+# Their class name in net.config -> our registered supernets it may come from.
+_FAMILIES = {
+    "MobileNetV3": ("ofa_mbv3_w1.0", "ofa_mbv3_w1.2"),
+    "ProxylessNASNets": ("ofa_proxyless_w1.3",),
+}
+_DEFAULT_RESOLUTIONS = tuple(range(128, 225, 4))
+
+
+def _block_conv(block: Mapping[str, Any]) -> Mapping[str, Any]:
+    conv = block.get("conv", block.get("mobile_inverted_conv"))  # older releases
+    if not isinstance(conv, Mapping):
+        raise NetConfigError(f"block {block.get('name')!r} has no 'conv' layer config")
+    return conv
+
+
+def _match_config(net_config: Mapping[str, Any], supernet: str, resolution: int) -> MBConvNetConfig:
+    """Our config of ``supernet`` with the classes, dropout and BN of ``net_config``, if
+    its stem, first block and head widths agree; else :class:`NetConfigError`."""
+    classifier = net_config["classifier"]
+    bn = net_config.get("bn") or {}
+    config = supernet_config(
+        supernet,
+        num_classes=int(classifier["out_features"]),
+        dropout=float(classifier.get("dropout_rate") or 0.0),
+        bn_eps=float(bn.get("eps") or 1e-5),
+        bn_momentum=float(bn.get("momentum") or 0.1),  # None (cumulative) only in calibration
+        resolutions=tuple(sorted(set(_DEFAULT_RESOLUTIONS) | {resolution})),
+    )
+    first_block = _block_conv(net_config["blocks"][0])
+    head = net_config["final_expand_layer" if config.head_width else "feature_mix_layer"]
+    checks = {
+        "first_conv out_channels": (
+            net_config["first_conv"]["out_channels"],
+            config.channels(config.stem_width),
+        ),
+        "first block out_channels": (
+            first_block["out_channels"],
+            config.channels(config.first_block_width),
+        ),
+        "head out_channels": (head["out_channels"], config.channels(config.final_expand_width)),
+    }
+    wrong = [
+        f"{name} {got} (expected {want})" for name, (got, want) in checks.items() if got != want
+    ]
+    if wrong:
+        raise NetConfigError(f"not {supernet}: " + ", ".join(wrong))
+    return config
+
+
+def _recover_arch(
+    net_config: Mapping[str, Any], config: MBConvNetConfig, supernet: str, resolution: int
+) -> Arch:
+    """Kernel sizes, expand ratios and stage depths from the elastic blocks, each
+    block checked against the slot it lands in."""
+    space = config.space
+    blocks = [_block_conv(b) for b in net_config["blocks"][1:]]
+    ks, e = [0] * space.num_slots, [0] * space.num_slots
+    depths = [0] * space.num_stages
+    position = 0
+    for plan in block_plan(config):
+        if position < len(blocks) and plan.index == depths[plan.stage]:
+            conv = blocks[position]
+            opens_stage = plan.index == 0
+            if conv["out_channels"] != plan.out_channels and not opens_stage:
+                continue  # the stage ended; the block belongs to the next one
+            problems = _block_problems(conv, plan, config)
+            if problems:
+                raise NetConfigError(
+                    f"block {position + 1} does not fit stage {plan.stage} of {supernet}: "
+                    + "; ".join(problems)
+                )
+            ks[plan.slot] = int(conv["kernel_size"])
+            e[plan.slot] = _expand_ratio(conv, plan.in_channels, config)
+            depths[plan.stage] += 1
+            position += 1
+    if position != len(blocks):
+        raise NetConfigError(
+            f"{len(blocks) - position} block(s) after block {position} fit no stage "
+            f"(stage depths so far {depths})"
+        )
+    return space.parse({"ks": ks, "e": e, "d": depths, "r": [resolution]})
+
+
+def _block_problems(conv: Mapping[str, Any], plan, config: MBConvNetConfig) -> list[str]:
+    want = {
+        "in_channels": plan.in_channels,
+        "out_channels": plan.out_channels,
+        "stride": plan.stride,
+        "act_func": plan.act,
+        "use_se": plan.se,
+    }
+    problems = [
+        f"{k} {conv.get(k)!r} (expected {v!r})" for k, v in want.items() if conv.get(k) != v
+    ]
+    if conv.get("kernel_size") not in config.kernel_sizes:
+        problems.append(f"kernel_size {conv.get('kernel_size')!r} not in {config.kernel_sizes}")
+    if (conv.get("groups") or 1) != 1:
+        problems.append(f"groups {conv.get('groups')} (only 1 is supported)")
+    return problems
+
+
+def _expand_ratio(conv: Mapping[str, Any], in_channels: int, config: MBConvNetConfig) -> int:
+    ratio = conv.get("expand_ratio")
+    mid = conv.get("mid_channels")
+    for e in config.expand_ratios:
+        width = make_divisible(round(in_channels * e))
+        if (mid is not None and mid == width) or (mid is None and ratio == e):
+            return e
+    raise NetConfigError(
+        f"expand_ratio {ratio!r} / mid_channels {mid!r} of a block with {in_channels} inputs "
+        f"is none of the expand ratios {config.expand_ratios}"
+    )
+
+
+def subnet_from_net_config(
+    net_config: Mapping[str, Any] | str | os.PathLike, resolution: int
+) -> tuple[str, MBConvSubnet]:
+    """(our supernet name, an uninitialised static network) for the authors' specialised
+    ``net_config`` (a dict or a path to the JSON) run at ``resolution``. Their JSON does
+    not record the input size: their model zoo lists it with each net (``image_size`` in
+    its ``run.config``)."""
+    if not isinstance(net_config, Mapping):
+        path = Path(net_config)
+        if not path.is_file():
+            raise FileNotFoundError(f"no net.config at {path}")
+        try:
+            net_config = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise NetConfigError(f"{path} is not JSON: {exc}") from None
+    name = net_config.get("name")
+    if name not in _FAMILIES:
+        raise NetConfigError(
+            f"net.config describes a {name!r}; supported: {', '.join(_FAMILIES)} "
+            "(ResNet specialised nets are not supported yet)"
+        )
+    failures = []
+    for supernet in _FAMILIES[name]:
+        try:
+            config = _match_config(net_config, supernet, resolution)
+            arch = _recover_arch(net_config, config, supernet, resolution)
+        except NetConfigError as exc:
+            failures.append(str(exc))
+            continue
+        except (KeyError, TypeError) as exc:
+            raise NetConfigError(f"net.config lacks or misstates a field: {exc!r}") from None
+        return supernet, MBConvSubnet(config, arch)
+    raise NetConfigError(
+        f"the {name} net.config fits none of our supernets: " + " | ".join(failures)
+    )
+
+
+def subnet_keys(subnet: MBConvSubnet) -> dict[str, str]:
+    """Our sub-network's state-dict keys -> their static network's (blocks numbered
+    consecutively over the blocks that run)."""
+    ours = list(subnet.state_dict())
+    mapping = mbconv_head_keys(ours, subnet.config)
+    number = 1
+    for stage, blocks in enumerate(subnet.stages):
+        for index in range(len(blocks)):
+            prefix = f"stages.{stage}.{index}"
+            mapping.update(mbconv_block_keys(ours, prefix, f"blocks.{number}.conv", False))
+            number += 1
+    return mapping
+
+
+def load_reference_subnet(
+    config_path: str | os.PathLike, weights_path: str | os.PathLike, resolution: int
+) -> tuple[str, MBConvSubnet]:
+    """Their specialised network as our static network, weights loaded, in eval mode."""
+    supernet, subnet = subnet_from_net_config(config_path, resolution)
+    theirs = read_state_dict(Path(weights_path))
+    load_mapped(
+        subnet,
+        theirs,
+        subnet_keys(subnet),
+        f"{weights_path} does not fit the network of {config_path}",
+    )
+    return supernet, subnet.eval()
+
+
+def import_reference_subnet(
+    config_path: str | os.PathLike,
+    weights_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    resolution: int,
+    *,
+    onnx: bool = True,
+    threads: int | None = None,
+) -> ExportResult:
+    """Write the authors' specialised network as an export directory of ours (loadable
+    with :func:`onceforall.export.load_exported`, ONNX checked). BN statistics are kept
+    as they are in the file (no recalibration); accuracy is not measured here."""
+    supernet_name, subnet = load_reference_subnet(config_path, weights_path, resolution)
+    costs = OFAMBConvNet(subnet.config)
+    return write_export(
+        subnet,
+        out_dir,
+        macs=costs.macs(subnet.arch),
+        params=costs.params(subnet.arch),
+        supernet_name=supernet_name,
+        onnx=onnx,
+        threads=threads,
+        extra_metadata={
+            "source": "reference specialised net",
+            "source_files": {"net_config": str(config_path), "weights": str(weights_path)},
+        },
+    )

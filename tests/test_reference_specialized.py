@@ -1,0 +1,115 @@
+"""The authors' specialised sub-networks (their ``net.config`` JSON and weights, as their
+model zoo ships them) turned into our export format compute what their network computes."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from onceforall.export import load_exported
+from onceforall.reference import ReferenceCheckpointError
+from onceforall.reference_specialized import (
+    NetConfigError,
+    import_reference_subnet,
+    load_reference_subnet,
+    subnet_from_net_config,
+)
+from tests.test_reference import (
+    FAMILIES,
+    _estimate_bn_statistics,
+    _reference_supernet,
+    _their_sample,
+)
+
+
+def _their_specialised_net(their_name: str, seed: int) -> tuple[dict, torch.nn.Module, dict]:
+    """A sub-network of their supernet as their ``get_active_subnet`` builds it, with BN
+    statistics estimated for it: (its arch dict, the static network, its net.config)."""
+    reference = _reference_supernet(their_name, num_classes=10, seed=seed)
+    theirs = _their_sample(reference, random.Random(seed))
+    reference.set_active_subnet(ks=theirs["ks"], e=theirs["e"], d=theirs["d"])
+    gen = torch.Generator().manual_seed(seed)
+    _estimate_bn_statistics(reference, theirs["r"][0], gen)
+    static = reference.get_active_subnet(preserve_weight=True).eval()
+    return theirs, static, json.loads(json.dumps(static.config))
+
+
+def _save(tmp_path, static: torch.nn.Module, config: dict) -> tuple:
+    config_path, weights_path = tmp_path / "net.config", tmp_path / "init"
+    config_path.write_text(json.dumps(config, indent=4))
+    torch.save({"state_dict": static.state_dict()}, weights_path)  # their model-zoo layout
+    return config_path, weights_path
+
+
+@pytest.mark.parametrize("their_name", sorted(FAMILIES))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_their_specialised_net_loads_with_the_same_logits(tmp_path, their_name, seed) -> None:
+    theirs, static, config = _their_specialised_net(their_name, seed)
+    r = theirs["r"][0]
+    supernet, ours = load_reference_subnet(*_save(tmp_path, static, config), resolution=r)
+    assert supernet == FAMILIES[their_name][0]
+    space = ours.config.space
+    assert space.canonical(ours.arch) == space.canonical(theirs)  # the arch is recovered
+    x = torch.randn(3, 3, r, r, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want, got = static(x), ours(x)
+    scale = want.abs().max().item()
+    assert (got - want).abs().max().item() <= 1e-4 * scale
+    signal = want[0] - want[1]  # the input-dependent part agrees too
+    assert ((got[0] - got[1]) - signal).abs().max() <= 1e-3 * signal.abs().max()
+
+
+def test_import_writes_an_export_that_loads_without_their_code(tmp_path, capsys) -> None:
+    from onceforall.cli import main
+
+    theirs, static, config = _their_specialised_net("ofa_proxyless_d234_e346_k357_w1.3", 4)
+    r = theirs["r"][0]
+    paths = [str(p) for p in _save(tmp_path, static, config)]
+    out = tmp_path / "out"
+    assert main(["import-subnet", *paths, "--resolution", str(r), "--out", str(out)]) == 0
+    assert f"exported: {out}" in capsys.readouterr().out
+    assert (out / "model.onnx").is_file()  # kept only after onnxruntime agreed
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["supernet"] == "ofa_proxyless_w1.3" and meta["bn_calibration_images"] is None
+    loaded = load_exported(tmp_path / "out")
+    x = torch.randn(2, 3, r, r)
+    with torch.no_grad():
+        want = static(x)
+        assert (loaded(x) - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_configs_that_fit_no_supernet_are_refused_by_name(tmp_path) -> None:
+    theirs, static, config = _their_specialised_net("ofa_mbv3_d234_e346_k357_w1.0", 5)
+    r = theirs["r"][0]
+    bad = json.loads(json.dumps(config))
+    bad["blocks"][3]["conv"]["kernel_size"] = 9
+    with pytest.raises(NetConfigError, match=r"block 3 does not fit stage .*kernel_size 9"):
+        subnet_from_net_config(bad, r)
+    bad = json.loads(json.dumps(config))
+    bad["blocks"][2]["conv"]["mid_channels"] = 100
+    with pytest.raises(NetConfigError, match="mid_channels 100"):
+        subnet_from_net_config(bad, r)
+    with pytest.raises(NetConfigError, match="'ResNets'.*not supported"):
+        subnet_from_net_config({**config, "name": "ResNets"}, r)
+    with pytest.raises(FileNotFoundError, match="no net.config at"):
+        subnet_from_net_config(tmp_path / "missing.config", r)
+    # Weights of another network are refused with the keys named, nothing loaded.
+    state = static.state_dict()
+    del state["blocks.2.conv.point_linear.bn.weight"]
+    config_path, weights_path = _save(tmp_path, static, config)
+    torch.save(state, weights_path)
+    with pytest.raises(ReferenceCheckpointError, match=r"missing 1 key.*blocks\.2\.conv"):
+        load_reference_subnet(config_path, weights_path, r)
+    # The command line says the same, without a traceback, and writes nothing.
+    from onceforall.cli import main
+
+    out = tmp_path / "out"
+    args = [str(config_path), str(weights_path), "--resolution", str(r), "--out", str(out)]
+    assert main(["import-subnet", *args]) == 2
+    assert not out.exists()
+    # import_reference_subnet is what the command calls
+    with pytest.raises(ReferenceCheckpointError):
+        import_reference_subnet(config_path, weights_path, out, r, onnx=False)
