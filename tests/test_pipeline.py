@@ -125,3 +125,73 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
     assert "reusing" in second
     for path in kept:
         assert path.stat().st_mtime_ns == stamps[path], path
+
+
+def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> None:
+    """The same job on the OFA-ProxylessNAS space: six stages, the last one a single
+    block whose depth is fixed; training, search and export all go through."""
+    config = tmp_path / "tiny.yaml"
+    settings = {**TINY_RUN, "supernet": "ofa_proxyless_w1.3"}
+    settings["specialize"] = {**TINY_RUN["specialize"], "num_targets": 1}
+    config.write_text(json.dumps(settings))
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(run)]) == 0
+    capsys.readouterr()
+    _, supernet = load_run(run)
+    assert supernet.space.num_slots == 21 and supernet.feature_mix is None
+    table = LatencyTable.load(run / "latency_table.json", supernet)
+    [row] = json.loads((run / "specialized.json").read_text())
+    arch = supernet.space.parse(row["arch"])
+    assert len(arch.d) == 6 and arch.d[5] == 1
+    for constraint in parse_constraints(
+        row["target"].split(","), {"latency_ms": latency_cost(table, supernet.space)}
+    ):
+        assert constraint.cost.of(arch) <= constraint.limit
+    [folder] = (run / "exports").iterdir()
+    model = load_exported(folder).eval()
+    x = torch.randn(2, 3, arch.r, arch.r)
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_ofa_run_trains_and_specialises_resnet50(tmp_path: Path, capsys) -> None:
+    """OFA-ResNet50 through the whole job: its own stages (depth, expand, width), the
+    accuracy dataset and predictor, a MACs target (latency tables are MBConv-only), and
+    an export whose ONNX agrees with PyTorch."""
+    settings = {
+        **TINY_RUN,
+        "supernet": "ofa_resnet50",
+        "train_subset": 32,
+        "stages": [
+            {"name": "full", "epochs": 1, "lr": 0.02, "distill": False},
+            {"name": "depth", "epochs": 1, "lr": 0.01, "subnets_per_step": 2, "depths": [0, 1, 2]},
+            {
+                "name": "expand_width",
+                "epochs": 1,
+                "lr": 0.01,
+                "subnets_per_step": 2,
+                "depths": [0, 1, 2],
+                "expand_ratios": [0.2, 0.25, 0.35],
+                "width_mults": [0.65, 0.8, 1.0],
+                "sort_channels": True,
+            },
+        ],
+        "specialize": {**TINY_RUN["specialize"], "acc_dataset_archs": 8, "num_targets": 1},
+    }
+    config = tmp_path / "resnet.yaml"
+    config.write_text(json.dumps(settings))
+    run = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--out", str(run)]) == 0
+    assert "targets are on MACs" in capsys.readouterr().out
+    _, supernet = load_run(run)
+    [row] = json.loads((run / "specialized.json").read_text())
+    assert row["target"].startswith("macs<=")
+    limit = float(row["target"].split("<=")[1])
+    assert supernet.macs(row["arch"]) <= limit
+    [folder] = (run / "exports").iterdir()
+    assert (folder / "model.onnx").is_file()
+    model = load_exported(folder).eval()
+    r = row["arch"]["r"][0]
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, r, r)).shape == (2, 10)

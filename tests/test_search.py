@@ -392,3 +392,55 @@ def test_search_under_a_latency_table_constraint(net, costs) -> None:
     assert all(table.predict(a) <= constraint.limit for a in result.population.to_archs())
     assert result.costs["latency_ms"] == pytest.approx(table.predict(result.arch), rel=1e-12)
     assert result.costs["macs"] == net.macs(result.arch)
+
+
+# ---------------------------------------------------------------- OFA-ResNet50
+@pytest.fixture(scope="module")
+def resnet() -> onceforall.Supernet:
+    return onceforall.create_supernet("ofa_resnet50", num_classes=10)
+
+
+def test_resnet_genes_round_trip_and_keys_ignore_skipped_slots(resnet) -> None:
+    space = resnet.space
+    archs_ = [space.sample(i) for i in range(200)]
+    batch = ArchBatch.from_archs(space, archs_)
+    assert batch.to_archs(canonical=True) == [space.canonical(a) for a in archs_]
+    assert [space.canonical(a) for a in batch.to_archs()] == [space.canonical(a) for a in archs_]
+    np.testing.assert_array_equal(batch.encode(), np.stack([space.encode(a) for a in archs_]))
+    # Two archs differing only in a skipped slot's expand ratio are one network.
+    arch = space.smallest(160)
+    skipped = space.stage_slots(0)[-1]
+    other = arch.to_dict()
+    other["e"][skipped] = max(space.expand_ratios)
+    layout = genome_layout(space)
+    keys = layout.network_keys(ArchBatch.from_archs(space, [arch, other]).genes)
+    assert keys[0] == keys[1]
+    # Mutation and crossover stay inside the space.
+    rng = np.random.default_rng(0)
+    children = batch.mutate(rng, prob=0.5).crossover(batch, rng)
+    for child in children.to_archs():
+        space.parse(child)
+
+
+def test_resnet_search_meets_macs_and_params_and_beats_random(resnet) -> None:
+    costs = {"macs": macs_cost(resnet), "params": params_cost(resnet)}
+    for arch in (resnet.space.sample(i) for i in range(20)):
+        assert costs["macs"].of(arch) == resnet.macs(arch)
+        assert costs["params"].of(arch) == resnet.params(arch)
+    low, smallest = costs["macs"].minimum()
+    assert low == resnet.macs(smallest)
+    with pytest.raises(InfeasibleConstraintError, match="smallest macs in this space"):
+        evolutionary_search(
+            resnet.space, linear_predictor(resnet.space), [Constraint(costs["macs"], low - 1)]
+        )
+    constraints = [parse_constraint("macs<=1.5G", costs), parse_constraint("params<=15M", costs)]
+    predictor = linear_predictor(resnet.space)
+    kwargs = dict(population=30, generations=15, seed=0)
+    evo = evolutionary_search(resnet.space, predictor, constraints, **kwargs)
+    rnd = random_search(resnet.space, predictor, constraints, **kwargs)
+    assert_feasible(resnet, [evo.arch, *evo.population.to_archs()], 1.5e9, 15e6)
+    assert_feasible(resnet, [rnd.arch, *rnd.population.to_archs()], 1.5e9, 15e6)
+    assert evo.accuracy >= rnd.accuracy
+    assert evo.accuracy == pytest.approx(float(predictor(resnet.space.encode(evo.arch)[None])[0]))
+    front = pareto_search(resnet.space, predictor, costs["macs"], population=20, generations=5)
+    assert all(resnet.macs(a) > 0 for a in front.archs)

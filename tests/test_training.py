@@ -208,3 +208,57 @@ def test_a_later_stage_alone_trains_on_from_the_earlier_stages(tmp_path) -> None
     fresh = tmp_path / "fresh"
     with pytest.raises(FileNotFoundError, match="run the earlier stages first"):
         train(config, "fashion-mnist", fresh, stages=["kernel"], progress=False)
+
+
+def test_stage_spaces_of_resnet_sample_archs_of_the_full_space() -> None:
+    """An OFA-ResNet stage opens depths, expand ratios and widths; what it samples is
+    written in the supernet's own space (``w`` indexes all its widths, ``d[0]`` runs or
+    skips the stem block as the supernet reads it)."""
+    from onceforall import create_supernet
+    from onceforall.training.config import StageConfig
+    from onceforall.training.schedule import stage_space, step_archs
+
+    full = create_supernet("ofa_resnet50", num_classes=10).space
+    first = StageConfig("full", 1, 0.1, depths=[2], expand_ratios=[0.35])
+    assert stage_space(full, first).largest() == full.largest()
+    assert stage_space(full, first).smallest(128) == full.largest(128)
+    depth = StageConfig("depth", 1, 0.1, depths=[1, 2], expand_ratios=[0.35])
+    width = StageConfig(
+        "width", 1, 0.1, depths=[0, 1, 2], expand_ratios=[0.2, 0.35], width_mults=[0.8, 1.0]
+    )
+    seen_stem, seen_w = set(), set()
+    for stage, n in ((depth, 60), (width, 60)):
+        space = stage_space(full, stage)
+        for step in range(n):
+            for arch in step_archs(space, stage, seed=0, stage_index=1, step=step):
+                assert full.parse(arch) == arch
+                assert {arch.e[s] for s in full.active_slots(arch)} <= set(stage.expand_ratios)
+                assert set(arch.d[1:]) <= set(stage.depths)
+                seen_stem.add(arch.d[0])
+                if stage is width:
+                    seen_w |= {full.width_mults[i] for i in arch.w}
+                else:
+                    assert arch.w == full.largest().w
+    assert seen_stem == {0, 2} and seen_w == {0.8, 1.0}
+    with pytest.raises(ValueError, match=r"opens width_mults \[0.5\].*has \[0.65, 0.8, 1.0\]"):
+        stage_space(full, StageConfig("bad", 1, 0.1, depths=[2], width_mults=[0.5]))
+    mbv3 = create_supernet("ofa_mbv3_w1.0").space
+    with pytest.raises(ValueError, match="width_mults apply to OFA-ResNet supernets only"):
+        stage_space(mbv3, width)
+    with pytest.raises(ValueError, match=r"opens kernel_sizes \[9\]"):
+        stage_space(mbv3, StageConfig("bad", 1, 0.1, kernel_sizes=[9]))
+
+
+@pytest.mark.parametrize(
+    "preset", ["imagenet", "imagenet-resnet50", "fashion-mnist", "fashion-mnist-quick"]
+)
+def test_every_preset_opens_choices_its_supernet_has(preset) -> None:
+    from onceforall import create_supernet
+    from onceforall.training import load_config
+    from onceforall.training.schedule import stage_space
+
+    config = load_config(preset)
+    space = create_supernet(config.supernet, resolutions=config.resolutions).space
+    for stage in config.stages:
+        opened = stage_space(space, stage)
+        assert space.parse(opened.sample(0)) == opened.sample(0)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from . import data as datamod
+from .arch import MBConvSpace
 from .latency_table import LatencyTable
 from .predictors import (
     AccuracyPredictor,
@@ -170,9 +171,13 @@ def run_pipeline(
         report = str(fit)
         say(f"[3/6] accuracy predictor: {report}")
 
-    # 4. Latency table on this device.
+    # 4. Latency table on this device (MBConv families; OFA-ResNet targets MACs instead).
     table_path = run_dir / "latency_table.json"
-    if table_path.is_file():
+    table = None
+    if not isinstance(supernet.space, MBConvSpace):
+        table_path = None
+        say("[4/6] latency table: not available for this family; targets are on MACs")
+    elif table_path.is_file():
         say(f"[4/6] latency table: reusing {table_path}")
         table = LatencyTable.load(table_path, supernet)
     else:
@@ -188,7 +193,8 @@ def run_pipeline(
 
     # 5. Specialise and measure.
     costs = search_costs(supernet, table)
-    targets = settings.targets or spread_latency_targets(costs["latency_ms"], settings.num_targets)
+    metric = "macs" if table is None else "latency_ms"
+    targets = settings.targets or spread_latency_targets(costs[metric], settings.num_targets)
     say(f"[5/6] specialising for {', '.join(targets)}")
     evaluator = test_evaluator(config, data)
     supernet = supernet.to(memory_format=memory_format)
@@ -207,6 +213,7 @@ def run_pipeline(
         json.dumps([c.to_dict() for c in chosen], indent=1) + "\n"
     )
     plot = _plot(run_dir / "pareto.png", supernet, predictor, costs, table, rows, chosen)
+    threads = (table.threads if table is not None else settings.latency_threads) or None
 
     # 6. Export.
     exports: list[Path] = []
@@ -223,7 +230,7 @@ def run_pipeline(
                 calibration_loader=evaluator.batches("calibration", row.arch.r),
                 test_loader=evaluator.batches("test", row.arch.r),
                 n_calibration=config.bn_recal_images,
-                threads=table.threads or None,
+                threads=threads,
                 extra_metadata={"source_run": str(run_dir), "target": row.target},
             )
             exports.append(result.out_dir)
@@ -231,21 +238,25 @@ def run_pipeline(
 
 
 def _plot(path, supernet, predictor, costs, table, rows, chosen) -> Path | None:
-    """Pareto plot against table latency; skipped (None) when matplotlib is missing."""
+    """Pareto plot against table latency (MACs without a table); skipped (None) when
+    matplotlib is missing."""
     from .export import MissingDependencyError
     from .plot import ChosenPoint, plot_pareto
 
+    metric = "macs" if table is None else "latency_ms"
     front = pareto_search(
         supernet.space,
         predictor,
-        costs["latency_ms"],
+        costs[metric],
         generations=200,
         initial=[c.arch for c in chosen],
     )
-    sampled = [(table.predict(r["arch"]), r["accuracy"]) for r in rows]
+    sampled = [(costs[metric].of(r["arch"]), r["accuracy"]) for r in rows]
     points = [
         ChosenPoint(
-            c.measured_latency_ms or c.predicted_latency_ms,
+            (c.measured_latency_ms or c.predicted_latency_ms)
+            if table is not None
+            else costs["macs"].of(c.arch),
             c.measured_accuracy if c.measured_accuracy is not None else c.predicted_accuracy,
             c.target,
             c.predicted_accuracy,
@@ -256,9 +267,13 @@ def _plot(path, supernet, predictor, costs, table, rows, chosen) -> Path | None:
         return plot_pareto(
             path,
             sampled,
-            list(zip(front.costs["latency_ms"].tolist(), front.accuracy.tolist())),
+            list(zip(front.costs[metric].tolist(), front.accuracy.tolist())),
             points,
-            cost_label=f"latency measured on this device (ms, {table.backend})",
+            cost_label=(
+                "MACs"
+                if table is None
+                else f"latency measured on this device (ms, {table.backend})"
+            ),
             title="sampled (held-out top-1), predicted front, chosen (test top-1)",
         )
     except MissingDependencyError:

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .arch import Arch, MBConvSpace
+from .arch import Arch, MBConvSpace, ResNetArch, ResNetSpace
 from .latency import measure_latency
 from .models import Supernet
 
@@ -60,10 +60,16 @@ def profile_subnets(
     return rows
 
 
-def arch_summary(space: MBConvSpace, arch: Arch) -> str:
+def arch_summary(space: MBConvSpace | ResNetSpace, arch: Arch | ResNetArch) -> str:
     """A compact one-line description: resolution, stage depths, mean kernel size and
-    mean expand ratio of the blocks that run."""
+    mean expand ratio of the blocks that run (for OFA-ResNet: depths, mean expand ratio
+    and the width-multiplier indices)."""
     active = space.active_slots(arch)
+    if isinstance(arch, ResNetArch):
+        mean_e = sum(arch.e[s] for s in active) / len(active)
+        depths = "".join(str(d) for d in arch.d)
+        widths = "".join(str(w) for w in arch.w)
+        return f"r{arch.r} d{depths} e{mean_e:.2f} w{widths}"
     mean_k = sum(arch.ks[s] for s in active) / len(active)
     mean_e = sum(arch.e[s] for s in active) / len(active)
     depths = "".join(str(d) for d in arch.d)

@@ -23,8 +23,8 @@ from .latency_table import LatencyTable
 from .models import Supernet
 from .predictors import AccuracyPredictor
 from .search import (
-    AdditiveCost,
     Constraint,
+    Cost,
     InfeasibleConstraintError,
     evolutionary_search,
     latency_cost,
@@ -83,9 +83,7 @@ class Specialized:
         }
 
 
-def search_costs(
-    supernet: Supernet, latency_table: LatencyTable | None = None
-) -> dict[str, AdditiveCost]:
+def search_costs(supernet: Supernet, latency_table: LatencyTable | None = None) -> dict[str, Cost]:
     """The costs a target may constrain: ``macs``, ``params`` and, with a table,
     ``latency_ms`` (restricted to the resolutions the table covers)."""
     costs = {"macs": macs_cost(supernet), "params": params_cost(supernet)}
@@ -102,7 +100,7 @@ def search_costs(
 
 
 def spread_latency_targets(
-    cost: AdditiveCost, n: int = 3, low: float = 0.2, high: float = 0.8
+    cost: Cost, n: int = 3, low: float = 0.2, high: float = 0.8
 ) -> list[str]:
     """``n`` targets ``<name><=v`` evenly placed between fractions ``low`` and ``high`` of
     the range the space can reach (exact minimum and maximum of the additive cost)."""

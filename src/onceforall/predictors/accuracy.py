@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arch import ArchLike, MBConvSpace
+from ..arch import ArchLike, MBConvSpace, ResNetSpace
 
 __all__ = [
     "AccuracyPredictor",
@@ -131,7 +131,9 @@ class AccuracyPredictor(nn.Module):
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise ValueError(f"{path} is not an onceforall accuracy predictor file")
         fields = json.loads(payload["space"])
-        saved_space = MBConvSpace(**{k: tuple(v) for k, v in fields.items()})
+        kind = json.loads(payload["layout"]).get("type")
+        space_class = ResNetSpace if kind == "resnet-onehot" else MBConvSpace
+        saved_space = space_class(**{k: tuple(v) for k, v in fields.items()})
         predictor = cls(saved_space, hidden=payload["hidden"], layers=payload["layers"])
         predictor.load_state_dict(payload["state_dict"])
         if space is not None:

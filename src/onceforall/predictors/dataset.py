@@ -55,10 +55,11 @@ def dataset_archs(space: MBConvSpace, n: int, seed: int = 0) -> list[Arch]:
     return archs
 
 
-def _key(arch: dict[str, Any] | Arch) -> str:
-    if isinstance(arch, Arch):
+def _key(arch: Any) -> str:
+    """The arch's identity in a dataset file (any family's arch value or its dict)."""
+    if hasattr(arch, "to_dict"):
         arch = arch.to_dict()
-    return json.dumps({k: arch[k] for k in ("ks", "e", "d", "r")}, sort_keys=True)
+    return json.dumps({k: v for k, v in arch.items() if k != "wid"}, sort_keys=True)
 
 
 def read_accuracy_dataset(path: str | os.PathLike) -> list[dict[str, Any]]:

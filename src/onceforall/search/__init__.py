@@ -1,8 +1,9 @@
 """Architecture search over a supernet's space with cheap predictors.
 
-Populations are integer gene matrices (:class:`ArchBatch`); MACs, parameters and table
-latency are additive table lookups (:class:`AdditiveCost`); constraints are checked
-exactly for feasibility before any search starts (:class:`InfeasibleConstraintError`).
+Populations are integer gene matrices (:class:`ArchBatch`); for MBConv spaces MACs,
+parameters and table latency are additive table lookups (:class:`AdditiveCost`), for
+OFA-ResNet per-arch counts (:class:`ArchCost`); constraints are checked for feasibility
+before any search starts (:class:`InfeasibleConstraintError`).
 
 >>> from onceforall.search import macs_cost, parse_constraint, evolutionary_search
 >>> limit = parse_constraint("macs<=300M", [macs_cost(supernet)])
@@ -21,8 +22,10 @@ from .evolution import (
 from .objectives import (
     AdditiveCost,
     AdditiveTable,
+    ArchCost,
     Constraint,
     ConstraintSet,
+    Cost,
     InfeasibleConstraintError,
     format_value,
     latency_cost,
@@ -36,6 +39,8 @@ from .population import ArchBatch, GenomeLayout, genome_layout
 
 __all__ = [
     "AdditiveCost",
+    "ArchCost",
+    "Cost",
     "AdditiveTable",
     "ArchBatch",
     "Constraint",

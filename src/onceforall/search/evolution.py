@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch, MBConvSpace
-from .objectives import AdditiveCost, Constraint, ConstraintSet
+from .objectives import Constraint, ConstraintSet, Cost
 from .population import ArchBatch, GenomeLayout, genome_layout
 
 __all__ = [
@@ -207,7 +207,7 @@ def _result(
     acc: np.ndarray,
     history: Sequence[float],
     cset: ConstraintSet,
-    extra_costs: Sequence[AdditiveCost],
+    extra_costs: Sequence[Cost],
     start: float,
     evaluate: _Evaluator,
 ) -> SearchResult:
@@ -243,7 +243,7 @@ def evolutionary_search(
     resolution_mutation_prob: float = 0.5,
     seed: int = 0,
     max_tries: int = 100,
-    extra_costs: Sequence[AdditiveCost] = (),
+    extra_costs: Sequence[Cost] = (),
     progress: bool = False,
 ) -> SearchResult:
     """The paper's constrained evolutionary search; every architecture it returns (best
@@ -302,7 +302,7 @@ def random_search(
     samples: int | None = None,
     seed: int = 0,
     batch_size: int = 1000,
-    extra_costs: Sequence[AdditiveCost] = (),
+    extra_costs: Sequence[Cost] = (),
     progress: bool = False,
 ) -> SearchResult:
     """Uniform random feasible architectures, as many as :func:`evolutionary_search`

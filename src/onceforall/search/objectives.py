@@ -1,17 +1,21 @@
-"""Additive costs (MACs, parameters, table latency) and constraints on them.
+"""Costs (MACs, parameters, table latency) and constraints on them.
 
 Every sub-network of an MBConv supernet is ``stem + active blocks + head``, so its MACs,
 its parameter count and a per-layer latency table's prediction are all
 ``fixed[r] + sum over active slots of table[r, slot, k, e]``. :class:`AdditiveCost` holds
 those two arrays and prices a whole :class:`~.population.ArchBatch` with one gather, and
 its exact minimum over the space is a small dynamic programme (no sampling).
+
+OFA-ResNet's costs are not additive per choice (a block's channels depend on its
+neighbours' width choices); :class:`ArchCost` prices those arch by arch (cached), and
+its extremes come from the cost being monotone in every choice.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence, Union
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -21,6 +25,8 @@ from .population import ArchBatch, genome_layout
 
 __all__ = [
     "AdditiveCost",
+    "ArchCost",
+    "Cost",
     "AdditiveTable",
     "Constraint",
     "InfeasibleConstraintError",
@@ -154,6 +160,67 @@ class AdditiveCost:
         return self._extreme(-1.0)
 
 
+class ArchCost:
+    """``cost(arch) = function(arch)``, computed arch by arch and cached by network.
+
+    For spaces whose costs are not additive (OFA-ResNet). The function must be monotone:
+    never smaller when any choice (depth, expand ratio, width, resolution) grows, which
+    MACs and parameter counts are; the extremes are then the smallest and largest
+    sub-network at the extreme resolutions.
+    """
+
+    def __init__(self, name: str, function: Callable[[Any], float], unit: str, space: Any) -> None:
+        self.name, self.unit, self.space = name, unit, space
+        self.function = function
+        self._cache: dict[bytes, float] = {}
+
+    def __repr__(self) -> str:
+        return f"ArchCost({self.name!r}, unit={self.unit!r})"
+
+    def of_genes(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) cost of a gene matrix of this space."""
+        layout = genome_layout(self.space)
+        keys = layout.network_keys(genes)
+        out = np.empty(len(genes))
+        missing = [i for i, key in enumerate(keys) if key.tobytes() not in self._cache]
+        if missing:
+            archs = layout.decode(genes[missing])
+            for i, arch in zip(missing, archs):
+                self._cache[keys[i].tobytes()] = float(self.function(arch))
+        for i, key in enumerate(keys):
+            out[i] = self._cache[key.tobytes()]
+        return out
+
+    def __call__(self, batch: ArchBatch) -> np.ndarray:
+        if batch.space != self.space:
+            raise ValueError(f"cost {self.name!r} belongs to another space than this batch")
+        return self.of_genes(batch.genes)
+
+    def of(self, arch: Any) -> float:
+        return float(self.function(self.space.parse(arch)))
+
+    def combined(self, others: Sequence[ArchCost], weights: Sequence[float]) -> ArchCost:
+        costs = [self, *others]
+        return ArchCost(
+            "weighted",
+            lambda arch: sum(w * c.function(arch) for w, c in zip(weights, costs)),
+            "",
+            self.space,
+        )
+
+    def minimum(self) -> tuple[float, Any]:
+        """The smallest cost (exact for a monotone cost) and the arch reaching it."""
+        arch = self.space.smallest(min(self.space.resolutions))
+        return self.of(arch), arch
+
+    def maximum(self) -> tuple[float, Any]:
+        arch = self.space.largest(max(self.space.resolutions))
+        return self.of(arch), arch
+
+
+Cost = Union[AdditiveCost, ArchCost]
+
+
 def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
     space: MBConvSpace = supernet.space
     layout = genome_layout(space)
@@ -169,13 +236,17 @@ def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
     return AdditiveCost(name, fixed, table, unit, space)
 
 
-def macs_cost(supernet) -> AdditiveCost:
+def macs_cost(supernet) -> Cost:
     """MACs of every sub-network of ``supernet`` (equal to ``supernet.macs``)."""
+    if not isinstance(supernet.space, MBConvSpace):
+        return ArchCost("macs", supernet.macs, "MACs", supernet.space)
     return _cost_from_parts(supernet, "macs", "MACs", total_macs)
 
 
-def params_cost(supernet) -> AdditiveCost:
+def params_cost(supernet) -> Cost:
     """Parameters of every sub-network of ``supernet`` (equal to ``supernet.params``)."""
+    if not isinstance(supernet.space, MBConvSpace):
+        return ArchCost("params", supernet.params, "params", supernet.space)
     return _cost_from_parts(supernet, "params", "params", total_params)
 
 
@@ -204,7 +275,7 @@ class InfeasibleConstraintError(ValueError):
 class Constraint:
     """``cost(arch) <= limit``."""
 
-    cost: AdditiveCost
+    cost: Cost
     limit: float
 
     def __str__(self) -> str:
@@ -215,10 +286,10 @@ class Constraint:
         return self.cost(batch) <= self.limit
 
 
-CostsLike = Union[Mapping[str, AdditiveCost], Sequence[AdditiveCost]]
+CostsLike = Union[Mapping[str, Cost], Sequence[Cost]]
 
 
-def _as_mapping(costs: CostsLike) -> dict[str, AdditiveCost]:
+def _as_mapping(costs: CostsLike) -> dict[str, Cost]:
     if isinstance(costs, Mapping):
         return dict(costs)
     return {c.name: c for c in costs}
@@ -264,15 +335,19 @@ class ConstraintSet:
         self.space = space
         self.constraints = list(constraints)
         self.layout = genome_layout(space)
+        self.additive = all(isinstance(c.cost, AdditiveCost) for c in self.constraints)
         if self.constraints:
+            self.limits = np.array([c.limit for c in self.constraints])[:, None]
+        if self.constraints and self.additive:
             self.padded = np.stack([c.cost.padded for c in self.constraints])
             self.fixed = np.stack([c.cost.fixed for c in self.constraints])
-            self.limits = np.array([c.limit for c in self.constraints])[:, None]
 
     def values(self, genes: np.ndarray) -> np.ndarray:
         """(C, N) cost of every constraint."""
         if not self.constraints:
             return np.zeros((0, len(genes)))
+        if not self.additive:
+            return np.stack([c.cost.of_genes(genes) for c in self.constraints])
         index = self.layout.block_index(genes)
         r = genes[:, -1]
         out = np.empty((len(self.constraints), len(genes)))

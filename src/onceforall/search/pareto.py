@@ -21,7 +21,7 @@ from .evolution import (
     _feasible_children,
     _random_feasible,
 )
-from .objectives import AdditiveCost, Constraint, ConstraintSet
+from .objectives import AdditiveCost, ArchCost, Constraint, ConstraintSet, Cost
 from .population import ArchBatch, genome_layout
 
 __all__ = ["ParetoFront", "crowding_distance", "non_dominated_ranks", "pareto_search"]
@@ -120,7 +120,7 @@ def _tournament(ranks: np.ndarray, crowd: np.ndarray, n: int, rng: np.random.Gen
 def pareto_search(
     space: MBConvSpace,
     predictor: PredictorLike,
-    costs: Union[AdditiveCost, Sequence[AdditiveCost]],
+    costs: Union[Cost, Sequence[Cost]],
     constraints: Sequence[Constraint] = (),
     *,
     population: int = 100,
@@ -137,7 +137,7 @@ def pareto_search(
     tournament winners, then mutated; infeasible children are redrawn as in
     :func:`~.evolution.evolutionary_search`. Two architectures that run the same network
     count once. ``initial`` archs (feasible ones) seed the first population."""
-    if isinstance(costs, AdditiveCost):
+    if isinstance(costs, (AdditiveCost, ArchCost)):
         costs = [costs]
     costs = list(costs)
     if not costs:

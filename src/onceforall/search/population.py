@@ -14,90 +14,44 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
-from ..arch import Arch, ArchLike, MBConvSpace
+from ..arch import Arch, ArchLike, MBConvSpace, ResNetArch, ResNetSpace
 
-__all__ = ["ArchBatch", "GenomeLayout", "genome_layout"]
+AnySpace = Union[MBConvSpace, ResNetSpace]
+
+__all__ = ["ArchBatch", "ChoiceGenes", "GenomeLayout", "ResNetGenome", "genome_layout"]
 
 
-@dataclass(frozen=True, eq=False)
-class GenomeLayout:
-    """Index tables of one space, computed once (see :func:`genome_layout`)."""
+class ChoiceGenes:
+    """Sampling, crossover and mutation of gene matrices: what needs only each gene's
+    number of choices (``cardinality``) and mutation group (``gene_group``, the last
+    group being the resolution). Shared by every space's genome layout."""
 
-    space: MBConvSpace
-    n_slots: int
-    n_stages: int
-    slot_stage: np.ndarray  # (S,) stage of each slot
-    slot_pos: np.ndarray  # (S,) position of each slot inside its stage
-    depth_values: np.ndarray  # (T, max choices) depth of each depth index, padded
-    cardinality: np.ndarray  # (G,) number of choices of each gene
-    cardinality_f32: np.ndarray  # the same as float32, for drawing choices
-    gene_group: np.ndarray  # (G,) mutation group: slot s (k and e), S + stage, S + T (r)
-    encode_offset: np.ndarray  # (G,) one-hot column of choice 0 of each gene
-    block_offset: np.ndarray  # (S,) flat index of (r=0, slot, k=0, e=0) in a cost table
-    active_lut: np.ndarray  # (T * max depth choices, max slots) active slots per depth gene
-    active_cols: np.ndarray | None  # columns of the (T * max slots) lookup that are slots
-    stage_lut_offset: np.ndarray  # (T,) row of stage t's first depth choice in active_lut
-    table_shape: tuple[int, int, int, int]  # per-block cost table: (R, S, kernels, expands)
-    table_size: int  # its number of entries (index of the padding zero)
+    cardinality: np.ndarray
+    cardinality_f32: np.ndarray
+    gene_group: np.ndarray
 
     @property
     def n_genes(self) -> int:
-        return 2 * self.n_slots + self.n_stages + 1
+        return len(self.cardinality)
 
     @property
     def n_groups(self) -> int:
-        return self.n_slots + self.n_stages + 1
+        return int(self.gene_group.max()) + 1
 
     def group_probabilities(self, prob: float, resolution_prob: float) -> np.ndarray:
-        """Mutation probability of each group: a block's (k, e) mutate together, as in the
-        authors' finder; depths with ``prob``; the resolution with ``resolution_prob``."""
+        """Mutation probability of each group: ``prob``, and ``resolution_prob`` for the
+        resolution (the last group)."""
         probs = np.full(self.n_groups, float(prob))
         probs[-1] = float(resolution_prob)
         return probs
 
-    # ----------------------------------------------------- whole-array primitives
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` uniformly random genomes (each choice independently uniform)."""
         return (rng.random((n, self.n_genes)) * self.cardinality).astype(np.intp)
-
-    def active(self, genes: np.ndarray) -> np.ndarray:
-        """(N, S) bool: which block slots run (the first ``d`` of every stage)."""
-        s, t = self.n_slots, self.n_stages
-        rows = genes[:, 2 * s : 2 * s + t] + self.stage_lut_offset
-        active = self.active_lut[rows].reshape(len(genes), t * self.active_lut.shape[1])
-        return active if self.active_cols is None else active[:, self.active_cols]
-
-    def block_index(self, genes: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
-        """(N, S) flat index into a raveled cost table of :attr:`table_shape` for every
-        active slot; skipped slots point one past the end (callers pad a zero there)."""
-        s = self.n_slots
-        n_e = self.table_shape[3]
-        flat = genes[:, :s] * n_e
-        flat += genes[:, s : 2 * s]
-        flat += self.block_offset
-        flat += genes[:, -1:] * (s * self.table_shape[2] * n_e)
-        if active is None:
-            active = self.active(genes)
-        return np.where(active, flat, self.table_size)
-
-    def encode(self, genes: np.ndarray) -> np.ndarray:
-        """(N, D) float32 one-hot features, row by row equal to ``space.encode``."""
-        n, s = len(genes), self.n_slots
-        width = self.space.encoding_size + 1  # one spare column absorbs skipped slots
-        inactive = ~self.active(genes)
-        cols = np.empty((n, 2 * s + 1), dtype=np.intp)
-        np.add(genes[:, : 2 * s], self.encode_offset[: 2 * s], out=cols[:, : 2 * s])
-        cols[:, :s][inactive] = width - 1
-        cols[:, s : 2 * s][inactive] = width - 1
-        cols[:, -1] = genes[:, -1]
-        cols += (np.arange(n) * width)[:, None]
-        out = np.zeros(n * width, dtype=np.float32)
-        out[cols.ravel()] = 1.0
-        return out.reshape(n, width)[:, :-1]
 
     def offspring(
         self,
@@ -141,6 +95,74 @@ class GenomeLayout:
         """Uniform crossover: every gene from either parent with probability 1/2."""
         return self.offspring(a, b, rng, np.zeros(self.n_groups))
 
+    def first_occurrences(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) bool: True for the first row of every distinct network."""
+        _, first = np.unique(self.network_keys(genes), return_index=True)
+        keep = np.zeros(len(genes), dtype=bool)
+        keep[first] = True
+        return keep
+
+    def network_keys(self, genes: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, eq=False)
+class GenomeLayout(ChoiceGenes):
+    """Index tables of an MBConv space, computed once (see :func:`genome_layout`).
+    A block's (k, e) genes share one mutation group, as in the authors' finder."""
+
+    space: MBConvSpace
+    n_slots: int
+    n_stages: int
+    slot_stage: np.ndarray  # (S,) stage of each slot
+    slot_pos: np.ndarray  # (S,) position of each slot inside its stage
+    depth_values: np.ndarray  # (T, max choices) depth of each depth index, padded
+    cardinality: np.ndarray  # (G,) number of choices of each gene
+    cardinality_f32: np.ndarray  # the same as float32, for drawing choices
+    gene_group: np.ndarray  # (G,) mutation group: slot s (k and e), S + stage, S + T (r)
+    encode_offset: np.ndarray  # (G,) one-hot column of choice 0 of each gene
+    block_offset: np.ndarray  # (S,) flat index of (r=0, slot, k=0, e=0) in a cost table
+    active_lut: np.ndarray  # (T * max depth choices, max slots) active slots per depth gene
+    active_cols: np.ndarray | None  # columns of the (T * max slots) lookup that are slots
+    stage_lut_offset: np.ndarray  # (T,) row of stage t's first depth choice in active_lut
+    table_shape: tuple[int, int, int, int]  # per-block cost table: (R, S, kernels, expands)
+    table_size: int  # its number of entries (index of the padding zero)
+
+    def active(self, genes: np.ndarray) -> np.ndarray:
+        """(N, S) bool: which block slots run (the first ``d`` of every stage)."""
+        s, t = self.n_slots, self.n_stages
+        rows = genes[:, 2 * s : 2 * s + t] + self.stage_lut_offset
+        active = self.active_lut[rows].reshape(len(genes), t * self.active_lut.shape[1])
+        return active if self.active_cols is None else active[:, self.active_cols]
+
+    def block_index(self, genes: np.ndarray, active: np.ndarray | None = None) -> np.ndarray:
+        """(N, S) flat index into a raveled cost table of :attr:`table_shape` for every
+        active slot; skipped slots point one past the end (callers pad a zero there)."""
+        s = self.n_slots
+        n_e = self.table_shape[3]
+        flat = genes[:, :s] * n_e
+        flat += genes[:, s : 2 * s]
+        flat += self.block_offset
+        flat += genes[:, -1:] * (s * self.table_shape[2] * n_e)
+        if active is None:
+            active = self.active(genes)
+        return np.where(active, flat, self.table_size)
+
+    def encode(self, genes: np.ndarray) -> np.ndarray:
+        """(N, D) float32 one-hot features, row by row equal to ``space.encode``."""
+        n, s = len(genes), self.n_slots
+        width = self.space.encoding_size + 1  # one spare column absorbs skipped slots
+        inactive = ~self.active(genes)
+        cols = np.empty((n, 2 * s + 1), dtype=np.intp)
+        np.add(genes[:, : 2 * s], self.encode_offset[: 2 * s], out=cols[:, : 2 * s])
+        cols[:, :s][inactive] = width - 1
+        cols[:, s : 2 * s][inactive] = width - 1
+        cols[:, -1] = genes[:, -1]
+        cols += (np.arange(n) * width)[:, None]
+        out = np.zeros(n * width, dtype=np.float32)
+        out[cols.ravel()] = 1.0
+        return out.reshape(n, width)[:, :-1]
+
     def network_keys(self, genes: np.ndarray) -> np.ndarray:
         """(N,) opaque keys, equal exactly when two rows run the same network (skipped
         slots ignored): the genes, block genes of skipped slots zeroed, as raw bytes."""
@@ -150,17 +172,63 @@ class GenomeLayout:
         keys = np.ascontiguousarray(keys, dtype=np.int8)  # every gene has <= 126 choices
         return keys.view(np.dtype((np.void, keys.shape[1]))).ravel()
 
-    def first_occurrences(self, genes: np.ndarray) -> np.ndarray:
-        """(N,) bool: True for the first row of every distinct network."""
-        _, first = np.unique(self.network_keys(genes), return_index=True)
-        keep = np.zeros(len(genes), dtype=bool)
-        keep[first] = True
-        return keep
+    def genes_of(self, archs: Iterable[ArchLike]) -> np.ndarray:
+        """Gene rows of ``archs`` (validated by the space)."""
+        space = self.space
+        k_id = {k: i for i, k in enumerate(space.kernel_sizes)}
+        e_id = {e: i for i, e in enumerate(space.expand_ratios)}
+        r_id = {r: i for i, r in enumerate(space.resolutions)}
+        n_depths = self.cardinality[2 * self.n_slots : -1]
+        d_id = [
+            {int(d): i for i, d in enumerate(row[:n])}
+            for row, n in zip(self.depth_values.tolist(), n_depths)
+        ]
+        rows = []
+        for raw in archs:
+            arch = space.parse(raw)
+            rows.append(
+                [k_id.get(k, 0) for k in arch.ks]
+                + [e_id.get(e, 0) for e in arch.e]
+                + [d_id[i][d] for i, d in enumerate(arch.d)]
+                + [r_id[arch.r]]
+            )
+        return np.array(rows, dtype=np.intp).reshape(len(rows), self.n_genes)
+
+    def decode(self, genes: np.ndarray, canonical: bool = False) -> list[Arch]:
+        """The :class:`Arch` of every row (skipped slots written as 0 with ``canonical``)."""
+        s, t = self.n_slots, self.n_stages
+        ks = np.asarray(self.space.kernel_sizes)[genes[:, :s]]
+        e = np.asarray(self.space.expand_ratios)[genes[:, s : 2 * s]]
+        if canonical:
+            inactive = ~self.active(genes)
+            ks[inactive] = 0
+            e[inactive] = 0
+        d = self.depth_values[np.arange(t), genes[:, 2 * s : 2 * s + t]]
+        r = np.asarray(self.space.resolutions)[genes[:, -1]]
+        return [
+            Arch(
+                ks=tuple(ks[i].tolist()),
+                e=tuple(e[i].tolist()),
+                d=tuple(d[i].tolist()),
+                r=int(r[i]),
+            )
+            for i in range(len(genes))
+        ]
+
+
+def genome_layout(space: AnySpace) -> GenomeLayout | ResNetGenome:
+    """The (cached) genome layout of ``space``: vectorised index tables for an MBConv
+    space, per-arch decoding for an OFA-ResNet space."""
+    if isinstance(space, MBConvSpace):
+        return _mbconv_layout(space)
+    if isinstance(space, ResNetSpace):
+        return _resnet_genome(space)
+    raise TypeError(f"no genome layout for {type(space).__name__}")
 
 
 @functools.lru_cache(maxsize=32)
-def genome_layout(space: MBConvSpace) -> GenomeLayout:
-    """The (cached) index tables of ``space``."""
+def _mbconv_layout(space: MBConvSpace) -> GenomeLayout:
+    """The index tables of an MBConv ``space``."""
     s, t = space.num_slots, space.num_stages
     n_k, n_e, n_r = len(space.kernel_sizes), len(space.expand_ratios), len(space.resolutions)
     slot_stage = np.concatenate([np.full(m, i) for i, m in enumerate(space.stage_max_depths)])
@@ -207,6 +275,95 @@ def genome_layout(space: MBConvSpace) -> GenomeLayout:
     )
 
 
+class ResNetGenome(ChoiceGenes):
+    """Genes of an OFA-ResNet space::
+
+        [ stem-block choice | extra depth per stage | expand per slot | width per position | r ]
+
+    Every gene is its own mutation group. Costs of these networks are not additive per
+    gene (a block's width depends on its neighbours' width choices), so features and
+    costs are computed arch by arch from :meth:`decode`, with a cache in the callers."""
+
+    def __init__(self, space: ResNetSpace) -> None:
+        self.space = space
+        self.n_stages, self.n_slots = space.num_stages, space.num_slots
+        self.stem_choices = np.asarray(space.stem_depth_choices)
+        self.cardinality = np.concatenate(
+            [
+                [len(space.stem_depth_choices)],
+                np.full(self.n_stages, len(space.depths)),
+                np.full(self.n_slots, len(space.expand_ratios)),
+                np.full(space.num_widths, len(space.width_mults)),
+                [len(space.resolutions)],
+            ]
+        ).astype(np.intp)
+        if self.cardinality.max() > 126:
+            raise ValueError("search supports at most 126 choices per decision")
+        self.cardinality_f32 = self.cardinality.astype(np.float32)
+        self.gene_group = np.arange(len(self.cardinality), dtype=np.intp)
+        self.e_start = 1 + self.n_stages
+        slot_stage = np.concatenate([np.full(m, i) for i, m in enumerate(space.stage_max_depths)])
+        slot_pos = np.concatenate([np.arange(m) for m in space.stage_max_depths])
+        self._slot_stage, self._slot_pos = slot_stage, slot_pos
+        self._base = np.asarray(space.base_depths)[slot_stage]
+
+    def active(self, genes: np.ndarray) -> np.ndarray:
+        """(N, S) bool: which bottleneck slots run."""
+        extra = np.asarray(self.space.depths)[genes[:, 1 : 1 + self.n_stages]]
+        return self._slot_pos < (self._base + extra[:, self._slot_stage])
+
+    def network_keys(self, genes: np.ndarray) -> np.ndarray:
+        """(N,) opaque keys, equal exactly when two rows run the same network."""
+        e = genes[:, self.e_start : self.e_start + self.n_slots]
+        keys = genes.copy()
+        keys[:, self.e_start : self.e_start + self.n_slots] = (e + 1) * self.active(genes)
+        keys = np.ascontiguousarray(keys, dtype=np.int8)
+        return keys.view(np.dtype((np.void, keys.shape[1]))).ravel()
+
+    def encode(self, genes: np.ndarray) -> np.ndarray:
+        """(N, D) float32 features, row by row ``space.encode``."""
+        return np.stack([self.space.encode(a) for a in self.decode(genes)]).astype(np.float32)
+
+    def genes_of(self, archs: Iterable[Any]) -> np.ndarray:
+        space = self.space
+        rows = []
+        for raw in archs:
+            arch = space.parse(raw)
+            rows.append(
+                [space.stem_depth_choices.index(arch.d[0])]
+                + [space.depths.index(d) for d in arch.d[1:]]
+                + [space.expand_ratios.index(e) if e in space.expand_ratios else 0 for e in arch.e]
+                + list(arch.w)
+                + [space.resolutions.index(arch.r)]
+            )
+        return np.array(rows, dtype=np.intp).reshape(len(rows), self.n_genes)
+
+    def decode(self, genes: np.ndarray, canonical: bool = False) -> list[ResNetArch]:
+        space = self.space
+        s, t = self.n_slots, self.n_stages
+        d0 = self.stem_choices[genes[:, 0]]
+        d = np.asarray(space.depths)[genes[:, 1 : 1 + t]]
+        e = np.asarray(space.expand_ratios)[genes[:, self.e_start : self.e_start + s]]
+        if canonical:
+            e[~self.active(genes)] = 0.0
+        w = genes[:, self.e_start + s : -1]
+        r = np.asarray(space.resolutions)[genes[:, -1]]
+        return [
+            ResNetArch(
+                d=(int(d0[i]), *d[i].tolist()),
+                e=tuple(e[i].tolist()),
+                w=tuple(w[i].tolist()),
+                r=int(r[i]),
+            )
+            for i in range(len(genes))
+        ]
+
+
+@functools.lru_cache(maxsize=8)
+def _resnet_genome(space: ResNetSpace) -> ResNetGenome:
+    return ResNetGenome(space)
+
+
 class ArchBatch:
     """A population of architectures of one space, stored as a gene matrix.
 
@@ -216,7 +373,7 @@ class ArchBatch:
 
     __slots__ = ("space", "genes", "layout")
 
-    def __init__(self, space: MBConvSpace, genes: np.ndarray) -> None:
+    def __init__(self, space: AnySpace, genes: np.ndarray) -> None:
         layout = genome_layout(space)
         genes = np.asarray(genes, dtype=np.intp)
         if genes.ndim != 2 or genes.shape[1] != layout.n_genes:
@@ -271,50 +428,15 @@ class ArchBatch:
 
     # ----------------------------------------------------------- conversion
     @classmethod
-    def from_archs(cls, space: MBConvSpace, archs: Iterable[ArchLike]) -> ArchBatch:
-        """Validate ``archs`` (Arch, dict or JSON) and pack them. Skipped slots may hold
-        any value (canonical archs hold 0); they are stored as choice 0."""
-        layout = genome_layout(space)
-        k_id = {k: i for i, k in enumerate(space.kernel_sizes)}
-        e_id = {e: i for i, e in enumerate(space.expand_ratios)}
-        r_id = {r: i for i, r in enumerate(space.resolutions)}
-        n_depths = layout.cardinality[2 * layout.n_slots : -1]
-        d_id = [
-            {int(d): i for i, d in enumerate(row[:n])}
-            for row, n in zip(layout.depth_values.tolist(), n_depths)
-        ]
-        rows = []
-        for raw in archs:
-            arch = space.parse(raw)
-            rows.append(
-                [k_id.get(k, 0) for k in arch.ks]
-                + [e_id.get(e, 0) for e in arch.e]
-                + [d_id[i][d] for i, d in enumerate(arch.d)]
-                + [r_id[arch.r]]
-            )
-        genes = np.array(rows, dtype=np.intp).reshape(len(rows), layout.n_genes)
-        return cls(space, genes)
+    def from_archs(cls, space: AnySpace, archs: Iterable[Any]) -> ArchBatch:
+        """Validate ``archs`` (arch values, dicts or JSON) and pack them. Skipped slots
+        may hold any value (canonical archs hold 0); they are stored as choice 0."""
+        return cls(space, genome_layout(space).genes_of(archs))
 
-    def to_archs(self, canonical: bool = False) -> list[Arch]:
-        """The architectures; with ``canonical``, skipped slots are written as 0 (as
-        :meth:`MBConvSpace.canonical` does)."""
-        space = self.space
-        ks = np.asarray(space.kernel_sizes)[self.ks_index]
-        e = np.asarray(space.expand_ratios)[self.e_index]
-        if canonical:
-            inactive = ~self.active_mask()
-            ks[inactive] = 0
-            e[inactive] = 0
-        d, r = self.depths, self.resolutions
-        return [
-            Arch(
-                ks=tuple(ks[i].tolist()),
-                e=tuple(e[i].tolist()),
-                d=tuple(d[i].tolist()),
-                r=int(r[i]),
-            )
-            for i in range(len(self))
-        ]
+    def to_archs(self, canonical: bool = False) -> list[Any]:
+        """The architectures; with ``canonical``, skipped slots are written as 0 (as the
+        space's ``canonical`` does)."""
+        return self.layout.decode(self.genes, canonical)
 
     def arch(self, i: int, canonical: bool = False) -> Arch:
         return self[int(i)].to_archs(canonical)[0]

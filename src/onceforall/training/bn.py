@@ -8,6 +8,7 @@ images run through it in train mode (SPEC section 2).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -174,7 +175,7 @@ class SubnetEvaluator:
         for resolution in resolutions:
             done: dict[Arch, float] = {}
             for name, arch in archs.items():
-                arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
+                arch = dataclasses.replace(arch, r=resolution)
                 if arch not in done:
                     done[arch] = round(self.evaluate_arch(net, arch), 2)
                 results[f"{name}@{resolution}"] = done[arch]

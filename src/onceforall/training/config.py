@@ -31,9 +31,13 @@ class StageConfig:
     lr: float
     warmup_epochs: float = 0.0
     subnets_per_step: int = 1
-    kernel_sizes: list[int] = field(default_factory=lambda: [7])
-    expand_ratios: list[int] = field(default_factory=lambda: [6])
-    depths: list[int] = field(default_factory=lambda: [4])
+    # The choices the stage opens; left out, only the supernet's largest. MBConv families:
+    # kernel sizes, expand ratios, depths. OFA-ResNet: expand ratios (0.2 ...), extra
+    # depths (0, 1, 2) and width multipliers (0.65 ...); kernel sizes do not apply.
+    kernel_sizes: list[int] | None = None
+    expand_ratios: list[float] | None = None
+    depths: list[int] | None = None
+    width_mults: list[float] | None = None
     sort_channels: bool = False  # sort hidden channels by importance before this stage
     # Make the first sub-network of every step the largest of the open space (the
     # "sandwich rule" of BigNAS). Not in the paper's recipe; short schedules use it to

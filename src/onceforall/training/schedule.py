@@ -7,16 +7,20 @@ distributed workers agree and resumed runs exact.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence, Union
 
-from ..arch import Arch, MBConvSpace
+from ..arch import MBConvSpace, ResNetArch, ResNetSpace
 from .config import StageConfig
 
+AnySpace = Union[MBConvSpace, ResNetSpace]
+
 __all__ = [
+    "OpenResNetSpace",
     "Position",
     "SkipBatches",
     "lr_at",
@@ -27,18 +31,78 @@ __all__ = [
 ]
 
 
-def stage_space(space: MBConvSpace, stage: StageConfig) -> MBConvSpace:
-    """The part of ``space`` that ``stage`` has opened."""
+def _opened(stage: StageConfig, name: str, available: Sequence[Any]) -> tuple:
+    """The values of ``name`` that ``stage`` opens (the largest if it names none), all of
+    which the supernet must have."""
+    opened = getattr(stage, name)
+    if opened is None:
+        return (max(available),)
+    outside = [v for v in opened if v not in available]
+    if outside:
+        raise ValueError(
+            f"stage {stage.name!r} opens {name} {outside} that the supernet does not have; "
+            f"it has {list(available)}"
+        )
+    return tuple(opened)
+
+
+def stage_space(space: AnySpace, stage: StageConfig) -> AnySpace | OpenResNetSpace:
+    """The part of ``space`` that ``stage`` has opened; its samples are archs of ``space``."""
+    if isinstance(space, ResNetSpace):
+        if stage.kernel_sizes:
+            raise ValueError(f"stage {stage.name!r}: OFA-ResNet has no elastic kernel size")
+        opened = dataclasses.replace(
+            space,
+            expand_ratios=_opened(stage, "expand_ratios", space.expand_ratios),
+            depths=_opened(stage, "depths", space.depths),
+            width_mults=_opened(stage, "width_mults", space.width_mults),
+        )
+        return OpenResNetSpace(space, opened)
+    if stage.width_mults:
+        raise ValueError(f"stage {stage.name!r}: width_mults apply to OFA-ResNet supernets only")
     return MBConvSpace(
-        kernel_sizes=tuple(stage.kernel_sizes),
-        expand_ratios=tuple(stage.expand_ratios),
-        depths=tuple(stage.depths),
+        kernel_sizes=_opened(stage, "kernel_sizes", space.kernel_sizes),
+        expand_ratios=_opened(stage, "expand_ratios", space.expand_ratios),
+        depths=_opened(stage, "depths", space.depths),
         stage_max_depths=space.stage_max_depths,
         resolutions=space.resolutions,
     )
 
 
-def sample_stage_arch(space: MBConvSpace, seed: int, stage: int, step: int, k: int) -> Arch:
+@dataclass(frozen=True)
+class OpenResNetSpace:
+    """The choices a stage has opened (``opened``) of an OFA-ResNet space (``full``).
+    Samples are written as archs of ``full``: their ``w`` indexes ``full.width_mults``
+    and their ``d[0]`` runs or skips the stem block as in ``full``."""
+
+    full: ResNetSpace
+    opened: ResNetSpace
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return self.full.resolutions
+
+    def _lift(self, arch: ResNetArch) -> ResNetArch:
+        widths = self.opened.width_mults
+        stem = max(self.full.depths) if self.opened.stem_block_runs(arch) else min(self.full.depths)
+        return ResNetArch(
+            d=(stem, *arch.d[1:]),
+            e=arch.e,
+            w=tuple(self.full.width_mults.index(widths[i]) for i in arch.w),
+            r=arch.r,
+        )
+
+    def sample(self, rng: random.Random | int | None = None) -> ResNetArch:
+        return self._lift(self.opened.sample(rng))
+
+    def largest(self, resolution: int | None = None) -> ResNetArch:
+        return self._lift(self.opened.largest(resolution))
+
+    def smallest(self, resolution: int | None = None) -> ResNetArch:
+        return self._lift(self.opened.smallest(resolution))
+
+
+def sample_stage_arch(space: Any, seed: int, stage: int, step: int, k: int) -> Any:
     """The ``k``-th sub-network of a step: a pure function of its position in the run, so
     every worker samples the same one and a resumed run samples what it would have."""
     # A string seed hashes deterministically (unlike hash()), identically on every worker.
@@ -88,7 +152,7 @@ def lr_at(peak: float, stage: StageConfig, step: int, steps_per_epoch: int, tota
     return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def step_archs(space: MBConvSpace, stage: StageConfig, seed: int, stage_index: int, step: int):
+def step_archs(space: Any, stage: StageConfig, seed: int, stage_index: int, step: int):
     """The sub-networks one optimiser step of ``stage`` trains, in order."""
     archs = [
         sample_stage_arch(space, seed, stage_index, step, k) for k in range(stage.subnets_per_step)
