@@ -218,3 +218,24 @@ def test_macs_and_params_equal_the_reference_counts() -> None:
             assert ours.macs(arch) == pytest.approx(ops, rel=1e-6), arch
             assert ours.params(arch) == pytest.approx(params, rel=1e-6), arch
     assert ours.params(ours.space.largest()) == sum(p.numel() for p in reference.parameters())
+
+
+def test_import_reference_makes_a_resnet_run_directory(checkpoint, tmp_path) -> None:
+    """``ofa import-reference`` for the ResNet writes a run whose config is the ResNet
+    preset (its stages open the ResNet's choices), so the run loads and trains on."""
+    from onceforall.cli import main
+    from onceforall.training import load_run
+    from onceforall.training.schedule import stage_space
+
+    args = ["import-reference", str(checkpoint), "--name", "ofa_resnet50"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    config, ours = load_run(tmp_path / "run")
+    assert config.supernet == "ofa_resnet50"
+    for stage in config.stages:
+        stage_space(ours.space, stage)  # every stage opens choices the supernet has
+    reference = load_reference_checkpoint(checkpoint, "ofa_resnet50")
+    x = torch.randn(1, 3, 128, 128)
+    ours.set_active(ours.space.largest(128))
+    reference.set_active(reference.space.largest(128))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=0)

@@ -92,8 +92,8 @@ def test_configs_that_fit_no_supernet_are_refused_by_name(tmp_path) -> None:
     bad["blocks"][2]["conv"]["mid_channels"] = 100
     with pytest.raises(NetConfigError, match="mid_channels 100"):
         subnet_from_net_config(bad, r)
-    with pytest.raises(NetConfigError, match="'ResNets'.*not supported"):
-        subnet_from_net_config({**config, "name": "ResNets"}, r)
+    with pytest.raises(NetConfigError, match="'DenseNet'; supported: MobileNetV3"):
+        subnet_from_net_config({**config, "name": "DenseNet"}, r)
     with pytest.raises(FileNotFoundError, match="no net.config at"):
         subnet_from_net_config(tmp_path / "missing.config", r)
     # Weights of another network are refused with the keys named, nothing loaded.
@@ -113,3 +113,42 @@ def test_configs_that_fit_no_supernet_are_refused_by_name(tmp_path) -> None:
     # import_reference_subnet is what the command calls
     with pytest.raises(ReferenceCheckpointError):
         import_reference_subnet(config_path, weights_path, out, r, onnx=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_their_specialised_resnet_loads_with_the_same_logits(tmp_path, seed) -> None:
+    """Their OFA-ResNet50 sub-network as ``get_active_subnet`` builds it (a ``ResNets``
+    with its config), loaded through its net.config and weights."""
+    from tests.test_reference_resnet import _reference_resnet
+
+    reference = _reference_resnet(num_classes=10, seed=seed)
+    random.seed(seed)
+    theirs = reference.sample_active_subnet()  # {"d", "e", "w"}, their dict
+    reference.set_active_subnet(**theirs)
+    static = reference.get_active_subnet().eval()
+    r = random.Random(seed).choice(range(128, 225, 4))
+    config = json.loads(json.dumps(static.config))
+    supernet, ours = load_reference_subnet(*_save(tmp_path, static, config), resolution=r)
+    assert supernet == "ofa_resnet50"
+    space = ours.config.space
+    want_arch = space.canonical({**theirs, "r": [r]})
+    got_arch = space.canonical(ours.arch)
+    assert (got_arch.d, got_arch.e, got_arch.w[1:]) == (want_arch.d, want_arch.e, want_arch.w[1:])
+    # w[0] indices 0 and 1 round to the same stem width: either is the same network.
+    stem = ours.config.stem_mid_choices
+    assert stem[got_arch.w[0]] == stem[want_arch.w[0]]
+    x = torch.randn(2, 3, r, r, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want, got = static(x), ours(x)
+    assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+    signal = want[0] - want[1]
+    assert ((got[0] - got[1]) - signal).abs().max() <= 1e-3 * signal.abs().max()
+    if seed == 0:  # a block that is not a bottleneck of ours is named
+        bad = json.loads(json.dumps(config))
+        bad["blocks"][4]["kernel_size"] = 5
+        with pytest.raises(NetConfigError, match="block 4: kernel_size 5"):
+            subnet_from_net_config(bad, r)
+        bad = json.loads(json.dumps(config))
+        bad["blocks"][0]["mid_channels"] = 100
+        with pytest.raises(NetConfigError, match="stage 0 mid_channels 100 is none of"):
+            subnet_from_net_config(bad, r)

@@ -275,18 +275,22 @@ def _load_resnet(
 
 
 def import_reference(
-    path: str | os.PathLike, name: str, run_dir: str | os.PathLike, config: str = "imagenet"
+    path: str | os.PathLike, name: str, run_dir: str | os.PathLike, config: str | None = None
 ) -> Path:
     """Write a run directory holding the authors' supernet, so that ``ofa acc-dataset``,
-    ``specialize`` and ``export`` work on it as on a supernet trained here. ``config``
-    (a preset or YAML file) supplies the data settings (resolutions, splits)."""
+    ``specialize``, ``export`` and further training work on it as on a supernet trained
+    here. ``config`` (a preset or YAML file; default: the family's ImageNet preset)
+    supplies the data settings (resolutions, splits) and the stages."""
     import yaml
 
     from .checkpoint import save_checkpoint
     from .training import load_config
 
     net = load_reference_checkpoint(path, name)
-    settings = load_config(config, supernet=REFERENCE_NAMES.get(name, name))
+    ours = REFERENCE_NAMES.get(name, name)
+    if config is None:
+        config = "imagenet-resnet50" if isinstance(net, OFAResNet) else "imagenet"
+    settings = load_config(config, supernet=ours)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(settings.to_dict()))

@@ -283,7 +283,10 @@ def add_deploy_commands(sub: Any) -> None:
         "--name", required=True, help="their supernet name, e.g. ofa_mbv3_d234_e346_k357_w1.0"
     )
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--config", default="imagenet", help="preset or YAML for data settings")
+    p.add_argument(
+        "--config",
+        help="preset or YAML for data settings (default: imagenet, or imagenet-resnet50)",
+    )
     p.set_defaults(func=_cmd_import_reference)
 
     p = sub.add_parser(
