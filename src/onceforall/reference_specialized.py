@@ -58,12 +58,12 @@ def _block_conv(block: Mapping[str, Any]) -> Mapping[str, Any]:
     return conv
 
 
-def _match_config(net_config: Mapping[str, Any], supernet: str, resolution: int) -> MBConvNetConfig:
-    """Our config of ``supernet`` with the classes, dropout and BN of ``net_config``, if
-    its stem, first block and head widths agree; else :class:`NetConfigError`."""
+def _supernet_config(net_config: Mapping[str, Any], supernet: str, resolution: int) -> Any:
+    """Our config of ``supernet`` with the classes, dropout and BN settings of their
+    ``net_config``, and ``resolution`` among its resolutions."""
     classifier = net_config["classifier"]
     bn = net_config.get("bn") or {}
-    config = supernet_config(
+    return supernet_config(
         supernet,
         num_classes=int(classifier["out_features"]),
         dropout=float(classifier.get("dropout_rate") or 0.0),
@@ -71,6 +71,12 @@ def _match_config(net_config: Mapping[str, Any], supernet: str, resolution: int)
         bn_momentum=float(bn.get("momentum") or 0.1),  # None (cumulative) only in calibration
         resolutions=tuple(sorted(set(_DEFAULT_RESOLUTIONS) | {resolution})),
     )
+
+
+def _match_config(net_config: Mapping[str, Any], supernet: str, resolution: int) -> MBConvNetConfig:
+    """Our config of ``supernet`` with the classes, dropout and BN of ``net_config``, if
+    its stem, first block and head widths agree; else :class:`NetConfigError`."""
+    config = _supernet_config(net_config, supernet, resolution)
     first_block = _block_conv(net_config["blocks"][0])
     head = net_config["final_expand_layer" if config.head_width else "feature_mix_layer"]
     checks = {
@@ -168,16 +174,7 @@ def _resnet_subnet(net_config: Mapping[str, Any], supernet: str, resolution: int
     whether its residual block runs, then the bottlenecks grouped into stages (a block
     whose input and output widths differ opens a stage), each checked against our
     table."""
-    classifier = net_config["classifier"]
-    bn = net_config.get("bn") or {}
-    config = supernet_config(
-        supernet,
-        num_classes=int(classifier["out_features"]),
-        dropout=float(classifier.get("dropout_rate") or 0.0),
-        bn_eps=float(bn.get("eps") or 1e-5),
-        bn_momentum=float(bn.get("momentum") or 0.1),
-        resolutions=tuple(sorted(set(_DEFAULT_RESOLUTIONS) | {resolution})),
-    )
+    config = _supernet_config(net_config, supernet, resolution)
     space = config.space
     stem = net_config["input_stem"]
     if len(stem) not in (2, 3):
