@@ -128,6 +128,18 @@ def test_load_refuses_table_of_another_supernet(table, tmp_path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(LatencyTableError, match="not a onceforall latency table"):
         LatencyTable.load(tmp_path / "other.json")
+    # A table written before the config fields for OFA-ProxylessNAS existed still fits
+    # OFA-MobileNetV3 (their defaults), and is refused for OFA-ProxylessNAS.
+    data = json.loads(path.read_text())
+    for key in ("stem_act", "first_block_act", "first_block_shortcut", "final_act"):
+        del data["fingerprint"][key]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    LatencyTable.load(
+        tmp_path / "old.json", onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10)
+    )
+    proxyless = onceforall.create_supernet("ofa_proxyless_w1.3", num_classes=10)
+    with pytest.raises(LatencyTableError, match="stem_act"):
+        LatencyTable.load(tmp_path / "old.json", proxyless)
 
 
 def test_extend_times_only_missing_entries(net, table) -> None:

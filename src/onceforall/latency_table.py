@@ -210,12 +210,13 @@ class LatencyTable:
         """Raise :class:`LatencyTableError` unless ``supernet`` has the block, stem and
         head shapes the table was built for."""
         theirs = lp.fingerprint(supernet)
-        if theirs == self.fingerprint:
+        ours = lp.with_defaults(self.fingerprint)
+        if theirs == ours:
             return
         diffs = [
-            f"{key} (table: {self.fingerprint.get(key)!r}, supernet: {theirs.get(key)!r})"
-            for key in sorted(set(theirs) | set(self.fingerprint))
-            if theirs.get(key) != self.fingerprint.get(key)
+            f"{key} (table: {ours.get(key)!r}, supernet: {theirs.get(key)!r})"
+            for key in sorted(set(theirs) | set(ours))
+            if theirs.get(key) != ours.get(key)
         ]
         raise LatencyTableError(
             f"{source} was built for another supernet ({self.supernet_name or 'unnamed'}): it "
