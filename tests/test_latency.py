@@ -217,3 +217,9 @@ def test_runner_and_description_on_torch(net) -> None:
         assert torch.get_num_threads() == 1
         assert runner.time_ms(2) > 0
     assert "torch" in device_description() and "cores" in device_description()
+
+
+def test_resnet_has_no_latency_table_and_says_what_to_do() -> None:
+    resnet = onceforall.create_supernet("ofa_resnet50", num_classes=10)
+    with pytest.raises(LatencyTableError, match="no per-block latency table.*macs<="):
+        LatencyTable.build(resnet, backend="torch", resolutions=[128])

@@ -34,7 +34,10 @@ def fingerprint(supernet: OFAMBConvNet) -> dict[str, Any]:
     """What fixes the shapes of every block, stem and head (not the resolutions), in the
     form a saved table holds it."""
     if not isinstance(supernet, OFAMBConvNet):
-        raise TypeError(f"latency tables support OFA-MobileNetV3 supernets, not {supernet!r}")
+        raise TypeError(
+            "latency tables support the MBConv supernets (OFA-MobileNetV3, OFA-ProxylessNAS), "
+            f"not {type(supernet).__name__}"
+        )
     config = json.loads(json.dumps(supernet.config.to_dict()))
     return {key: value for key, value in config.items() if key not in _SHAPELESS_FIELDS}
 

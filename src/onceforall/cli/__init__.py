@@ -12,6 +12,7 @@ import torch
 
 from .. import __version__
 from ..arch import ArchError
+from ..latency_table import LatencyTableError
 from ..models import create_supernet, list_supernets
 from ..reference import NetConfigError, ReferenceCheckpointError
 from ..report import arch_summary, format_table, profile_subnets, spread_archs
@@ -148,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArchError as exc:
         print(f"ofa: invalid architecture: {exc}", file=sys.stderr)
         return 2
-    except (ReferenceCheckpointError, NetConfigError) as exc:
+    except (ReferenceCheckpointError, NetConfigError, LatencyTableError) as exc:
         print(f"ofa: {exc}", file=sys.stderr)
         return 2
 
