@@ -262,3 +262,40 @@ def test_every_preset_opens_choices_its_supernet_has(preset) -> None:
     for stage in config.stages:
         opened = stage_space(space, stage)
         assert space.parse(opened.sample(0)) == opened.sample(0)
+
+
+def test_resnet_trains_through_its_own_stages(tmp_path) -> None:
+    """Real steps of OFA-ResNet50 on Fashion-MNIST: the full network, then depth, expand
+    ratio (after the channel sort) and width opened together; the sub-networks each step
+    trains are the stage's, and the weights they leave are finite and changed."""
+    config = TrainConfig.from_dict(
+        {
+            **TINY,
+            "supernet": "ofa_resnet50",
+            "train_subset": 32,
+            "holdout_size": 32,
+            "test_subset": 32,
+            "stages": [
+                {"name": "full", "epochs": 1, "lr": 0.02, "distill": False},
+                {
+                    "name": "elastic",
+                    "epochs": 1,
+                    "lr": 0.01,
+                    "subnets_per_step": 2,
+                    "depths": [0, 1, 2],
+                    "expand_ratios": [0.2, 0.25, 0.35],
+                    "width_mults": [0.65, 0.8, 1.0],
+                    "sort_channels": True,
+                },
+            ],
+        }
+    )
+    results = train(config, "fashion-mnist", tmp_path, progress=False)
+    assert list(results) == ["full", "elastic"]
+    steps = [r for r in _records(tmp_path) if r["type"] == "epoch"]
+    assert [r["stage"] for r in steps] == ["full", "elastic"]
+    teacher = load_latest_checkpoint(tmp_path / "teacher")[1]["model"]
+    weights = _final_weights(tmp_path)
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+    key = "classifier.weight"  # not permuted by the channel sort: changed by training
+    assert not torch.equal(teacher[key], weights[key])
