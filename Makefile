@@ -58,6 +58,7 @@ test-all: setup data lint
 bench: setup
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[reference]'
 	$(PY) bench/train_step.py
+	$(PY) bench/families.py
 	$(PY) bench/search_speed.py
 	$(PY) bench/latency_table.py
 
