@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from onceforall.arch import ArchError
 from onceforall.reference import (
     ReferenceCheckpointError,
     load_reference_checkpoint,
@@ -183,3 +184,28 @@ def test_macs_equal_the_reference_count(their_name) -> None:
         config = reference.get_active_net_config()
         mflops = counter.count_flops_given_config(config, theirs["r"][0])
         assert ours.macs(theirs) == round(mflops * 1e6), theirs
+
+
+@pytest.mark.parametrize("their_name", sorted(FAMILIES))
+def test_arch_dicts_of_their_encoder_and_search_load_unchanged(their_name) -> None:
+    """Their accuracy-predictor encoder and ``ofa.nas`` search write ``image_size``
+    instead of ``r``, and 0 for skipped slots: such dicts parse as they are and run the
+    network their sampler's dict describes."""
+    from onceforall import create_supernet
+
+    arch_encoder = pytest.importorskip("ofa.nas.accuracy_predictor.arch_encoder")
+    proxyless = "proxyless" in their_name
+    encoder_class = type(
+        "Encoder",
+        (arch_encoder.MobileNetArchEncoder,),
+        {"SPACE_TYPE": "mbv2" if proxyless else "mbv3"},
+    )
+    encoder = encoder_class(image_size_list=list(range(128, 225, 4)), n_stage=6 if proxyless else 5)
+    space = create_supernet(FAMILIES[their_name][0]).space
+    random.seed(0)
+    for _ in range(50):
+        sampled = encoder.random_sample_arch()
+        decoded = encoder.feature2arch(encoder.arch2feature(sampled))
+        assert space.parse(decoded) == space.canonical(sampled), decoded
+    with pytest.raises(ArchError, match="both 'r' and 'image_size'"):
+        space.parse({**sampled, "r": [128]})

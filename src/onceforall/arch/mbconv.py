@@ -6,7 +6,9 @@ their code load unchanged::
     {"ks": [20 kernel sizes], "e": [20 expand ratios], "d": [5 stage depths], "r": [resolution]}
 
 Block slots are numbered stage by stage (slot ``stage * max_depth + i``). Entries of slots
-that the stage depth skips are carried but ignored, whatever their value.
+that the stage depth skips are carried but ignored, whatever their value. The resolution
+may also be given as ``"image_size"`` (an int), as the authors' arch encoder and their
+``ofa.nas`` evolutionary search write it.
 
 :class:`Arch` is the validated, hashable value; :class:`MBConvSpace` knows the choices of
 one supernet family and validates, samples, counts and one-hot encodes architectures.
@@ -136,6 +138,10 @@ class MBConvSpace:
             raise ArchError(
                 f"arch must be a dict with keys {', '.join(_KEYS)}; got {type(arch).__name__}"
             )
+        if "image_size" in arch:  # the key of their arch encoder and ofa.nas search
+            if "r" in arch:
+                raise ArchError("arch gives both 'r' and 'image_size'; give one resolution")
+            arch = {**{k: v for k, v in arch.items() if k != "image_size"}, "r": arch["image_size"]}
         missing = [k for k in _KEYS if k not in arch]
         if missing:
             raise ArchError(
