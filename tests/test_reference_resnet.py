@@ -168,7 +168,7 @@ def test_bad_checkpoints_are_refused_by_name(reference, tmp_path) -> None:
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(
         ReferenceCheckpointError,
-        match=r"missing 1 key.*blocks\.5\.conv2\.bn\.bn\.running_var.*unexpected 1 key.*blocks\.99",
+        match=r"missing keys \(1\): blocks\.5\.conv2\.bn\.bn\.running_var.*unexpected keys \(1\): blocks\.99",
     ):
         load_reference_checkpoint(tmp_path / "bad.pth", "ofa_resnet50")
     state = reference.state_dict()

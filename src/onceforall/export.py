@@ -35,6 +35,7 @@ from .checkpoint import _fsync_directory
 from .latency import device_description, measure_latency
 from .models import Supernet, build_subnet
 from .onnx_export import ExportError, MissingDependencyError, export_and_check_onnx, require
+from .state_dicts import state_dict_problems
 from .training.bn import evaluate, recalibrate_bn
 
 __all__ = [
@@ -318,25 +319,8 @@ def _header_spec(data: bytes) -> dict[str, Any] | None:
 def _load_weights(net: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     """``net.load_state_dict(tensors)``, with an error naming every mismatch."""
 
-    def listing(names: list[str]) -> str:
-        shown = ", ".join(names[:10])
-        return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    shapes = sorted(
-        f"{k} {tuple(tensors[k].shape)} (network: {tuple(v.shape)})"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {listing(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {listing(shapes)}")
+    expected = {k: v.shape for k, v in net.state_dict().items()}
+    problems = state_dict_problems(expected, tensors)
     if problems:
         raise ExportError(
             f"{path} does not fit the network described by its spec: " + "; ".join(problems)

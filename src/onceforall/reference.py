@@ -19,6 +19,7 @@ import torch
 from .models import create_supernet
 from .models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
 from .models.resnet import OFAResNet, bottleneck_plan
+from .state_dicts import state_dict_problems
 
 __all__ = [
     "REFERENCE_NAMES",
@@ -205,24 +206,10 @@ def load_mapped(
     """Load ``theirs`` into ``net`` through ``mapping`` (our key -> their key), or raise
     :class:`ReferenceCheckpointError` (prefixed by ``what``) listing missing and
     unexpected keys and wrong shapes by name. Nothing is loaded unless everything fits."""
-    expected = set(mapping.values())
-    missing = sorted(expected - set(theirs))
-    unexpected = sorted(set(theirs) - expected)
     own = net.state_dict()
-    wrong = [
-        f"{k}: file {tuple(theirs[k].shape)}, ours {tuple(own[o].shape)}"
-        for o, k in mapping.items()
-        if k in theirs and theirs[k].shape != own[o].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {', '.join(missing[:8])}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:8])}")
-    if wrong:
-        problems.append(f"{len(wrong)} shape mismatch(es): {'; '.join(wrong[:5])}")
+    problems = state_dict_problems({k: own[o].shape for o, k in mapping.items()}, theirs)
     if problems:
-        raise ReferenceCheckpointError(f"{what}: " + " | ".join(problems))
+        raise ReferenceCheckpointError(f"{what}: " + "; ".join(problems))
     net.load_state_dict({o: theirs[k] for o, k in mapping.items()})
 
 
