@@ -55,6 +55,44 @@ def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return net
 
 
+@torch.no_grad()
+def estimate_bn_statistics(
+    net: torch.nn.Module, resolution: int, gen: torch.Generator, batch: int = 8, batches: int = 2
+) -> None:
+    """Running statistics estimated from data (random images through the active
+    sub-network, cumulative average), as after training and BN recalibration: per-channel
+    values that differ, and eval-mode activations that keep their scale, so that logits
+    depend on the input (a fresh init gives nearly input-independent logits)."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    net.train()
+    for _ in range(batches):
+        net(torch.randn(batch, 3, resolution, resolution, generator=gen))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    net.eval()
+
+
+# Progressive-shrinking stages of a tiny OFA-ResNet50 run: the full network, then depth,
+# expand ratio (after the channel sort) and width opened together.
+RESNET_TINY_STAGES = [
+    {"name": "full", "epochs": 1, "lr": 0.02, "distill": False},
+    {
+        "name": "elastic",
+        "epochs": 1,
+        "lr": 0.01,
+        "subnets_per_step": 2,
+        "depths": [0, 1, 2],
+        "expand_ratios": [0.2, 0.25, 0.35],
+        "width_mults": [0.65, 0.8, 1.0],
+        "sort_channels": True,
+    },
+]
+
+
 @pytest.fixture(scope="module")
 def mbv3() -> onceforall.Supernet:
     torch.manual_seed(0)

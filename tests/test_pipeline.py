@@ -16,7 +16,7 @@ from onceforall.latency_table import LatencyTable
 from onceforall.predictors import AccuracyPredictor, read_accuracy_dataset
 from onceforall.search import latency_cost, parse_constraints
 from onceforall.training import load_run
-from tests.conftest import needs_fashion_mnist
+from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -163,20 +163,7 @@ def test_ofa_run_trains_and_specialises_resnet50(tmp_path: Path, capsys) -> None
         **TINY_RUN,
         "supernet": "ofa_resnet50",
         "train_subset": 32,
-        "stages": [
-            {"name": "full", "epochs": 1, "lr": 0.02, "distill": False},
-            {"name": "depth", "epochs": 1, "lr": 0.01, "subnets_per_step": 2, "depths": [0, 1, 2]},
-            {
-                "name": "expand_width",
-                "epochs": 1,
-                "lr": 0.01,
-                "subnets_per_step": 2,
-                "depths": [0, 1, 2],
-                "expand_ratios": [0.2, 0.25, 0.35],
-                "width_mults": [0.65, 0.8, 1.0],
-                "sort_channels": True,
-            },
-        ],
+        "stages": RESNET_TINY_STAGES,
         "specialize": {**TINY_RUN["specialize"], "acc_dataset_archs": 8, "num_targets": 1},
     }
     config = tmp_path / "resnet.yaml"

@@ -14,6 +14,7 @@ from onceforall.reference import (
     load_reference_checkpoint,
     reference_keys,
 )
+from tests.conftest import estimate_bn_statistics
 
 networks = pytest.importorskip(
     "ofa.imagenet_classification.elastic_nn.networks",
@@ -57,23 +58,8 @@ def _reference_supernet(their_name: str, num_classes: int, seed: int) -> torch.n
                 size = tensor.shape[0]
                 tensor.copy_(torch.eye(size) + torch.randn(size, size, generator=gen) * 0.1)
     net.set_max_net()
-    _estimate_bn_statistics(net, 160, gen)
+    estimate_bn_statistics(net, 160, gen)
     return net
-
-
-@torch.no_grad()
-def _estimate_bn_statistics(net: torch.nn.Module, resolution: int, gen: torch.Generator) -> None:
-    """Running statistics estimated from data (random images through the active
-    sub-network), as after training and BN recalibration: per-channel values that differ,
-    and eval-mode activations that keep their scale, so the logits depend on the input."""
-    for bn in net.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None
-    net.train()
-    for _ in range(2):
-        net(torch.randn(8, 3, resolution, resolution, generator=gen))
-    net.eval()
 
 
 def _their_sample(reference: torch.nn.Module, rng: random.Random) -> dict:
@@ -99,7 +85,7 @@ def test_reference_checkpoint_gives_the_same_logits(tmp_path, their_name) -> Non
         theirs = _their_sample(reference, rng)  # their dict, loaded unchanged
         reference.set_active_subnet(ks=theirs["ks"], e=theirs["e"], d=theirs["d"])
         if i > 0:  # statistics recalibrated for this sub-network, as before evaluating it
-            _estimate_bn_statistics(reference, theirs["r"][0], gen)
+            estimate_bn_statistics(reference, theirs["r"][0], gen)
             torch.save({"state_dict": reference.state_dict()}, path)
             ours = load_reference_checkpoint(path, their_name)
         arch = ours.set_active(theirs)

@@ -17,6 +17,7 @@ from onceforall.reference import (
     load_reference_checkpoint,
     reference_keys,
 )
+from tests.conftest import estimate_bn_statistics
 
 networks = pytest.importorskip(
     "ofa.imagenet_classification.elastic_nn.networks",
@@ -50,17 +51,9 @@ def _reference_resnet(num_classes: int, seed: int) -> torch.nn.Module:
             tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
         elif name.endswith("linear.linear.bias"):
             tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
     net.set_max_net()
-    net.train()
-    for _ in range(2):
-        net(torch.randn(4, 3, 128, 128, generator=gen))
-    for bn in bns:
-        bn.momentum = 0.1
-    return net.eval()
+    estimate_bn_statistics(net, 128, gen, batch=4)
+    return net
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +161,10 @@ def test_bad_checkpoints_are_refused_by_name(reference, tmp_path) -> None:
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(
         ReferenceCheckpointError,
-        match=r"missing keys \(1\): blocks\.5\.conv2\.bn\.bn\.running_var.*unexpected keys \(1\): blocks\.99",
+        match=(
+            r"missing keys \(1\): blocks\.5\.conv2\.bn\.bn\.running_var"
+            r".*unexpected keys \(1\): blocks\.99"
+        ),
     ):
         load_reference_checkpoint(tmp_path / "bad.pth", "ofa_resnet50")
     state = reference.state_dict()

@@ -17,9 +17,9 @@ from onceforall.reference_specialized import (
     load_reference_subnet,
     subnet_from_net_config,
 )
+from tests.conftest import estimate_bn_statistics
 from tests.test_reference import (
     FAMILIES,
-    _estimate_bn_statistics,
     _reference_supernet,
     _their_sample,
 )
@@ -32,7 +32,7 @@ def _their_specialised_net(their_name: str, seed: int) -> tuple[dict, torch.nn.M
     theirs = _their_sample(reference, random.Random(seed))
     reference.set_active_subnet(ks=theirs["ks"], e=theirs["e"], d=theirs["d"])
     gen = torch.Generator().manual_seed(seed)
-    _estimate_bn_statistics(reference, theirs["r"][0], gen)
+    estimate_bn_statistics(reference, theirs["r"][0], gen)
     static = reference.get_active_subnet(preserve_weight=True).eval()
     return theirs, static, json.loads(json.dumps(static.config))
 

@@ -29,7 +29,7 @@ from onceforall.models.resnet import (
     ResNetSubnet,
     bottleneck_plan,
 )
-from tests.conftest import randomize
+from tests.conftest import estimate_bn_statistics, randomize
 
 # The authors' resolutions (128..224) plus small ones, where odd feature-map sizes make the
 # ceil-mode average pool of the shortcuts cut windows at the border. The costlier tests
@@ -75,18 +75,9 @@ def with_data_statistics(net: OFAResNet, seed: int) -> OFAResNet:
             fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
             module.weight.normal_(0, (2.0 / fan_out) ** 0.5)
     randomize(net, seed)
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
     net.set_largest()
-    net.train()
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(2):
-        net(torch.randn(4, 3, 64, 64, generator=gen))
-    for bn in bns:
-        bn.momentum = 0.1
-    return net.eval()
+    estimate_bn_statistics(net, 64, torch.Generator().manual_seed(seed), batch=4)
+    return net
 
 
 @pytest.fixture(scope="module")

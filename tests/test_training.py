@@ -17,7 +17,7 @@ import torch
 
 from onceforall.checkpoint import list_checkpoints, load_latest_checkpoint
 from onceforall.training import TrainConfig, TrainingDiverged, train
-from tests.conftest import needs_fashion_mnist
+from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -275,19 +275,7 @@ def test_resnet_trains_through_its_own_stages(tmp_path) -> None:
             "train_subset": 32,
             "holdout_size": 32,
             "test_subset": 32,
-            "stages": [
-                {"name": "full", "epochs": 1, "lr": 0.02, "distill": False},
-                {
-                    "name": "elastic",
-                    "epochs": 1,
-                    "lr": 0.01,
-                    "subnets_per_step": 2,
-                    "depths": [0, 1, 2],
-                    "expand_ratios": [0.2, 0.25, 0.35],
-                    "width_mults": [0.65, 0.8, 1.0],
-                    "sort_channels": True,
-                },
-            ],
+            "stages": RESNET_TINY_STAGES,
         }
     )
     results = train(config, "fashion-mnist", tmp_path, progress=False)

@@ -150,7 +150,7 @@ def export_subnet(
     :class:`ExportError` and leaves no ``model.onnx``. ``extra_metadata`` (e.g.
     ``{"source_run": "runs/fmnist"}``) is merged into ``metadata.json``.
     """
-    _check_dependencies(onnx)
+    _check_inputs(onnx, extra_metadata)  # before the expensive steps
     arch = supernet.parse_arch(arch)
     counted = [0]
 
@@ -178,11 +178,19 @@ def export_subnet(
     )
 
 
-def _check_dependencies(onnx: bool) -> None:
-    require("safetensors.torch", "saving the weights")
+def _check_inputs(onnx: bool, extra_metadata: Mapping[str, Any] | None) -> tuple[Any, dict]:
+    """The safetensors module and ``extra_metadata`` as a dict, or a clear error when an
+    optional package is missing or the metadata cannot be written as JSON."""
+    safetensors_torch = require("safetensors.torch", "saving the weights")
     if onnx:
         require("onnx", "ONNX export")
         require("onnxruntime", "checking the ONNX export")
+    extra = dict(extra_metadata or {})
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"extra_metadata must be JSON-serialisable: {exc}") from None
+    return safetensors_torch, extra
 
 
 def write_export(
@@ -203,15 +211,9 @@ def write_export(
     statistics final) to ``out_dir``: time it on this CPU, then write the files of the
     module docstring atomically. ``accuracy`` is :func:`evaluate`'s result, if measured.
     Used by :func:`export_subnet` and by the import of the authors' specialised nets."""
-    _check_dependencies(onnx)
-    safetensors_torch = require("safetensors.torch", "saving the weights")
+    safetensors_torch, extra = _check_inputs(onnx, extra_metadata)
     subnet = subnet.eval()
     arch: Arch = subnet.arch
-    extra = dict(extra_metadata or {})
-    try:
-        json.dumps(extra)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"extra_metadata must be JSON-serialisable: {exc}") from None
     out_dir = Path(out_dir)
     resolution = latency_resolution or arch.r
     latency = measure_latency(subnet, resolution, batch_size=1, threads=threads)
