@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import torch
 
-from . import data as datamod
 from .arch import MBConvSpace
 from .latency_table import LatencyTable
 from .predictors import (
@@ -87,13 +86,7 @@ class RunSummary:
 def test_evaluator(config: TrainConfig, data: str | os.PathLike) -> SubnetEvaluator:
     """Measures sub-networks of a run on its test split, BN-recalibrated on its held-out
     training images (the same splits the run trained with)."""
-    splits = datamod.open_splits(
-        data,
-        holdout_size=config.holdout_size,
-        seed=config.seed,
-        train_subset=config.train_subset,
-        test_subset=config.test_subset,
-    )
+    splits = config.open_splits(data)
     return SubnetEvaluator(
         splits.holdout,
         splits.test,

@@ -183,19 +183,14 @@ def accuracy_dataset_for_run(
     (at most ``eval_images``) measure its accuracy. Returns the file and its rows.
     Under torchrun the archs are shared out between ranks.
     """
-    from ..data import open_splits, split_holdout, subset_for_budget
+    from ..data import split_holdout, subset_for_budget
     from ..training import load_run
     from ..training.distributed import init_distributed
 
     env = init_distributed(device)
     config, net = load_run(run_dir)
     net = net.to(env.device)
-    splits = open_splits(
-        data,
-        holdout_size=config.holdout_size,
-        seed=config.seed,
-        train_subset=config.train_subset,
-    )
+    splits = config.open_splits(data)
     calibration_images = calibration_images or config.bn_recal_images
     measure, calibration = split_holdout(splits.holdout, calibration_images, config.seed)
     if eval_images:

@@ -7,6 +7,7 @@ dimensions opened one by one. Each stage names the choices it opens; everything 
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,21 @@ class TrainConfig:
             if stage.name == name:
                 return stage
         raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+    def open_splits(self, data: str | os.PathLike) -> Any:
+        """The run's train / held-out / test splits of ``data``: every step after
+        training (accuracy dataset, specialisation, export) opens them through this, so
+        none measures on images the supernet was trained on."""
+        from ..data import open_splits
+
+        return open_splits(
+            data,
+            holdout_size=self.holdout_size,
+            seed=self.seed,
+            train_subset=self.train_subset,
+            test_subset=self.test_subset,
+            crop_scale_min=self.crop_scale_min,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

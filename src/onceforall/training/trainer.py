@@ -96,14 +96,7 @@ class Trainer:
         )
         torch.manual_seed(config.seed)
 
-        splits = datamod.open_splits(
-            data,
-            holdout_size=config.holdout_size,
-            seed=config.seed,
-            train_subset=config.train_subset,
-            test_subset=config.test_subset,
-            crop_scale_min=config.crop_scale_min,
-        )
+        splits = config.open_splits(data)
         self.train_set, self.holdout_set, self.test_set = splits.train, splits.holdout, splits.test
         self.num_classes = len(splits.classes)
         self.net: Supernet = create_supernet(
