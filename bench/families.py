@@ -1,5 +1,7 @@
 """Training-step throughput of the other families, side by side with the authors'
-package: OFA-ProxylessNAS w1.3 and OFA-ResNet50, ours against theirs.
+package: OFA-ProxylessNAS w1.3 and OFA-ResNet50, ours against theirs; then the time of
+the paper's evolutionary search (population 100, 500 generations, one MACs constraint
+at mid-range, a fixed linear predictor) on each family.
 
     python bench/families.py                   # this 2-core CPU: batch 16, resolution 128
     python bench/families.py --steps 10 --rounds 3
@@ -21,9 +23,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 from train_step import train_throughput  # noqa: E402
 
 import onceforall  # noqa: E402
+from onceforall.search import evolutionary_search, macs_cost, parse_constraint  # noqa: E402
 
 
 def _reference(name: str) -> torch.nn.Module:
@@ -104,6 +108,24 @@ def main() -> None:
         print(
             f"{name:<20} {best['ours']:>10.1f} {best['theirs']:>8.1f} "
             f"{best['ours'] / best['theirs']:>6.2f} {best['ours_cl']:>8.1f}   (images/s)"
+        )
+
+    print("search: population 100, 500 generations, macs <= mid-range")
+    for name in ("ofa_mbv3_w1.0", "ofa_proxyless_w1.3", "ofa_resnet50"):
+        net = onceforall.create_supernet(name, num_classes=1000)
+        cost = macs_cost(net)
+        limit = (cost.minimum()[0] + cost.maximum()[0]) / 2
+        weights = np.random.default_rng(0).normal(size=net.space.encoding_size)
+
+        def predict(features: np.ndarray, weights: np.ndarray = weights) -> np.ndarray:
+            return features @ weights
+
+        result = evolutionary_search(
+            net.space, predict, [parse_constraint(f"macs<={limit:.6g}", [cost])]
+        )
+        print(
+            f"{name:<20} {result.wall_time_s:6.2f} s  ({result.predicted} distinct networks "
+            "priced and predicted)"
         )
 
 
