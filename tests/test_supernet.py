@@ -273,3 +273,31 @@ def test_channels_last_supernet_computes_the_same(family, data) -> None:
         from_subnet = subnet(x)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(from_subnet, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["ofa_mbv3_w1.0", "ofa_proxyless_w1.3", "ofa_resnet50"])
+def test_zero_init_residual_makes_exactly_the_identity_shortcut_blocks_identities(name) -> None:
+    """After ``zero_init_residual`` every block with an identity shortcut passes its input
+    through unchanged (in training mode too), and no other block does."""
+    torch.manual_seed(0)
+    net = onceforall.create_supernet(name, num_classes=10).train()
+    blocks = [block for _, block in net.blocks()]
+    if hasattr(net, "first_block"):
+        blocks.insert(0, net.first_block)
+    seen: dict[int, bool] = {}
+
+    def record(module, inputs, output) -> None:
+        seen[id(module)] = inputs[0].shape == output.shape and torch.equal(inputs[0], output)
+
+    for block in blocks:
+        block.register_forward_hook(record)
+    x = torch.randn(4, 3, 64, 64)
+    net(x)
+    assert not any(seen.values())  # PyTorch's init: no block is an identity
+    count = net.zero_init_residual()
+    net(x)
+    identities = [block for block in blocks if seen[id(block)]]
+    assert count == len(identities) > 0
+    assert {id(n) for n in net.residual_norms()} == {
+        id(b.project.bn if hasattr(b, "project") else b.conv3.bn) for b in identities
+    }

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from onceforall.checkpoint import list_checkpoints, load_latest_checkpoint
-from onceforall.training import TrainConfig, TrainingDiverged, train
+from onceforall.training import TrainConfig, Trainer, TrainingDiverged, train
 from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
@@ -75,6 +75,14 @@ def test_all_stages_run_and_leave_their_artefacts(tmp_path) -> None:
     weights = _final_weights(tmp_path)
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     assert (tmp_path / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("zero", [True, False])
+def test_a_fresh_run_starts_its_residual_blocks_as_identities(tmp_path, zero) -> None:
+    config = TrainConfig.from_dict({**TINY, "zero_init_residual": zero})
+    net = Trainer(config, "fashion-mnist", tmp_path, progress=False).net
+    scales = torch.cat([norm.weight for norm in net.residual_norms()])
+    assert len(scales) > 0 and bool((scales == 0).all()) is zero
 
 
 def _cli(run: Path, config: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:

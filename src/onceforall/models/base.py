@@ -68,6 +68,18 @@ class Supernet(nn.Module, ABC):
         subnet.train(self.training)
         return subnet
 
+    @torch.no_grad()
+    def zero_init_residual(self) -> int:
+        """Set the scale of the last BN of every residual branch that adds onto an
+        identity shortcut to zero, so each such block starts as the identity; returns
+        how many. Training from scratch starts this way (``TrainConfig.zero_init_residual``):
+        on a short schedule the full network learns far faster (see docs/benchmarks.md).
+        The authors' networks offer the same as ``zero_last_gamma``."""
+        norms = self.residual_norms()
+        for norm in norms:
+            norm.weight.zero_()
+        return len(norms)
+
     def macs(self, arch: ArchLike) -> int:
         """Multiply-accumulates of one forward pass of one image at ``arch``'s resolution."""
         return total_macs(self.layer_costs(self.parse_arch(arch)))
@@ -97,6 +109,10 @@ class Supernet(nn.Module, ABC):
     def cost_parts(self, resolution: int) -> CostParts:
         """The layers at ``resolution`` split into fixed parts and per-(slot, k, e)
         blocks; ``layer_costs`` is their sum over an arch's active slots."""
+
+    @abstractmethod
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        """The last BN of each residual branch that adds onto an identity shortcut."""
 
     @abstractmethod
     def sort_channels(self) -> None:

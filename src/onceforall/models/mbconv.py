@@ -330,6 +330,10 @@ class OFAMBConvNet(_MBConvNetBody, Supernet):
                 computed[key] = block.depthwise.conv.kernel(arch.ks[plan.slot], mid)
         return computed
 
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        blocks = [self.first_block, *(block for _, block in self.blocks())]
+        return [block.project.bn for block in blocks if block.shortcut]
+
     @torch.no_grad()
     def sort_channels(self) -> None:
         for _, block in self.blocks():

@@ -368,6 +368,11 @@ class OFAResNet(_ResNetBody, Supernet):
         return {}  # every extracted tensor is a leading slice
 
     @torch.no_grad()
+    def residual_norms(self) -> list[nn.BatchNorm2d]:
+        """Bottlenecks with an identity shortcut (the stem's residual conv is left alone,
+        as in the authors' ``zero_last_gamma``)."""
+        return [block.conv3.bn for _, block in self.blocks() if block.shortcut is None]
+
     def sort_channels(self) -> None:
         """Sort every bottleneck's hidden channels by importance (the stem has none to
         sort). Sub-networks whose blocks run their full hidden width, i.e. largest expand

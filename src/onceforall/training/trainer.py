@@ -54,6 +54,7 @@ from .distributed import (
     init_distributed,
 )
 from .losses import supernet_loss
+from .metrics import MetricsLog
 from .schedule import (
     Position,
     SkipBatches,
@@ -107,6 +108,8 @@ class Trainer:
             bn_momentum=config.bn_momentum,
             bn_eps=config.bn_eps,
         ).to(self.device, memory_format=self.memory_format)
+        if config.zero_init_residual:  # a resumed run loads its weights over this
+            self.net.zero_init_residual()
         self.evaluator = SubnetEvaluator(
             self.holdout_set,
             self.test_set,
@@ -120,8 +123,7 @@ class Trainer:
         self.teacher: nn.Module | None = None
         self.position = Position()
         self.last_validation: dict[str, float] = {}
-        self.metrics_path = self.run_dir / "metrics.jsonl"
-        self._tb = None
+        self.metrics = MetricsLog(self.run_dir, enabled=self.env.is_main)
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -200,25 +202,8 @@ class Trainer:
             )
         self._log({"type": "continue", "from": str(path), "after_stage": after})
 
-    # ---------------------------------------------------------------- logging
     def _log(self, record: dict[str, Any]) -> None:
-        if not self.env.is_main:
-            return
-        record = {"time": time.time(), **record}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed
-                self._tb = False
-        if self._tb:
-            step = record.get("global_step", 0)
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("time", "global_step"):
-                    self._tb.add_scalar(f"{record.get('type', 'x')}/{key}", value, step)
+        self.metrics.write(record)
 
     # ------------------------------------------------------------ the schedule
     def _optimizer(self, stage: StageConfig) -> torch.optim.SGD:
@@ -355,34 +340,12 @@ class Trainer:
                 lr = lr_at(peak, stage, pos.stage_step, steps_per_epoch, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                teacher_probs = None
-                if self.teacher is not None:
-                    with torch.no_grad(), autocast:
-                        teacher_probs = torch.softmax(self.teacher(images).float(), dim=1)
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
                 archs = step_archs(space, stage, cfg.seed, pos.stage, pos.stage_step)
-                for k, arch in enumerate(archs):
-                    arch_log.append(arch.to_json())
-                    self.net.set_active(arch)
-                    with autocast:
-                        logits = self.net(images)
-                    loss = supernet_loss(
-                        logits, labels, teacher_probs, cfg.label_smoothing, cfg.kd_ratio
-                    )
-                    if not torch.isfinite(loss):
-                        last = self._checkpoint_dir()
-                        raise TrainingDiverged(
-                            f"loss is {loss.item()} at stage {stage.name!r}, epoch "
-                            f"{pos.epoch}, global step {pos.global_step} (sub-network "
-                            f"{k}: {arch}); nothing of this step was applied. The last good "
-                            f"checkpoint is in {last}"
-                        )
-                    loss.backward()
-                    step_loss += loss.item()
-                    running["correct"] += (logits.argmax(1) == labels).sum().item()
-                    running["count"] += len(labels)
-                average_gradients(self.net, self.env)
+                arch_log += [arch.to_json() for arch in archs]
+                optimizer.zero_grad(set_to_none=True)
+                step_loss, correct = self._train_step(stage, archs, images, labels, autocast)
+                running["correct"] += correct
+                running["count"] += len(labels) * len(archs)
                 optimizer.step()
                 broadcast_buffers(self.net, self.env)
                 pos.batch += 1
@@ -442,6 +405,41 @@ class Trainer:
             self._save_weights("teacher", stage.name)
         self._save_weights("supernet", stage.name)
         return True
+
+    def _train_step(
+        self,
+        stage: StageConfig,
+        archs: list[Arch],
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        autocast: Any,
+    ) -> tuple[float, int]:
+        """Accumulate the gradients of every sub-network of one step on one batch and
+        average them over the workers (the caller zeroes them before and steps after).
+        Returns the summed loss and the correct count. A non-finite loss raises before
+        anything of the step reaches the weights."""
+        cfg, pos = self.config, self.position
+        teacher_probs = None
+        if self.teacher is not None:
+            with torch.no_grad(), autocast:
+                teacher_probs = torch.softmax(self.teacher(images).float(), dim=1)
+        step_loss, correct = 0.0, 0
+        for k, arch in enumerate(archs):
+            self.net.set_active(arch)
+            with autocast:
+                logits = self.net(images)
+            loss = supernet_loss(logits, labels, teacher_probs, cfg.label_smoothing, cfg.kd_ratio)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at stage {stage.name!r}, epoch {pos.epoch}, global "
+                    f"step {pos.global_step} (sub-network {k}: {arch}); nothing of this step "
+                    f"was applied. The last good checkpoint is in {self._checkpoint_dir()}"
+                )
+            loss.backward()
+            step_loss += loss.item()
+            correct += (logits.argmax(1) == labels).sum().item()
+        average_gradients(self.net, self.env)
+        return step_loss, correct
 
     # -------------------------------------------------------------- validation
     def validation_archs(self, space: MBConvSpace) -> dict[str, Arch]:
