@@ -2,8 +2,10 @@
 supernet trained for the same number of epochs with every elastic dimension open from
 the start.
 
-    python bench/ps_ablation.py                          # trains both (about 25 min here)
+    python bench/ps_ablation.py                          # trains both (about 20 min here)
     python bench/ps_ablation.py --ps-run runs/quick      # reuse a finished PS run
+    python bench/ps_ablation.py --ps-run runs/quick --match passes \
+        --baseline-run runs/ablation-passes              # baseline as long in passes
 
 Both supernets are evaluated on the same fixed sub-networks (the smallest, the largest
 and random ones in between, ordered by MACs), each after BN recalibration on the same
@@ -25,13 +27,21 @@ from onceforall.report import arch_summary
 from onceforall.training import StageConfig, evaluate, load_config, load_run, recalibrate_bn, train
 
 
-def baseline_config(ps_config, subnets_per_step: int = 2):
-    """Everything elastic from the start, for the same total epochs as the PS schedule
-    (no teacher: distillation needs the full network PS trains first). Two sub-networks
-    per step give the baseline at least as many sub-network updates as the PS schedule
-    of the quick preset (1, 1, 2, 2, 4, 4 per step over its stages)."""
+def baseline_config(ps_config, match: str = "epochs"):
+    """Everything elastic from the start (no teacher: distillation needs the full network
+    PS trains first), with the last PS stage's choices and sub-networks per step. Its
+    length matches the PS schedule's total ``epochs`` (the paper's comparison), or its
+    sub-network ``passes``: forward/backward passes over the data, epochs times
+    sub-networks per step summed over the stages (1 x 1.0 + 2 x 0.5 = 2.0 for the
+    quick preset, so the baseline trains 1.0 epoch with 2 sub-networks per step)."""
     last = ps_config.stages[-1]
-    total_epochs = sum(s.epochs for s in ps_config.stages)
+    if match == "epochs":
+        total_epochs = sum(s.epochs for s in ps_config.stages)
+    elif match == "passes":
+        passes = sum(s.epochs * s.subnets_per_step for s in ps_config.stages)
+        total_epochs = passes / last.subnets_per_step
+    else:
+        raise ValueError(f"match must be 'epochs' or 'passes', got {match!r}")
     stage = StageConfig(
         name="all_elastic",
         epochs=total_epochs,
@@ -62,12 +72,19 @@ def main() -> None:
     parser.add_argument("--ps-run", default="runs/ablation-ps")
     parser.add_argument("--baseline-run", default="runs/ablation-all-elastic")
     parser.add_argument("--archs", type=int, default=8)
+    parser.add_argument(
+        "--match",
+        choices=["epochs", "passes"],
+        default="epochs",
+        help="make the baseline as long as PS in epochs, or in sub-network passes",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     ps_config = load_config(args.config)
-    for run, config in ((args.ps_run, ps_config), (args.baseline_run, baseline_config(ps_config))):
+    baseline = baseline_config(ps_config, args.match)
+    for run, config in ((args.ps_run, ps_config), (args.baseline_run, baseline)):
         if not (Path(run) / "supernet").is_dir():
             print(f"training {run} ({', '.join(s.name for s in config.stages)})")
             train(config, args.data, run, resume=(Path(run) / "checkpoints").is_dir())

@@ -38,7 +38,7 @@ from .predictors import (
 from .search import pareto_search
 from .specialize import Specialized, search_costs, specialize, spread_latency_targets
 from .training import SubnetEvaluator, TrainConfig, load_run, train
-from .training.trainer import DONE_FILE
+from .training.run_dir import DONE_FILE
 
 __all__ = ["SpecializeConfig", "RunSummary", "run_pipeline", "test_evaluator"]
 

@@ -2,7 +2,9 @@
 
 from .bn import SubnetEvaluator, evaluate, recalibrate_bn
 from .config import StageConfig, TrainConfig, load_config
-from .trainer import Trainer, TrainingDiverged, load_run, stage_space, train
+from .run_dir import load_run
+from .schedule import stage_space
+from .trainer import Trainer, TrainingDiverged, train
 
 __all__ = [
     "StageConfig",

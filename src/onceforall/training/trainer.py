@@ -1,13 +1,6 @@
 """Progressive shrinking: train a supernet stage by stage, resumably.
 
-One :class:`Trainer` owns a run directory::
-
-    RUN_DIR/config.yaml          the config the run was started with
-    RUN_DIR/checkpoints/         the last complete checkpoints (atomic, verified on load)
-    RUN_DIR/teacher/             the full network after the first stage (frozen teacher)
-    RUN_DIR/supernet/            the supernet weights after the last finished stage
-    RUN_DIR/metrics.jsonl        one JSON record per log interval and per validation
-    RUN_DIR/training_done.json   the final validation, once every stage has finished
+One :class:`Trainer` owns a run directory (its layout: :mod:`.run_dir`).
 
 A position in the run is (stage, epoch, batch within the epoch, global step). The data
 order and the sampled sub-networks are pure functions of (seed, stage, epoch, step), so a
@@ -41,7 +34,7 @@ from ..checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from ..models import Supernet, create_supernet
+from ..models import Supernet
 from .bn import SubnetEvaluator
 from .config import StageConfig, TrainConfig
 from .distributed import (
@@ -55,6 +48,7 @@ from .distributed import (
 )
 from .losses import supernet_loss
 from .metrics import MetricsLog
+from .run_dir import DONE_FILE, build_supernet
 from .schedule import (
     Position,
     SkipBatches,
@@ -64,9 +58,7 @@ from .schedule import (
     step_archs,
 )
 
-__all__ = ["DONE_FILE", "Trainer", "TrainingDiverged", "load_run", "stage_space", "train"]
-
-DONE_FILE = "training_done.json"  # written when every stage has finished
+__all__ = ["Trainer", "TrainingDiverged", "train"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -100,14 +92,9 @@ class Trainer:
         splits = config.open_splits(data)
         self.train_set, self.holdout_set, self.test_set = splits.train, splits.holdout, splits.test
         self.num_classes = len(splits.classes)
-        self.net: Supernet = create_supernet(
-            config.supernet,
-            num_classes=self.num_classes,
-            resolutions=config.resolutions,
-            dropout=config.dropout,
-            bn_momentum=config.bn_momentum,
-            bn_eps=config.bn_eps,
-        ).to(self.device, memory_format=self.memory_format)
+        self.net: Supernet = build_supernet(config, self.num_classes).to(
+            self.device, memory_format=self.memory_format
+        )
         if config.zero_init_residual:  # a resumed run loads its weights over this
             self.net.zero_init_residual()
         self.evaluator = SubnetEvaluator(
@@ -464,31 +451,6 @@ class Trainer:
             f"[{stage}] epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
             f"{record['images_per_s']:.0f} img/s | test top-1: {parts}"
         )
-
-
-def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfig, Supernet]:
-    """The config and trained supernet of a run directory (``weights``: ``supernet`` after
-    the last finished stage, ``teacher`` after the first, or ``checkpoints`` for the
-    latest checkpoint)."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: is {run_dir} a training run directory?")
-    config = TrainConfig.from_dict(yaml.safe_load(config_path.read_text()))
-    found = load_latest_checkpoint(run_dir / weights)
-    if found is None:
-        raise FileNotFoundError(f"no {weights} weights in {run_dir / weights}")
-    state = found[1]["model"]
-    net = create_supernet(
-        config.supernet,
-        num_classes=state["classifier.weight"].shape[0],
-        resolutions=config.resolutions,
-        dropout=config.dropout,
-        bn_momentum=config.bn_momentum,
-        bn_eps=config.bn_eps,
-    )
-    net.load_state_dict(state)
-    return config, net.eval()
 
 
 def train(
