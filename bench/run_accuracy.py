@@ -1,0 +1,50 @@
+"""Test top-1 of a trained run's smallest and largest sub-networks on the whole test split.
+
+    python bench/run_accuracy.py runs/demo                    # the supernet after all stages
+    python bench/run_accuracy.py runs/demo --weights teacher  # the full network
+
+Each sub-network is evaluated at each resolution after BN recalibration on held-out
+training images (the run's own held-out split, never trained on). The preset's
+validation reports on a 2,000-image test subset; this is the figure to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from onceforall import Arch
+from onceforall.data import make_loader, open_dataset, split_holdout
+from onceforall.training import evaluate, load_run, recalibrate_bn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--weights", default="supernet", choices=["supernet", "teacher"])
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[24, 28, 32])
+    parser.add_argument("--calibration-images", type=int, default=2000)
+    args = parser.parse_args()
+
+    config, net = load_run(args.run, args.weights)
+    _, holdout = split_holdout(open_dataset(args.data, "train"), config.holdout_size, config.seed)
+    test = open_dataset(args.data, "test")
+    archs = {"smallest": net.space.smallest(), "largest": net.space.largest()}
+    if args.weights == "teacher":
+        archs.pop("smallest")  # only the full network was trained
+    print(
+        f"{args.run} ({args.weights}): test top-1 (%) on {len(test)} images, BN recalibrated "
+        f"on {args.calibration_images} held-out images"
+    )
+    for resolution in args.resolutions:
+        calibration = make_loader(holdout, 256, resolution, train=False, seed=0)
+        test_loader = make_loader(test, 500, resolution, train=False, seed=0)
+        for name, arch in archs.items():
+            arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
+            subnet = recalibrate_bn(net, arch, calibration, args.calibration_images)
+            top1 = evaluate(subnet, test_loader)["top1"]
+            print(f"{name:9s} @{resolution}  {top1:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
