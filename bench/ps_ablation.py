@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from onceforall import Arch
-from onceforall.data import make_loader, open_dataset, split_holdout
+from onceforall.data import make_loader
 from onceforall.report import arch_summary
 from onceforall.training import StageConfig, evaluate, load_config, load_run, recalibrate_bn, train
 
@@ -92,9 +92,8 @@ def main() -> None:
     _, ps_net = load_run(args.ps_run)
     _, base_net = load_run(args.baseline_run)
     archs = sorted(fixed_archs(ps_net.space, args.archs, seed=1234), key=ps_net.macs)
-    train_set = open_dataset(args.data, "train")
-    _, holdout = split_holdout(train_set, ps_config.holdout_size, ps_config.seed)
-    test = open_dataset(args.data, "test")
+    splits = replace(ps_config, test_subset=None).open_splits(args.data)  # whole test split
+    holdout, test = splits.holdout, splits.test
     resolutions = [min(ps_config.resolutions), max(ps_config.resolutions)]
 
     print(

@@ -11,9 +11,10 @@ validation reports on a 2,000-image test subset; this is the figure to quote.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 from onceforall import Arch
-from onceforall.data import make_loader, open_dataset, split_holdout
+from onceforall.data import make_loader
 from onceforall.training import evaluate, load_run, recalibrate_bn
 
 
@@ -27,8 +28,8 @@ def main() -> None:
     args = parser.parse_args()
 
     config, net = load_run(args.run, args.weights)
-    _, holdout = split_holdout(open_dataset(args.data, "train"), config.holdout_size, config.seed)
-    test = open_dataset(args.data, "test")
+    splits = replace(config, test_subset=None).open_splits(args.data)  # the whole test split
+    holdout, test = splits.holdout, splits.test
     archs = {"smallest": net.space.smallest(), "largest": net.space.largest()}
     if args.weights == "teacher":
         archs.pop("smallest")  # only the full network was trained

@@ -367,12 +367,12 @@ class OFAResNet(_ResNetBody, Supernet):
     def _computed_weights(self, arch: ResNetArch) -> dict[str, torch.Tensor]:
         return {}  # every extracted tensor is a leading slice
 
-    @torch.no_grad()
     def residual_norms(self) -> list[nn.BatchNorm2d]:
         """Bottlenecks with an identity shortcut (the stem's residual conv is left alone,
         as in the authors' ``zero_last_gamma``)."""
         return [block.conv3.bn for _, block in self.blocks() if block.shortcut is None]
 
+    @torch.no_grad()
     def sort_channels(self) -> None:
         """Sort every bottleneck's hidden channels by importance (the stem has none to
         sort). Sub-networks whose blocks run their full hidden width, i.e. largest expand

@@ -1,11 +1,13 @@
 """What a training run directory holds, and reading a finished one back::
 
-RUN_DIR/config.yaml          the config the run was started with
-RUN_DIR/checkpoints/         the last complete checkpoints (atomic, verified on load)
-RUN_DIR/teacher/             the full network after the first stage (frozen teacher)
-RUN_DIR/supernet/            the supernet weights after the last finished stage
-RUN_DIR/metrics.jsonl        one JSON record per log interval and per validation
-RUN_DIR/training_done.json   the final validation, once every stage has finished
+    RUN_DIR/config.yaml          the config the run was started with
+    RUN_DIR/checkpoints/         the last complete checkpoints (atomic, verified on load)
+    RUN_DIR/teacher/             the full network after the first stage (frozen teacher)
+    RUN_DIR/supernet/            the supernet weights after the last finished stage
+    RUN_DIR/metrics.jsonl        one JSON record per log interval and per validation
+    RUN_DIR/training_done.json   the final validation, once every stage has finished
+
+Everything else there is written by the steps after training (``ofa run``).
 """
 
 from __future__ import annotations
