@@ -128,6 +128,16 @@ def feasible_random(
     return found
 
 
+def _tighter_latency_limit(target: Constraint, searched: Constraint, ratio: float) -> float:
+    """The next round's latency limit: the target scaled by the measured/predicted
+    ``ratio`` (with 1 % to spare), never looser than this round's, and never below the
+    fastest sub-network's predicted latency, so that a table which under-predicts by
+    more than the space can absorb still gets the fastest sub-network tried (and
+    measured) rather than the first, slower winner kept."""
+    fastest = target.cost.minimum()[0] * (1 + 1e-9)  # fp slack: the minimum stays feasible
+    return max(min(searched.limit, target.limit / ratio * 0.99), min(fastest, searched.limit))
+
+
 def _search_and_measure(
     supernet: Supernet,
     predictor: AccuracyPredictor,
@@ -186,12 +196,15 @@ def _search_and_measure(
         if row.meets_target:
             return row
         ratio = row.measured_latency_ms / row.predicted_latency_ms
-        searched = [
-            Constraint(c.cost, min(s.limit, c.limit / ratio * 0.99))
+        tightened = [
+            Constraint(c.cost, _tighter_latency_limit(c, s, ratio))
             if c.cost.name == "latency_ms"
             else s
             for c, s in zip(constraints, searched)
         ]
+        if all(t.limit == s.limit for t, s in zip(tightened, searched)):
+            break  # already searching at the fastest the space reaches: nothing tighter
+        searched = tightened
     assert row is not None
     return row
 
@@ -220,7 +233,9 @@ def specialize(
     when the measurement exceeds a latency limit the table under-predicted: the limit is
     tightened by the measured/predicted ratio and the search repeated (at most
     ``max_rounds`` searches), so what is returned was *measured* within its target
-    whenever that is reachable (``meets_target`` says whether it was).
+    whenever that is reachable (``meets_target`` says whether it was). A limit is never
+    tightened below the fastest sub-network's predicted latency: when even that misses,
+    the fastest sub-network is what comes back, with ``meets_target`` False.
     """
     predictor.check_space(supernet.space)
     costs = search_costs(supernet, latency_table)
