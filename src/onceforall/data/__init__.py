@@ -1,20 +1,16 @@
 """Data for training and evaluation: datasets (Fashion-MNIST IDX files, ImageNet-style
 folders) and loaders (elastic-resolution batches, held-out split)."""
 
-from .datasets import (
+from .base import DatasetNotFoundError, ElasticImageDataset, ElasticSubset
+from .datasets import open_dataset
+from .fashion_mnist import (
     DEFAULT_FASHION_MNIST_ROOT,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DatasetNotFoundError,
-    ElasticImageDataset,
-    ElasticSubset,
     FashionMNIST,
-    ImageFolderDataset,
-    open_dataset,
     read_idx,
 )
+from .image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset
 from .loaders import (
     ElasticResolutionBatchSampler,
     Splits,

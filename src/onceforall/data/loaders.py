@@ -21,7 +21,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from .datasets import ElasticSubset, _check_resolution, _with_transform, open_dataset
+from .base import ElasticSubset, _check_resolution, _with_transform
+from .datasets import open_dataset
 
 __all__ = [
     "ElasticResolutionBatchSampler",
