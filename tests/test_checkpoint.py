@@ -24,13 +24,12 @@ import torch
 from onceforall.checkpoint import (
     CheckpointError,
     CheckpointWarning,
-    capture_rng_state,
     list_checkpoints,
     load_checkpoint,
     load_latest_checkpoint,
-    restore_rng_state,
     save_checkpoint,
 )
+from onceforall.training.rng_state import capture_rng_state, restore_rng_state
 
 # ----------------------------------------------------------------------------- helpers
 

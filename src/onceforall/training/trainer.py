@@ -28,12 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import data as datamod
 from ..arch import Arch, MBConvSpace
-from ..checkpoint import (
-    capture_rng_state,
-    load_latest_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from ..checkpoint import load_latest_checkpoint, save_checkpoint
 from ..models import Supernet
 from .bn import SubnetEvaluator
 from .config import StageConfig, TrainConfig
@@ -48,6 +43,7 @@ from .distributed import (
 )
 from .losses import supernet_loss
 from .metrics import MetricsLog
+from .rng_state import capture_rng_state, restore_rng_state
 from .run_dir import DONE_FILE, build_supernet
 from .schedule import (
     Position,
