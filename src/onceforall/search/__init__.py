@@ -11,6 +11,13 @@ before any search starts (:class:`InfeasibleConstraintError`).
 >>> result.arch, result.accuracy, result.costs
 """
 
+from .constraints import (
+    Constraint,
+    ConstraintSet,
+    InfeasibleConstraintError,
+    parse_constraint,
+    parse_constraints,
+)
 from .evolution import (
     Predictor,
     SearchResult,
@@ -23,16 +30,11 @@ from .objectives import (
     AdditiveCost,
     AdditiveTable,
     ArchCost,
-    Constraint,
-    ConstraintSet,
     Cost,
-    InfeasibleConstraintError,
     format_value,
     latency_cost,
     macs_cost,
     params_cost,
-    parse_constraint,
-    parse_constraints,
 )
 from .pareto import ParetoFront, crowding_distance, non_dominated_ranks, pareto_search
 from .population import ArchBatch, GenomeLayout, genome_layout

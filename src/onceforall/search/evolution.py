@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..arch import Arch, MBConvSpace
-from .objectives import Constraint, ConstraintSet, Cost
+from .constraints import Constraint, ConstraintSet
+from .objectives import Cost
 from .population import ArchBatch, GenomeLayout, genome_layout
 
 __all__ = [

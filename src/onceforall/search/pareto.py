@@ -15,13 +15,14 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..arch import Arch, ArchLike, MBConvSpace
+from .constraints import Constraint, ConstraintSet
 from .evolution import (
     PredictorLike,
     _Evaluator,
     _feasible_children,
     _random_feasible,
 )
-from .objectives import AdditiveCost, ArchCost, Constraint, ConstraintSet, Cost
+from .objectives import AdditiveCost, ArchCost, Cost
 from .population import ArchBatch, genome_layout
 
 __all__ = ["ParetoFront", "crowding_distance", "non_dominated_ranks", "pareto_search"]
