@@ -17,6 +17,7 @@ import torch
 
 from onceforall.checkpoint import list_checkpoints, load_latest_checkpoint
 from onceforall.training import TrainConfig, Trainer, TrainingDiverged, train
+from onceforall.training.metrics import TimedIterator
 from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
@@ -70,11 +71,30 @@ def test_all_stages_run_and_leave_their_artefacts(tmp_path) -> None:
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [r["stage"] for r in epochs] == ["full", "kernel", "expand"]
     assert all(r["images_per_s"] > 0 and r["train_loss"] > 0 for r in epochs)
+    assert all(0 < r["data_wait_fraction"] < 1 for r in epochs)
     assert len(list_checkpoints(tmp_path / "checkpoints")) == 2  # keep_checkpoints
     assert load_latest_checkpoint(tmp_path / "teacher") is not None
     weights = _final_weights(tmp_path)
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     assert (tmp_path / "config.yaml").is_file()
+
+
+def test_timed_iterator_counts_the_wait_for_items_not_the_work_on_them() -> None:
+    def slow_source():
+        for item in range(3):
+            time.sleep(0.05)  # producing each item takes at least 50 ms
+            yield item
+
+    items = TimedIterator(slow_source())
+    start = time.perf_counter()
+    seen = []
+    for item in items:
+        seen.append(item)
+        time.sleep(0.05)  # the consumer's own work, which is not waiting
+    total = time.perf_counter() - start
+    assert seen == [0, 1, 2]
+    assert items.waited >= 0.15
+    assert items.waited <= total - 0.15
 
 
 @pytest.mark.parametrize("zero", [True, False])

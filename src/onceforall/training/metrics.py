@@ -1,14 +1,34 @@
 """The run's metrics log: one JSON line per record in ``RUN_DIR/metrics.jsonl``, mirrored
-to TensorBoard event files in ``RUN_DIR/tensorboard`` when ``tensorboard`` is installed."""
+to TensorBoard event files in ``RUN_DIR/tensorboard`` when ``tensorboard`` is installed;
+and :class:`TimedIterator`, which measures how long training waits for its data."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, TypeVar
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "TimedIterator"]
+
+_T = TypeVar("_T")
+
+
+class TimedIterator(Iterator[_T]):
+    """Iterates ``iterable`` and adds the time spent inside each ``next`` to ``waited``:
+    over a data loader, the seconds the training loop sat idle waiting for a batch (the
+    loader is the bottleneck where ``waited`` is a large part of the epoch)."""
+
+    def __init__(self, iterable: Iterable[_T]) -> None:
+        self._iterator = iter(iterable)
+        self.waited = 0.0
+
+    def __next__(self) -> _T:
+        start = time.perf_counter()
+        try:
+            return next(self._iterator)
+        finally:
+            self.waited += time.perf_counter() - start
 
 
 class MetricsLog:

@@ -42,7 +42,7 @@ from .distributed import (
     init_distributed,
 )
 from .losses import supernet_loss
-from .metrics import MetricsLog
+from .metrics import MetricsLog, TimedIterator
 from .rng_state import capture_rng_state, restore_rng_state
 from .run_dir import DONE_FILE, build_supernet
 from .schedule import (
@@ -317,7 +317,8 @@ class Trainer:
             self.net.train()
             seen, start = 0, time.perf_counter()
             running = {"loss": 0.0, "correct": 0, "count": 0}
-            for images, labels in itertools.islice(loader, epoch_len):
+            batches = TimedIterator(itertools.islice(loader, epoch_len))
+            for images, labels in batches:
                 images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
                 labels = labels.to(self.device, non_blocking=True)
                 lr = lr_at(peak, stage, pos.stage_step, steps_per_epoch, total_steps)
@@ -344,6 +345,7 @@ class Trainer:
                     res=images.shape[-1],
                     lr=f"{lr:.4f}",
                     img_s=f"{seen * self.env.world_size / elapsed:.0f}",
+                    data=f"{100 * batches.waited / elapsed:.0f}%",
                 )
                 if pos.global_step % 20 == 0:
                     self._log(
@@ -354,6 +356,7 @@ class Trainer:
                             "lr": lr,
                             "resolution": images.shape[-1],
                             "images_per_s": seen * self.env.world_size / elapsed,
+                            "data_wait_fraction": batches.waited / elapsed,
                         }
                     )
                 if cfg.checkpoint_every_steps and pos.global_step % cfg.checkpoint_every_steps == 0:
@@ -370,6 +373,7 @@ class Trainer:
                 "train_loss": running["loss"] / max(1, epoch_len),
                 "train_top1": 100 * running["correct"] / max(1, running["count"]),
                 "images_per_s": seen * self.env.world_size / max(elapsed, 1e-9),
+                "data_wait_fraction": batches.waited / max(elapsed, 1e-9),
             }
             pos.epoch += 1
             pos.batch = 0
@@ -445,7 +449,8 @@ class Trainer:
         parts = "  ".join(f"{k} {v:.1f}" for k, v in self.last_validation.items())
         return (
             f"[{stage}] epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
-            f"{record['images_per_s']:.0f} img/s | test top-1: {parts}"
+            f"{record['images_per_s']:.0f} img/s ({100 * record['data_wait_fraction']:.0f} % "
+            f"waiting for data) | test top-1: {parts}"
         )
 
 
