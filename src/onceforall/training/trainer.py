@@ -410,23 +410,24 @@ class Trainer:
         if self.teacher is not None:
             with torch.no_grad(), autocast:
                 teacher_probs = torch.softmax(self.teacher(images).float(), dim=1)
-        step_loss, correct = 0.0, 0
+        step_loss, correct = 0.0, torch.zeros((), dtype=torch.long, device=images.device)
         for k, arch in enumerate(archs):
             self.net.set_active(arch)
             with autocast:
                 logits = self.net(images)
             loss = supernet_loss(logits, labels, teacher_probs, cfg.label_smoothing, cfg.kd_ratio)
-            if not torch.isfinite(loss):
+            value = loss.item()  # the one host sync per sub-network: the check needs it
+            if not math.isfinite(value):
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at stage {stage.name!r}, epoch {pos.epoch}, global "
+                    f"loss is {value} at stage {stage.name!r}, epoch {pos.epoch}, global "
                     f"step {pos.global_step} (sub-network {k}: {arch}); nothing of this step "
                     f"was applied. The last good checkpoint is in {self._checkpoint_dir()}"
                 )
             loss.backward()
-            step_loss += loss.item()
-            correct += (logits.argmax(1) == labels).sum().item()
+            step_loss += value
+            correct += (logits.argmax(1) == labels).sum()
         average_gradients(self.net, self.env)
-        return step_loss, correct
+        return step_loss, int(correct)
 
     # -------------------------------------------------------------- validation
     def validation_archs(self, space: MBConvSpace) -> dict[str, Arch]:
