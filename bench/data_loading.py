@@ -76,9 +76,7 @@ def loader_alone(config, train_set, workers: int, steps: int) -> tuple[float, fl
     start, images = time.perf_counter(), 0
     for _ in range(steps):
         images += len(next(batches)[1])
-    rate = images / (time.perf_counter() - start)
-    del batches  # shuts the workers down
-    return first, rate
+    return first, images / (time.perf_counter() - start)
 
 
 def training(config, data: str, steps: int) -> dict:

@@ -3,8 +3,9 @@
     python bench/run_accuracy.py runs/demo                    # the supernet after all stages
     python bench/run_accuracy.py runs/demo --weights teacher  # the full network
 
-Each sub-network is evaluated at each resolution after BN recalibration on held-out
-training images (the run's own held-out split, never trained on). The preset's
+Each sub-network is evaluated at each resolution after BN recalibration on a random
+sample of held-out training images (the run's own held-out split, never trained on), by
+the same ``SubnetEvaluator`` that validates during training. The preset's
 validation reports on a 2,000-image test subset; this is the figure to quote.
 """
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from onceforall import Arch
-from onceforall.data import make_loader
-from onceforall.training import evaluate, load_run, recalibrate_bn
+import torch
+
+from onceforall.training import SubnetEvaluator, load_run
 
 
 def main() -> None:
@@ -37,14 +38,19 @@ def main() -> None:
         f"{args.run} ({args.weights}): test top-1 (%) on {len(test)} images, BN recalibrated "
         f"on {args.calibration_images} held-out images"
     )
+    evaluator = SubnetEvaluator(  # what validation during training uses
+        holdout,
+        test,
+        calibration_images=args.calibration_images,
+        batch_size=500,
+        num_workers=config.num_workers,
+        seed=config.seed,
+        memory_format=torch.channels_last if config.channels_last else torch.contiguous_format,
+    )
     for resolution in args.resolutions:
-        calibration = make_loader(holdout, 256, resolution, train=False, seed=0)
-        test_loader = make_loader(test, 500, resolution, train=False, seed=0)
-        for name, arch in archs.items():
-            arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
-            subnet = recalibrate_bn(net, arch, calibration, args.calibration_images)
-            top1 = evaluate(subnet, test_loader)["top1"]
-            print(f"{name:9s} @{resolution}  {top1:.2f}", flush=True)
+        top1 = evaluator.run(net, archs, [resolution])
+        for name in archs:
+            print(f"{name:9s} @{resolution}  {top1[f'{name}@{resolution}']:.2f}", flush=True)
 
 
 if __name__ == "__main__":
