@@ -27,7 +27,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from onceforall.elastic import ElasticDepthwiseConv2d
+from onceforall.nn.elastic_mbconv import ElasticDepthwiseConv2d
 from onceforall.training import Trainer, load_config
 
 VARIANTS = ("pytorch", "pytorch+zero", "he_fout", "he_fout+zero")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from onceforall import Arch, create_supernet
-from onceforall.latency import device_description, measure_latency
-from onceforall.latency_table import STATISTICS, LatencyTable
+from onceforall.latency.measure import device_description, measure_latency
+from onceforall.latency.table import STATISTICS, LatencyTable
 
 EVAL_SEED = 2024  # held-out archs; the table's calibration archs use another seed
 

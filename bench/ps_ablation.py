@@ -23,8 +23,9 @@ import torch
 
 from onceforall import Arch
 from onceforall.data import make_loader
-from onceforall.report import arch_summary
-from onceforall.training import StageConfig, evaluate, load_config, load_run, recalibrate_bn, train
+from onceforall.deploy.report import arch_summary
+from onceforall.evaluation import evaluate, recalibrate_bn
+from onceforall.training import StageConfig, load_config, load_run, train
 
 
 def baseline_config(ps_config, match: str = "epochs"):

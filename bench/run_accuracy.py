@@ -16,7 +16,8 @@ from dataclasses import replace
 
 import torch
 
-from onceforall.training import SubnetEvaluator, load_run
+from onceforall.evaluation import SubnetEvaluator
+from onceforall.training import load_run
 
 
 def main() -> None:

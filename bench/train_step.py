@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _reference as ref  # noqa: E402
 
 import onceforall  # noqa: E402
-from onceforall.latency import measure_latency  # noqa: E402
+from onceforall.latency.measure import measure_latency  # noqa: E402
 
 
 def train_throughput(

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import onceforall
 from onceforall import Arch, MBConvSpace
 from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
-from onceforall.elastic import ElasticDepthwiseConv2d
+from onceforall.nn.elastic_mbconv import ElasticDepthwiseConv2d
 
 # Tests that train or evaluate on the real Fashion-MNIST files (make test installs them).
 needs_fashion_mnist = pytest.mark.skipif(

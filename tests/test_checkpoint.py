@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from onceforall.checkpoint import (
+from onceforall.storage.checkpoint import (
     CheckpointError,
     CheckpointWarning,
     list_checkpoints,
@@ -339,7 +339,7 @@ def test_code_executing_pickle_is_refused_and_not_run(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys, torch
-from onceforall.checkpoint import load_latest_checkpoint, save_checkpoint
+from onceforall.storage.checkpoint import load_latest_checkpoint, save_checkpoint
 directory = sys.argv[1]
 sys.stdin.readline()  # wait for the go-ahead, so imports of later writers overlap this one
 latest = load_latest_checkpoint(directory)

@@ -16,18 +16,18 @@ import pytest
 import torch
 
 import onceforall
-from onceforall import export as export_module
 from onceforall.data import make_loader, open_dataset, subset_for_budget
-from onceforall.elastic import ElasticMBConv
-from onceforall.export import (
+from onceforall.deploy import export as export_module
+from onceforall.deploy.export import (
     ExportError,
     MissingDependencyError,
     export_subnet,
     load_exported,
-    write_bytes_atomic,
 )
-from onceforall.plot import ChosenPoint, plot_pareto
-from onceforall.training import evaluate, recalibrate_bn
+from onceforall.deploy.plot import ChosenPoint, plot_pareto
+from onceforall.evaluation import evaluate, recalibrate_bn
+from onceforall.nn.elastic_mbconv import ElasticMBConv
+from onceforall.storage.atomic import write_bytes_atomic
 from tests.conftest import needs_fashion_mnist, randomize
 
 pytestmark = needs_fashion_mnist
@@ -240,7 +240,7 @@ def test_mismatching_weights_name_the_keys(exports, archs, tmp_path) -> None:
 def test_failed_onnx_check_leaves_no_onnx_file(
     supernet, datasets, archs, tmp_path, monkeypatch
 ) -> None:
-    import onceforall.onnx_export as onnx_module
+    import onceforall.storage.onnx_export as onnx_module
 
     real = onnx_module.onnx_outputs
     monkeypatch.setattr(

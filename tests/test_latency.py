@@ -16,14 +16,14 @@ import torch
 
 import onceforall
 from onceforall import Arch
-from onceforall.latency import (
+from onceforall.latency.measure import (
     device_description,
     make_runner,
     measure_latency,
     timing_scope,
 )
-from onceforall.latency_table import LatencyTable, LatencyTableError, _fit
-from onceforall.onnx_export import export_onnx
+from onceforall.latency.table import LatencyTable, LatencyTableError, _fit
+from onceforall.storage.onnx_export import export_onnx
 from tests.conftest import randomize
 
 

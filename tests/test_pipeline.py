@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from onceforall.cli import main
-from onceforall.export import load_exported
-from onceforall.latency_table import LatencyTable
+from onceforall.deploy.export import load_exported
+from onceforall.latency.table import LatencyTable
 from onceforall.predictors import AccuracyPredictor, read_accuracy_dataset
 from onceforall.search import latency_cost, parse_constraints
 from onceforall.training import load_run

@@ -14,6 +14,7 @@ import torch
 
 from onceforall import MBConvSpace, create_supernet
 from onceforall.data import open_splits
+from onceforall.evaluation import SubnetEvaluator
 from onceforall.predictors import (
     AccuracyPredictor,
     PredictorMismatchError,
@@ -24,7 +25,7 @@ from onceforall.predictors import (
     read_accuracy_dataset,
     rmse,
 )
-from onceforall.training import SubnetEvaluator, TrainConfig, load_run, train
+from onceforall.training import TrainConfig, load_run, train
 from tests.conftest import needs_fashion_mnist
 
 SPACE = MBConvSpace(resolutions=(24, 28, 32))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from onceforall.arch import ArchError
-from onceforall.reference import (
+from onceforall.compat.checkpoints import (
     ReferenceCheckpointError,
     load_reference_checkpoint,
     reference_keys,

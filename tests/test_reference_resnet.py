@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from onceforall import create_supernet
-from onceforall.reference import (
+from onceforall.compat.checkpoints import (
     ReferenceCheckpointError,
     load_reference_checkpoint,
     reference_keys,

@@ -9,14 +9,14 @@ import random
 import pytest
 import torch
 
-from onceforall.export import load_exported
-from onceforall.reference import ReferenceCheckpointError
-from onceforall.reference_specialized import (
+from onceforall.compat.checkpoints import ReferenceCheckpointError
+from onceforall.compat.specialized import (
     NetConfigError,
     import_reference_subnet,
     load_reference_subnet,
     subnet_from_net_config,
 )
+from onceforall.deploy.export import load_exported
 from tests.conftest import estimate_bn_statistics
 from tests.test_reference import (
     FAMILIES,

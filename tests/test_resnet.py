@@ -109,7 +109,7 @@ PLAIN = (
     nn.Sequential,
     nn.ModuleList,
     nn.Identity,
-    onceforall.layers.ConvBNAct,
+    onceforall.nn.layers.ConvBNAct,
     Bottleneck,
     DeepStem,
     ResNetSubnet,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from onceforall import create_supernet
-from onceforall.latency_table import LatencyTable
+from onceforall.deploy.specialize import search_costs, specialize, spread_latency_targets
+from onceforall.latency.table import LatencyTable
 from onceforall.predictors import AccuracyPredictor
 from onceforall.search import latency_cost, pareto_search
-from onceforall.specialize import search_costs, specialize, spread_latency_targets
 
 
 @pytest.fixture(scope="module")

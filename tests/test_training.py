@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from onceforall.checkpoint import list_checkpoints, load_latest_checkpoint
+from onceforall.storage.checkpoint import list_checkpoints, load_latest_checkpoint
 from onceforall.training import TrainConfig, Trainer, TrainingDiverged, train
 from onceforall.training.metrics import TimedIterator
 from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist

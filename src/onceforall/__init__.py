@@ -6,9 +6,27 @@
 >>> net.set_active(arch)            # forward now runs that sub-network
 >>> subnet = net.extract(arch)      # an ordinary nn.Module with copied weights
 >>> net.macs(arch), net.params(arch)
+
+The packages, one concept each: ``arch`` (spaces and arch values), ``nn`` (static and
+elastic layers), ``models`` (the families and the registry), ``training``, ``data``,
+``evaluation``, ``predictors``, ``search``, ``latency``, ``deploy`` (specialisation,
+export, the whole job), ``compat`` (the authors' files), ``storage`` (file formats), ``cli``.
+Every error a user can cause is an :class:`OnceForAllError` (see :mod:`.errors`).
 """
 
-from .arch import Arch, ArchError, MBConvSpace
+from .arch import Arch, ArchError, MBConvSpace, ResNetArch, ResNetSpace
+from .compat.checkpoints import NetConfigError, ReferenceCheckpointError
+from .data.base import DatasetNotFoundError
+from .errors import (
+    ConfigError,
+    FileFormatError,
+    InputNotFoundError,
+    MissingDependencyError,
+    OnceForAllError,
+    RunDirectoryError,
+    UnknownNameError,
+)
+from .latency.table import LatencyTableError
 from .models import (
     Supernet,
     build_subnet,
@@ -17,12 +35,35 @@ from .models import (
     register_supernet,
     supernet_config,
 )
+from .predictors.accuracy import PredictorMismatchError
+from .search.constraints import InfeasibleConstraintError
+from .storage.checkpoint import CheckpointError
+from .storage.onnx_export import ExportError
+from .training.trainer import TrainingDiverged
 
 __all__ = [
     "Arch",
     "ArchError",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "ExportError",
+    "FileFormatError",
+    "InfeasibleConstraintError",
+    "InputNotFoundError",
+    "LatencyTableError",
     "MBConvSpace",
+    "MissingDependencyError",
+    "NetConfigError",
+    "OnceForAllError",
+    "PredictorMismatchError",
+    "ReferenceCheckpointError",
+    "ResNetArch",
+    "ResNetSpace",
+    "RunDirectoryError",
     "Supernet",
+    "TrainingDiverged",
+    "UnknownNameError",
     "build_subnet",
     "create_supernet",
     "list_supernets",

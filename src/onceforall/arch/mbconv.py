@@ -24,6 +24,8 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from ..errors import OnceForAllError
+
 __all__ = ["Arch", "ArchError", "MBConvSpace", "ArchLike"]
 
 # Keys that the authors' samplers write and that carry no information for these spaces.
@@ -31,7 +33,7 @@ _IGNORED_KEYS = frozenset({"wid"})
 _KEYS = ("ks", "e", "d", "r")
 
 
-class ArchError(ValueError):
+class ArchError(OnceForAllError, ValueError):
     """An architecture that does not belong to a space; the message names the field."""
 
 

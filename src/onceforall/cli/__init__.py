@@ -12,10 +12,10 @@ import torch
 
 from .. import __version__
 from ..arch import ArchError
-from ..latency_table import LatencyTableError
+from ..compat.checkpoints import NetConfigError, ReferenceCheckpointError
+from ..deploy.report import arch_summary, format_table, profile_subnets, spread_archs
+from ..latency.table import LatencyTableError
 from ..models import create_supernet, list_supernets
-from ..reference import NetConfigError, ReferenceCheckpointError
-from ..report import arch_summary, format_table, profile_subnets, spread_archs
 from .deploy import add_deploy_commands
 from .train import add_training_commands
 
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArchError as exc:
         print(f"ofa: invalid architecture: {exc}", file=sys.stderr)
         return 2
-    except (ReferenceCheckpointError, NetConfigError, LatencyTableError) as exc:
+    except OnceForAllError as exc:  # every error a user can cause: one line, no traceback
         print(f"ofa: {exc}", file=sys.stderr)
         return 2
 

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..report import arch_summary, format_table
+from ..deploy.report import arch_summary, format_table
+from ..errors import ConfigError, RunDirectoryError
 
 
 def _load_arch_text(text: str) -> str:
@@ -16,7 +17,7 @@ def _load_arch_text(text: str) -> str:
 
 
 def _predictor_and_table(args: argparse.Namespace, supernet: Any, need_table: bool):
-    from ..latency_table import LatencyTable
+    from ..latency.table import LatencyTable
     from ..predictors import AccuracyPredictor
 
     run = Path(args.run)
@@ -28,7 +29,7 @@ def _predictor_and_table(args: argparse.Namespace, supernet: Any, need_table: bo
     if table_path.is_file():
         table = LatencyTable.load(table_path, supernet)
     elif need_table or args.latency_table:
-        raise SystemExit(f"ofa: no latency table at {table_path}; build one: ofa latency-table")
+        raise RunDirectoryError(f"no latency table at {table_path}; build one: ofa latency-table")
     return predictor, table
 
 
@@ -37,7 +38,7 @@ def _targets_need_latency(targets: list[str]) -> bool:
 
 
 def _cmd_latency_table(args: argparse.Namespace) -> int:
-    from ..latency_table import LatencyTable
+    from ..latency.table import LatencyTable
     from ..models import create_supernet
     from ..training import load_run
 
@@ -49,7 +50,7 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         )
     out = Path(args.out or (Path(args.run) / "latency_table.json" if args.run else None) or "")
     if not str(out):
-        raise SystemExit("ofa: --out is required without --run")
+        raise ConfigError("--out is required without --run")
     existing = LatencyTable.load(out, supernet) if args.extend and out.is_file() else None
     table = LatencyTable.build(
         supernet,
@@ -73,8 +74,8 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from ..deploy.specialize import search_costs
     from ..search import evolutionary_search, parse_constraints, random_search
-    from ..specialize import search_costs
     from ..training import load_run
 
     _, supernet = load_run(args.run)
@@ -112,8 +113,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_specialize(args: argparse.Namespace) -> int:
-    from ..pipeline import test_evaluator
-    from ..specialize import format_specialized, specialize
+    from ..deploy.pipeline import test_evaluator
+    from ..deploy.specialize import format_specialized, specialize
     from ..training import load_run
 
     config, supernet = load_run(args.run)
@@ -137,8 +138,8 @@ def _cmd_specialize(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_subnet
-    from ..pipeline import test_evaluator
+    from ..deploy.export import export_subnet
+    from ..deploy.pipeline import test_evaluator
     from ..training import load_run
 
     config, supernet = load_run(args.run)
@@ -167,8 +168,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ..pipeline import run_pipeline
-    from ..specialize import format_specialized
+    from ..deploy.pipeline import run_pipeline
+    from ..deploy.specialize import format_specialized
     from ..training import load_config
     from .train import _parse_overrides
 
@@ -188,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_subnet(args: argparse.Namespace) -> int:
-    from ..reference_specialized import import_reference_subnet
+    from ..compat.specialized import import_reference_subnet
 
     result = import_reference_subnet(
         args.net_config,
@@ -209,7 +210,7 @@ def _cmd_import_subnet(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_reference(args: argparse.Namespace) -> int:
-    from ..reference import import_reference
+    from ..compat.checkpoints import import_reference
 
     run = import_reference(args.path, args.name, args.out, config=args.config)
     print(f"imported {args.path} ({args.name}) into the run directory {run}")
@@ -231,7 +232,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_deploy_commands(sub: Any) -> None:
-    from ..latency import BACKENDS
+    from ..latency.measure import BACKENDS
 
     p = sub.add_parser("latency-table", help="measure per-block latencies on this device")
     p.add_argument(

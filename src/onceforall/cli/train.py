@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import ConfigError
+
 
 def _parse_overrides(pairs: Sequence[str]) -> dict:
     import yaml
@@ -16,7 +18,7 @@ def _parse_overrides(pairs: Sequence[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"ofa: --set expects KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
 

@@ -17,13 +17,15 @@ from typing import Callable, Tuple, TypeVar, Union
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ..errors import OnceForAllError
+
 __all__ = ["DatasetNotFoundError", "ElasticImageDataset", "ElasticSubset", "Item"]
 
 #: An item of an ElasticImageDataset: an index, or an ``(index, resolution)`` pair.
 Item = Union[int, Tuple[int, int]]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(OnceForAllError, FileNotFoundError):
     """The dataset's files are not where they were looked for (the message says where and
     how to get them)."""
 

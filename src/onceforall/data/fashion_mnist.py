@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from ..errors import FileFormatError
 from .base import DatasetNotFoundError, ElasticImageDataset
 
 __all__ = [
@@ -59,7 +60,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not, into a native-endian array.
 
     The header is checked against the data: a bad magic number, an unknown element type or
-    a size that disagrees with the stated dimensions raises ``ValueError`` naming the file.
+    a size that disagrees with the stated dimensions
+    raises :class:`~onceforall.errors.FileFormatError` (a ``ValueError``) naming the file.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -67,25 +69,25 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as error:
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({error})") from None
+            raise FileFormatError(f"{path}: corrupt or truncated gzip data ({error})") from None
     if len(raw) < 4:
-        raise ValueError(f"{path}: {len(raw)} bytes is too short for an IDX header")
+        raise FileFormatError(f"{path}: {len(raw)} bytes is too short for an IDX header")
     zero, code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
     if zero != 0 or code not in _IDX_DTYPES or ndim == 0:
-        raise ValueError(
+        raise FileFormatError(
             f"{path}: not an IDX file (magic number 0x{raw[:4].hex()}; expected 0x0000TTNN "
             "with element type TT in 08, 09, 0B, 0C, 0D, 0E and NN >= 1 dimensions)"
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
+        raise FileFormatError(f"{path}: truncated IDX header ({ndim} dimensions announced)")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = _IDX_DTYPES[code]
     expected = math.prod(dims) * dtype.itemsize
     actual = len(raw) - header
     if actual != expected:
         problem = "truncated" if actual < expected else "has trailing bytes"
-        raise ValueError(
+        raise FileFormatError(
             f"{path}: IDX file {problem}: header announces shape {dims} of {dtype.name} "
             f"({expected} bytes of data), the file holds {actual}"
         )
@@ -123,16 +125,16 @@ class FashionMNIST(ElasticImageDataset):
         image_file, label_file = (self._locate(name) for name in FASHION_MNIST_FILES[split])
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise ValueError(
+            raise FileFormatError(
                 f"{image_file}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
             )
         if labels.shape != images.shape[:1] or labels.dtype != np.uint8:
-            raise ValueError(
+            raise FileFormatError(
                 f"{label_file}: expected {images.shape[0]} uint8 labels to match "
                 f"{image_file.name}, got {labels.dtype} {labels.shape}"
             )
         if labels.size and labels.max() >= len(_FASHION_MNIST_CLASSES):
-            raise ValueError(f"{label_file}: label {labels.max()} outside 0..9")
+            raise FileFormatError(f"{label_file}: label {labels.max()} outside 0..9")
         self.images = torch.from_numpy(images)
         self.targets = torch.from_numpy(labels).long()
         self.classes = list(_FASHION_MNIST_CLASSES)

@@ -72,7 +72,7 @@ class ImageFolderDataset(ElasticImageDataset):
         other = self.root / ("val" if split == "train" else "train")
         if other.is_dir() and _class_folders(other) != self.classes:
             theirs = set(_class_folders(other))
-            raise ValueError(
+            raise DatasetNotFoundError(
                 f"train/ and val/ of {self.root} name different classes: only in "
                 f"{split}/: {sorted(set(self.classes) - theirs)}, only in {other.name}/: "
                 f"{sorted(theirs - set(self.classes))}; both need one folder per class"
@@ -81,7 +81,7 @@ class ImageFolderDataset(ElasticImageDataset):
         for label, name in enumerate(self.classes):
             files = _image_files(folder / name)
             if not files:
-                raise ValueError(
+                raise DatasetNotFoundError(
                     f"class folder {folder / name} holds no images (extensions: "
                     f"{', '.join(_IMAGE_EXTENSIONS)}); every class needs images in each split"
                 )

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..arch import ArchLike
+from ..errors import ConfigError, UnknownNameError
 from .base import Supernet
 from .mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, proxyless_config
 from .resnet import OFAResNet, ResNetConfig, ResNetSubnet
@@ -50,12 +51,12 @@ def supernet_config(name: str, **overrides: Any) -> Any:
     """The config of a registered supernet with ``overrides`` applied (for example
     ``num_classes=10, resolutions=(24, 28, 32)``)."""
     if name not in _REGISTRY:
-        raise KeyError(f"unknown supernet {name!r}; known: {', '.join(list_supernets())}")
+        raise UnknownNameError(f"unknown supernet {name!r}; known: {', '.join(list_supernets())}")
     _, config = _REGISTRY[name]
     known = {f.name for f in fields(config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(
+        raise ConfigError(
             f"{name} has no setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}"
         )
     for key in ("resolutions", "kernel_sizes", "expand_ratios", "depths"):
@@ -87,7 +88,7 @@ def build_subnet(spec: dict[str, Any], arch: ArchLike | None = None) -> nn.Modul
     if family == "resnet":
         config = ResNetConfig.from_dict(spec["config"])
         return ResNetSubnet(config, config.space.parse(arch or spec["arch"]))
-    raise ValueError(f"unknown sub-network family {family!r}")
+    raise ConfigError(f"unknown sub-network family {family!r}")
 
 
 register_supernet("ofa_mbv3_w1.0", OFAMBConvNet, MBConvNetConfig(width_mult=1.0))

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch, ArchLike, MBConvSpace, ResNetSpace
-from ..costs import CostParts, LayerCost, total_macs, total_params
+from .costs import CostParts, LayerCost, total_macs, total_params
 
 __all__ = ["Supernet", "copy_leading_slices"]
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..arch import Arch, MBConvSpace
-from ..costs import CostParts, LayerCost, conv_output_size
-from ..elastic import ElasticMBConv
-from ..layers import ConvBNAct, MBConv, make_divisible, se_hidden_channels
+from ..nn.elastic_mbconv import ElasticMBConv
+from ..nn.layers import ConvBNAct, MBConv, make_divisible, se_hidden_channels
 from .base import Supernet
+from .costs import CostParts, LayerCost, conv_output_size
 
 __all__ = [
     "StageSpec",

@@ -20,16 +20,16 @@ import torch
 from torch import nn
 
 from ..arch import ResNetArch, ResNetSpace
-from ..costs import CostParts, LayerCost, conv_output_size
-from ..elastic_resnet import (
+from ..nn.elastic_resnet import (
     ElasticBottleneck,
     ElasticDeepStem,
     ElasticLinear,
     bottleneck_mid_channels,
     shortcut_pool,
 )
-from ..layers import ConvBNAct, make_divisible
+from ..nn.layers import ConvBNAct, make_divisible
 from .base import Supernet
+from .costs import CostParts, LayerCost, conv_output_size
 
 __all__ = [
     "ResNetStageSpec",

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,6 +21,8 @@ import torch
 from torch import nn
 
 from ..arch import ArchLike, MBConvSpace, ResNetSpace
+from ..errors import FileFormatError, InputNotFoundError, OnceForAllError
+from ..storage.atomic import atomic_file
 
 __all__ = [
     "AccuracyPredictor",
@@ -35,7 +36,7 @@ __all__ = [
 _FORMAT = "onceforall-accuracy-predictor"
 
 
-class PredictorMismatchError(ValueError):
+class PredictorMismatchError(OnceForAllError, ValueError):
     """A predictor used with (or loaded for) a space whose encoding differs."""
 
 
@@ -94,8 +95,6 @@ class AccuracyPredictor(nn.Module):
     # ----------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
         """Write weights and the space atomically; load with :meth:`load` (no pickle)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "format": _FORMAT,
             "version": 1,
@@ -105,17 +104,9 @@ class AccuracyPredictor(nn.Module):
             "layers": self.layers,
             "state_dict": self.state_dict(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_file(path) as file:
+            torch.save(payload, file)
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, space: MBConvSpace | None = None) -> AccuracyPredictor:
@@ -123,13 +114,13 @@ class AccuracyPredictor(nn.Module):
         a predictor whose encoding differs from that space's."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no accuracy predictor at {path}")
+            raise InputNotFoundError(f"no accuracy predictor at {path}")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise ValueError(f"{path} is not a readable accuracy predictor: {exc}") from exc
+            raise FileFormatError(f"{path} is not a readable accuracy predictor: {exc}") from exc
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not an onceforall accuracy predictor file")
+            raise FileFormatError(f"{path} is not an onceforall accuracy predictor file")
         fields = json.loads(payload["space"])
         kind = json.loads(payload["layout"]).get("type")
         space_class = ResNetSpace if kind == "resnet-onehot" else MBConvSpace

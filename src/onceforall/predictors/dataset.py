@@ -19,8 +19,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arch import Arch, MBConvSpace
+from ..errors import FileFormatError, InputNotFoundError
+from ..evaluation import SubnetEvaluator
 from ..models import Supernet
-from ..training.bn import SubnetEvaluator
+from ..storage.atomic import write_text_atomic
 from ..training.distributed import DistEnv, barrier
 
 __all__ = [
@@ -67,7 +69,7 @@ def read_accuracy_dataset(path: str | os.PathLike) -> list[dict[str, Any]]:
     other unreadable line is an error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no accuracy dataset at {path}")
+        raise InputNotFoundError(f"no accuracy dataset at {path}")
     lines = path.read_text().splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
@@ -78,20 +80,17 @@ def read_accuracy_dataset(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # interrupted while writing the last row
-            raise ValueError(f"{path}, line {number}: not a JSON row ({exc})") from exc
+            raise FileFormatError(f"{path}, line {number}: not a JSON row ({exc})") from exc
         missing = {"arch", "accuracy"} - set(row)
         if missing:
-            raise ValueError(f"{path}, line {number}: missing {sorted(missing)}")
+            raise FileFormatError(f"{path}, line {number}: missing {sorted(missing)}")
         rows.append(row)
     return rows
 
 
 def _rewrite_complete(path: Path, rows: list[dict[str, Any]]) -> None:
     """Drop a cut-off last line before appending to ``path``."""
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _part_path(path: Path, rank: int) -> Path:

@@ -11,6 +11,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 
 from ..arch import MBConvSpace
+from ..errors import OnceForAllError
 from .objectives import AdditiveCost, Cost, format_value
 from .population import ArchBatch, genome_layout
 
@@ -39,7 +40,7 @@ _SYNTAX = (
 )
 
 
-class InfeasibleConstraintError(ValueError):
+class InfeasibleConstraintError(OnceForAllError, ValueError):
     """No sub-network of the space satisfies the constraint(s); the message says by how
     much and what the space can reach."""
 

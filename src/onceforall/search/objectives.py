@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 import numpy as np
 
 from ..arch import Arch, ArchLike, MBConvSpace
-from ..costs import total_macs, total_params
+from ..models.costs import total_macs, total_params
 from .population import ArchBatch, genome_layout
 
 __all__ = [

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError, InputNotFoundError, UnknownNameError
+
 __all__ = ["StageConfig", "TrainConfig", "load_config", "PRESETS_DIR", "preset_path"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -82,14 +84,16 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True  # much faster convolutions on CPU
     amp_dtype: str | None = None  # "bfloat16" for autocast on GPU
-    # steps after training (ofa run): see onceforall.pipeline.SpecializeConfig
+    # steps after training (ofa run): see onceforall.deploy.pipeline.SpecializeConfig
     specialize: dict[str, Any] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        raise KeyError(f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+        raise UnknownNameError(
+            f"no stage {name!r}; stages: {', '.join(s.name for s in self.stages)}"
+        )
 
     def open_splits(self, data: str | os.PathLike) -> Any:
         """The run's train / held-out / test splits of ``data``: every step after
@@ -114,21 +118,21 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
         data = dict(data)
         stage_keys = {f.name for f in fields(StageConfig)}
         stages = []
         for i, raw in enumerate(data.pop("stages", [])):
             bad = sorted(set(raw) - stage_keys)
             if bad:
-                raise ValueError(f"stages[{i}] has unknown key(s): {', '.join(bad)}")
+                raise ConfigError(f"stages[{i}] has unknown key(s): {', '.join(bad)}")
             stages.append(StageConfig(**raw))
         config = cls(**data, stages=stages)
         if not config.stages:
-            raise ValueError("config has no stages")
+            raise ConfigError("config has no stages")
         names = [s.name for s in config.stages]
         if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique: {names}")
+            raise ConfigError(f"stage names must be unique: {names}")
         return config
 
 
@@ -144,7 +148,7 @@ def load_config(path_or_preset: str | Path, **overrides: Any) -> TrainConfig:
         preset = preset_path(str(path_or_preset))
         if not preset.is_file():
             presets = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"no config file {str(path)!r} and no preset of that name; "
                 f"presets: {', '.join(presets)}"
             )

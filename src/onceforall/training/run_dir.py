@@ -16,8 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint import load_latest_checkpoint
+from ..errors import RunDirectoryError
 from ..models import Supernet, create_supernet
+from ..storage.checkpoint import load_latest_checkpoint
 from .config import TrainConfig
 
 __all__ = ["DONE_FILE", "build_supernet", "load_run"]
@@ -44,11 +45,11 @@ def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfi
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: is {run_dir} a training run directory?")
+        raise RunDirectoryError(f"{config_path} not found: is {run_dir} a training run directory?")
     config = TrainConfig.from_dict(yaml.safe_load(config_path.read_text()))
     found = load_latest_checkpoint(run_dir / weights)
     if found is None:
-        raise FileNotFoundError(f"no {weights} weights in {run_dir / weights}")
+        raise RunDirectoryError(f"no {weights} weights in {run_dir / weights}")
     state = found[1]["model"]
     net = build_supernet(config, num_classes=state["classifier.weight"].shape[0])
     net.load_state_dict(state)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence, Union
 
 from ..arch import MBConvSpace, ResNetArch, ResNetSpace
+from ..errors import ConfigError
 from .config import StageConfig
 
 AnySpace = Union[MBConvSpace, ResNetSpace]
@@ -39,7 +40,7 @@ def _opened(stage: StageConfig, name: str, available: Sequence[Any]) -> tuple:
         return (max(available),)
     outside = [v for v in opened if v not in available]
     if outside:
-        raise ValueError(
+        raise ConfigError(
             f"stage {stage.name!r} opens {name} {outside} that the supernet does not have; "
             f"it has {list(available)}"
         )
@@ -50,7 +51,7 @@ def stage_space(space: AnySpace, stage: StageConfig) -> AnySpace | OpenResNetSpa
     """The part of ``space`` that ``stage`` has opened; its samples are archs of ``space``."""
     if isinstance(space, ResNetSpace):
         if stage.kernel_sizes:
-            raise ValueError(f"stage {stage.name!r}: OFA-ResNet has no elastic kernel size")
+            raise ConfigError(f"stage {stage.name!r}: OFA-ResNet has no elastic kernel size")
         opened = dataclasses.replace(
             space,
             expand_ratios=_opened(stage, "expand_ratios", space.expand_ratios),
@@ -59,7 +60,7 @@ def stage_space(space: AnySpace, stage: StageConfig) -> AnySpace | OpenResNetSpa
         )
         return OpenResNetSpace(space, opened)
     if stage.width_mults:
-        raise ValueError(f"stage {stage.name!r}: width_mults apply to OFA-ResNet supernets only")
+        raise ConfigError(f"stage {stage.name!r}: width_mults apply to OFA-ResNet supernets only")
     return MBConvSpace(
         kernel_sizes=_opened(stage, "kernel_sizes", space.kernel_sizes),
         expand_ratios=_opened(stage, "expand_ratios", space.expand_ratios),

@@ -28,9 +28,10 @@ from tqdm.auto import tqdm
 
 from .. import data as datamod
 from ..arch import Arch, MBConvSpace
-from ..checkpoint import load_latest_checkpoint, save_checkpoint
+from ..errors import OnceForAllError, RunDirectoryError
+from ..evaluation import SubnetEvaluator
 from ..models import Supernet
-from .bn import SubnetEvaluator
+from ..storage.checkpoint import load_latest_checkpoint, save_checkpoint
 from .config import StageConfig, TrainConfig
 from .distributed import (
     DistEnv,
@@ -57,7 +58,7 @@ from .schedule import (
 __all__ = ["Trainer", "TrainingDiverged", "train"]
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(OnceForAllError, RuntimeError):
     """The loss became NaN or infinite; nothing of that step was applied or saved."""
 
 
@@ -150,7 +151,7 @@ class Trainer:
         barrier(self.env)  # rank 0 may still be writing it
         found = load_latest_checkpoint(self.run_dir / "teacher")
         if found is None:
-            raise FileNotFoundError(
+            raise RunDirectoryError(
                 f"no teacher in {self.run_dir / 'teacher'}: distillation stages need the full "
                 "network trained by the first stage of this run directory"
             )
@@ -170,7 +171,7 @@ class Trainer:
         left in ``RUN_DIR/supernet`` (not from freshly initialised weights)."""
         found = load_latest_checkpoint(self.run_dir / "supernet")
         if found is None:
-            raise FileNotFoundError(
+            raise RunDirectoryError(
                 f"stage {first!r} trains on from the supernet of the stages before it, but "
                 f"{self.run_dir / 'supernet'} holds none: run the earlier stages first"
             )

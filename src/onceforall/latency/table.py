@@ -10,7 +10,7 @@ as a static module with random weights on the target backend; slots of one shape
 the entry. The parts of a resolution and a few whole calibration networks are timed in
 the same interleaved rounds (each timed run after untimed ones, to reach the steady state
 of a network run over and over); each keeps the median of its rounds (as
-:func:`~onceforall.latency.measure_latency` reports) or, with ``statistic="min"``, its best
+:func:`~onceforall.latency.measure.measure_latency` reports) or, with ``statistic="min"``, its best
 round, which ignores preemption by other processes on a shared machine.
 
 A block timed alone does not take the time it takes inside a network (its weights stay
@@ -24,7 +24,6 @@ every term stays a lookup.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -36,9 +35,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import latency_parts as lp
-from .arch import Arch, ArchLike, MBConvSpace
-from .latency import (
+from ..arch import Arch, ArchLike, MBConvSpace
+from ..errors import OnceForAllError
+from ..models.mbconv import OFAMBConvNet
+from ..storage.atomic import write_text_atomic
+from . import parts as lp
+from .measure import (
     BACKENDS,
     backend_versions,
     device_description,
@@ -46,7 +48,6 @@ from .latency import (
     time_interleaved,
     timing_scope,
 )
-from .models.mbconv import OFAMBConvNet
 
 __all__ = ["LatencyTable", "LatencyTableError"]
 
@@ -55,7 +56,7 @@ VERSION = 1
 STATISTICS = {"median": statistics.median, "min": min}  # of the timed rounds
 
 
-class LatencyTableError(ValueError):
+class LatencyTableError(OnceForAllError, ValueError):
     """A table that does not fit the supernet, backend or device it is used with."""
 
 
@@ -377,12 +378,7 @@ class LatencyTable:
             ]
             for r in self.resolutions
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)  # atomic: an interrupted save leaves the old table
-        return path
+        return write_text_atomic(path, json.dumps(data, indent=1))
 
     @classmethod
     def load(cls, path: str | Path, supernet: OFAMBConvNet | None = None) -> LatencyTable:

@@ -4,7 +4,7 @@ Two backends: ``"torch"`` (PyTorch eager, CPU or CUDA) and ``"onnxruntime"`` (th
 exported to ONNX with a fixed input shape, run by ONNX Runtime on the CPU). ONNX Runtime is
 optional (``pip install onnxruntime``). A :class:`Runner` is one model prepared for one
 backend; :func:`measure_latency` times one, and the latency table times hundreds of them
-interleaved (see :mod:`onceforall.latency_table`).
+interleaved (see :mod:`onceforall.latency.table`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .onnx_export import export_onnx
+from ..storage.onnx_export import export_onnx
 
 __all__ = [
     "BACKENDS",

@@ -17,12 +17,13 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .arch import Arch
-from .latency import measure_latency
-from .latency_table import LatencyTable
-from .models import Supernet
-from .predictors import AccuracyPredictor
-from .search import (
+from ..arch import Arch
+from ..evaluation import SubnetEvaluator
+from ..latency.measure import measure_latency
+from ..latency.table import LatencyTable, LatencyTableError
+from ..models import Supernet
+from ..predictors import AccuracyPredictor
+from ..search import (
     Constraint,
     Cost,
     InfeasibleConstraintError,
@@ -32,7 +33,6 @@ from .search import (
     params_cost,
     parse_constraints,
 )
-from .training.bn import SubnetEvaluator
 
 __all__ = [
     "Specialized",
@@ -91,7 +91,7 @@ def search_costs(supernet: Supernet, latency_table: LatencyTable | None = None) 
         latency_table.check_compatible(supernet)
         if set(supernet.space.resolutions) - set(latency_table.resolutions):
             missing = sorted(set(supernet.space.resolutions) - set(latency_table.resolutions))
-            raise ValueError(
+            raise LatencyTableError(
                 f"the latency table lacks resolutions {missing} of the supernet; extend it "
                 "(LatencyTable.build(..., existing=table) or ofa latency-table --extend)"
             )

@@ -18,14 +18,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .arch import Arch
-from .elastic_resnet import bottleneck_mid_channels
-from .export import ExportResult, write_export
-from .layers import make_divisible
-from .models import supernet_config
-from .models.mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, block_plan
-from .models.resnet import OFAResNet, ResNetSubnet
-from .reference import (
+from ..arch import Arch
+from ..deploy.export import ExportResult, write_export
+from ..errors import InputNotFoundError
+from ..models import supernet_config
+from ..models.mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, block_plan
+from ..models.resnet import OFAResNet, ResNetSubnet
+from ..nn.elastic_resnet import bottleneck_mid_channels
+from ..nn.layers import make_divisible
+from .checkpoints import (
     NetConfigError,
     conv_bn_keys,
     load_mapped,
@@ -232,7 +233,7 @@ def subnet_from_net_config(
     if not isinstance(net_config, Mapping):
         path = Path(net_config)
         if not path.is_file():
-            raise FileNotFoundError(f"no net.config at {path}")
+            raise InputNotFoundError(f"no net.config at {path}")
         try:
             net_config = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -318,7 +319,7 @@ def import_reference_subnet(
     threads: int | None = None,
 ) -> ExportResult:
     """Write the authors' specialised network as an export directory of ours (loadable
-    with :func:`onceforall.export.load_exported`, ONNX checked). BN statistics are kept
+    with :func:`onceforall.deploy.export.load_exported`, ONNX checked). BN statistics are kept
     as they are in the file (no recalibration); accuracy is not measured here."""
     supernet_name, subnet = load_reference_subnet(config_path, weights_path, resolution)
     costs = (OFAResNet if isinstance(subnet, ResNetSubnet) else OFAMBConvNet)(subnet.config)

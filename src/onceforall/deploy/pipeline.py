@@ -28,17 +28,19 @@ from typing import Any, Callable
 
 import torch
 
-from .arch import MBConvSpace
-from .latency_table import LatencyTable
-from .predictors import (
+from ..arch import MBConvSpace
+from ..errors import ConfigError
+from ..evaluation import SubnetEvaluator
+from ..latency.table import LatencyTable
+from ..predictors import (
     AccuracyPredictor,
     accuracy_dataset_for_run,
     fit_accuracy_predictor,
 )
-from .search import pareto_search
+from ..search import pareto_search
+from ..training import TrainConfig, load_run, train
+from ..training.run_dir import DONE_FILE
 from .specialize import Specialized, search_costs, specialize, spread_latency_targets
-from .training import SubnetEvaluator, TrainConfig, load_run, train
-from .training.run_dir import DONE_FILE
 
 __all__ = ["SpecializeConfig", "RunSummary", "run_pipeline", "test_evaluator"]
 
@@ -65,7 +67,7 @@ class SpecializeConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown specialize key(s): {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known))}"
             )

@@ -16,10 +16,11 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .models import create_supernet
-from .models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
-from .models.resnet import OFAResNet, bottleneck_plan
-from .state_dicts import state_dict_problems
+from ..errors import InputNotFoundError, OnceForAllError, UnknownNameError
+from ..models import create_supernet
+from ..models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
+from ..models.resnet import OFAResNet, bottleneck_plan
+from ..storage.state_dicts import state_dict_problems
 
 __all__ = [
     "REFERENCE_NAMES",
@@ -42,13 +43,13 @@ REFERENCE_NAMES = {
 }
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(OnceForAllError, ValueError):
     """A reference checkpoint that does not fit the named supernet."""
 
 
-class NetConfigError(ValueError):
+class NetConfigError(OnceForAllError, ValueError):
     """A specialised net's ``net.config`` that is not a sub-network of one of our
-    supernets (see :mod:`onceforall.reference_specialized`)."""
+    supernets (see :mod:`onceforall.compat.specialized`)."""
 
 
 def conv_bn_keys(ours: Iterable[str], prefix: str, theirs: str, nested: bool) -> dict[str, str]:
@@ -178,7 +179,7 @@ def reference_keys(net: OFAMBConvNet | OFAResNet) -> dict[str, str]:
 
 def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"no reference checkpoint at {path}")
+        raise InputNotFoundError(f"no reference checkpoint at {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -226,7 +227,7 @@ def load_reference_checkpoint(
     name = REFERENCE_NAMES.get(name, name)
     if name not in REFERENCE_NAMES.values():
         known = ", ".join(f"{k} ({v})" for k, v in REFERENCE_NAMES.items())
-        raise ValueError(f"no reference mapping for {name!r}; known: {known}")
+        raise UnknownNameError(f"no reference mapping for {name!r}; known: {known}")
     theirs = read_state_dict(Path(path))
     if name == "ofa_resnet50":
         return _load_resnet(path, theirs, name, **overrides)
@@ -270,8 +271,8 @@ def import_reference(
     supplies the data settings (resolutions, splits) and the stages."""
     import yaml
 
-    from .checkpoint import save_checkpoint
-    from .training import load_config
+    from ..storage.checkpoint import save_checkpoint
+    from ..training import load_config
 
     net = load_reference_checkpoint(path, name)
     ours = REFERENCE_NAMES.get(name, name)

@@ -8,9 +8,9 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .arch import Arch, MBConvSpace, ResNetArch, ResNetSpace
-from .latency import measure_latency
-from .models import Supernet
+from ..arch import Arch, MBConvSpace, ResNetArch, ResNetSpace
+from ..latency.measure import measure_latency
+from ..models import Supernet
 
 __all__ = ["SubnetProfile", "profile_subnets", "spread_archs", "format_table", "arch_summary"]
 

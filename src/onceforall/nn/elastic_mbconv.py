@@ -9,7 +9,7 @@
   statistics.
 
 :class:`ElasticMBConv` combines them into the supernet's block; it can be extracted into
-a static :class:`onceforall.layers.MBConv` and its hidden channels sorted by importance.
+a static :class:`onceforall.nn.layers.MBConv` and its hidden channels sorted by importance.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class ElasticDepthwiseConv2d(nn.Module):
 
 class ElasticSqueezeExcite(nn.Module):
     """Squeeze-excite whose bottleneck width follows the active channel count
-    (``make_divisible(C // 4)``), as in the static :class:`~onceforall.layers.SqueezeExcite`."""
+    (``make_divisible(C // 4)``), as in the static :class:`~onceforall.nn.layers.SqueezeExcite`."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -149,7 +149,7 @@ def _conv_bn_act(conv: nn.Module, bn: nn.Module, act: str | None) -> nn.Sequenti
 class ElasticMBConv(nn.Module):
     """The supernet's inverted-bottleneck block with elastic kernel size and expand ratio.
 
-    Children are named like the static :class:`~onceforall.layers.MBConv` (``expand``,
+    Children are named like the static :class:`~onceforall.nn.layers.MBConv` (``expand``,
     ``depthwise``, ``se``, ``project``), each a ``conv``/``bn``/``act`` sequence.
     """
 

@@ -14,9 +14,9 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from .. import data as datamod
-from ..arch import Arch, ArchLike
-from ..models import Supernet
+from . import data as datamod
+from .arch import Arch, ArchLike
+from .models import Supernet
 
 __all__ = ["SubnetEvaluator", "evaluate", "recalibrate_bn"]
 

@@ -33,13 +33,11 @@ time than after days of training, when resuming.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
 import pickle
 import re
-import secrets
 import struct
 import warnings
 from collections import OrderedDict
@@ -48,6 +46,9 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 import torch
+
+from ..errors import OnceForAllError
+from .atomic import atomic_file, remove_stale_temporaries
 
 __all__ = [
     "CheckpointError",
@@ -67,11 +68,10 @@ _END_MAGIC = b"OFACKEND"
 _FOOTER = struct.Struct("<Q32s8s")  # payload length, sha256(header + payload), end magic
 
 _NAME_RE = re.compile(r"^ckpt-(\d{8,})-([A-Za-z0-9._-]+)\.pt$")
-_TEMP_RE = re.compile(r"^\.ckpt-.*\.tmp$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OnceForAllError, RuntimeError):
     """A checkpoint file is missing, truncated, corrupted, or not loadable safely."""
 
     def __init__(self, path: PathLike, reason: str) -> None:
@@ -164,30 +164,6 @@ def _check_loadable(value: Any, where: str) -> None:
     )
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (no-op where directories cannot be fsync-ed)."""
-    if os.name == "nt":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary files left behind by a writer that was killed mid-save."""
-    for entry in directory.iterdir():
-        if _TEMP_RE.match(entry.name):
-            try:
-                entry.unlink()
-            except FileNotFoundError:
-                pass
-
-
 def save_checkpoint(directory: PathLike, step_tag: str, state: dict, keep: int = 2) -> Path:
     """Atomically write ``state`` as the newest checkpoint in ``directory``; return its path.
 
@@ -209,31 +185,18 @@ def save_checkpoint(directory: PathLike, step_tag: str, state: dict, keep: int =
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(directory)
+    remove_stale_temporaries(directory, prefix="ckpt-")
     existing = list_checkpoints(directory)
     counter = int(_NAME_RE.match(existing[-1].name).group(1)) + 1 if existing else 1
     final = directory / f"ckpt-{counter:08d}-{step_tag}.pt"
-    temp = directory / f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-
-    try:
-        with open(temp, "xb") as file:
-            digest = hashlib.sha256()
-            header = _HEADER.pack(_MAGIC, _VERSION, 0)
-            file.write(header)
-            digest.update(header)
-            writer = _HashingWriter(file, digest)
-            torch.save(state, writer)
-            file.write(_FOOTER.pack(writer.nbytes, digest.digest(), _END_MAGIC))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, final)
-    except BaseException:
-        try:
-            temp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
+    with atomic_file(final) as file:
+        digest = hashlib.sha256()
+        header = _HEADER.pack(_MAGIC, _VERSION, 0)
+        file.write(header)
+        digest.update(header)
+        writer = _HashingWriter(file, digest)
+        torch.save(state, writer)
+        file.write(_FOOTER.pack(writer.nbytes, digest.digest(), _END_MAGIC))
 
     for old in list_checkpoints(directory)[:-keep]:
         try:
@@ -262,7 +225,7 @@ def _verified_payload(path: Path) -> memoryview:
     if magic != _MAGIC:
         raise CheckpointError(
             path,
-            "not a checkpoint written by onceforall.checkpoint (missing the OFACKPT header)",
+            "not a checkpoint written by onceforall (missing the OFACKPT header)",
         )
     if version is None or size < head + _FOOTER.size:
         raise CheckpointError(

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import MissingDependencyError, OnceForAllError
+
 __all__ = [
     "ExportError",
     "MissingDependencyError",
@@ -33,12 +35,8 @@ _ONNX_BATCHES = (1, 2, 5)  # batch sizes the ONNX model is checked at (dynamic b
 _ONNX_RTOL = 1e-4  # allowed max |onnx - torch|, relative to max(1, max |logits|)
 
 
-class ExportError(RuntimeError):
+class ExportError(OnceForAllError, RuntimeError):
     """An export failed its checks, or an export directory cannot be loaded safely."""
-
-
-class MissingDependencyError(ImportError):
-    """An optional package needed for export/deployment is not installed."""
 
 
 def require(module: str, purpose: str) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import struct
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -30,13 +29,19 @@ from typing import Any, Iterable, Iterator, Mapping, Union
 import torch
 from torch import nn
 
-from .arch import Arch, ArchLike
-from .checkpoint import _fsync_directory
-from .latency import device_description, measure_latency
-from .models import Supernet, build_subnet
-from .onnx_export import ExportError, MissingDependencyError, export_and_check_onnx, require
-from .state_dicts import state_dict_problems
-from .training.bn import evaluate, recalibrate_bn
+from ..arch import Arch, ArchLike
+from ..errors import InputNotFoundError
+from ..evaluation import evaluate, recalibrate_bn
+from ..latency.measure import device_description, measure_latency
+from ..models import Supernet, build_subnet
+from ..storage.atomic import fsync_directory, temporary_name, write_bytes_atomic
+from ..storage.onnx_export import (
+    ExportError,
+    MissingDependencyError,
+    export_and_check_onnx,
+    require,
+)
+from ..storage.state_dicts import state_dict_problems
 
 __all__ = [
     "ExportError",
@@ -45,7 +50,6 @@ __all__ = [
     "export_subnet",
     "load_exported",
     "write_export",
-    "write_bytes_atomic",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -60,27 +64,6 @@ FORMAT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename: readers see the
-    old file or the complete new one, never a partial one."""
-    path = Path(path)
-    temp = _temp_name(path)
-    try:
-        with open(temp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -259,7 +242,7 @@ def write_export(
     metadata.update(extra)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_temp = _temp_name(out_dir / ONNX) if onnx else None
+    onnx_temp = temporary_name(out_dir / ONNX) if onnx else None
     try:
         if onnx_temp is not None:
             metadata["onnx"] = export_and_check_onnx(subnet, arch.r, onnx_temp, threads)
@@ -277,7 +260,7 @@ def write_export(
                 os.fsync(file.fileno())
             os.replace(onnx_temp, out_dir / ONNX)
         write_bytes_atomic(out_dir / METADATA, _json_bytes(metadata))
-        _fsync_directory(out_dir)
+        fsync_directory(out_dir)
     finally:
         if onnx_temp is not None:
             onnx_temp.unlink(missing_ok=True)
@@ -340,9 +323,9 @@ def load_exported(path: PathLike) -> nn.Module:
     directory = path.parent if path.suffix == ".safetensors" or path.is_file() else path
     weights_path = path if path.suffix == ".safetensors" else directory / WEIGHTS
     if not directory.is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory (expected an export directory)")
+        raise InputNotFoundError(f"{directory} is not a directory (expected an export directory)")
     if not weights_path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{weights_path} not found: an exported sub-network needs its weights "
             f"({WEIGHTS}) and {SPEC}"
         )
@@ -373,7 +356,7 @@ def load_exported(path: PathLike) -> nn.Module:
     else:
         spec = _header_spec(data)
         if spec is None:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{spec_path} not found and {weights_path.name} carries no spec in its "
                 "header: cannot tell which network the weights belong to"
             )

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import Arch, MBConvSpace
-from .costs import total_params
-from .models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
+from ..arch import Arch, MBConvSpace
+from ..models.costs import total_params
+from ..models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
 
 __all__ = [
     "TimedPart",

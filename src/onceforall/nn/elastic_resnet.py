@@ -3,7 +3,7 @@ ratio and depth).
 
 Every elastic choice keeps the *first* channels, so a sub-network's tensors are leading
 slices of the supernet's; batch norm over fewer channels is
-:class:`~onceforall.elastic.ElasticBatchNorm2d`. What ResNets need beyond the MBConv
+:class:`~onceforall.nn.elastic_mbconv.ElasticBatchNorm2d`. What ResNets need beyond the MBConv
 operators: dense 3x3 convs with stride whose input *and* output channels are both
 elastic (:class:`ElasticStridedConv2d`), a classifier with elastic input features
 (:class:`ElasticLinear`), the deep stem (:class:`ElasticDeepStem`) and the bottleneck
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .elastic import ElasticBatchNorm2d, ElasticConv2d
+from .elastic_mbconv import ElasticBatchNorm2d, ElasticConv2d
 from .layers import make_divisible
 
 __all__ = [

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Tuple, Union
 
-from .export import MissingDependencyError, write_bytes_atomic
+from ..storage.atomic import write_bytes_atomic
+from .export import MissingDependencyError
 
 __all__ = ["ChosenPoint", "plot_pareto"]
 

@@ -1,0 +1,76 @@
+"""The package's error types.
+
+Every error a user can cause (a bad architecture, config, file or run directory, a
+target no sub-network meets) is an :class:`OnceForAllError`; the ``ofa`` command prints
+those in one line and exits with status 2. Each also derives from the built-in type that
+describes it (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError`` keeps
+working. Errors that belong to one subject live beside the code that raises them and are
+re-exported at the package's top level (``onceforall.ArchError``, ...):
+
+=============================  ===========================================================
+``ArchError``                  an arch outside its space (names field, index, choices)
+``ConfigError``                a training or specialisation config that does not parse
+``FileFormatError``            a file that is truncated, unreadable or of another format
+``UnknownNameError``           an unknown supernet, stage or preset name (lists the known)
+``InputNotFoundError``         a file or folder the user named that is not there
+``RunDirectoryError``          a run directory that lacks what a step needs
+``DatasetNotFoundError``       no dataset where it was looked for
+``CheckpointError``            a checkpoint that is truncated, corrupted or unsafe
+``ExportError``                an export that fails its checks or cannot be loaded
+``MissingDependencyError``     an optional package is not installed
+``LatencyTableError``          a latency table of another supernet or device
+``PredictorMismatchError``     a predictor trained on another encoding
+``InfeasibleConstraintError``  a target that no sub-network of the space meets
+``ReferenceCheckpointError``   an authors' checkpoint that does not fit the supernet
+``NetConfigError``             an authors' net.config that is not one of our sub-networks
+``TrainingDiverged``           the loss became NaN or infinite (exit status 3)
+=============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FileFormatError",
+    "InputNotFoundError",
+    "MissingDependencyError",
+    "OnceForAllError",
+    "RunDirectoryError",
+    "UnknownNameError",
+]
+
+
+class OnceForAllError(Exception):
+    """Base of every error a user of the library or the CLI can cause."""
+
+
+class ConfigError(OnceForAllError, ValueError):
+    """A config (YAML file, preset, ``--set`` override, supernet setting) that does not
+    parse; the message names the key."""
+
+
+class FileFormatError(OnceForAllError, ValueError):
+    """A file that is not what it should be: unreadable, truncated, of another format;
+    the message names the file."""
+
+
+class UnknownNameError(OnceForAllError, KeyError):
+    """A name (supernet, stage, preset) that is not among the known ones; the message
+    lists them."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InputNotFoundError(OnceForAllError, FileNotFoundError):
+    """A file or folder the user pointed at does not exist or is not what was expected;
+    the message names the path."""
+
+
+class RunDirectoryError(InputNotFoundError):
+    """A run directory that lacks what a step needs (its config, weights, predictor,
+    latency table); the message names the path and the command that makes it."""
+
+
+class MissingDependencyError(OnceForAllError, ImportError):
+    """An optional package is not installed; the message names the extra to install."""
