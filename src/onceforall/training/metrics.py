@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
-__all__ = ["MetricsLog", "TimedIterator"]
+from ..storage.run_layout import RunLayout
+
+__all__ = ["MetricsLog", "TimedIterator", "tensorboard_scalars"]
 
 _T = TypeVar("_T")
 
@@ -31,19 +33,37 @@ class TimedIterator(Iterator[_T]):
             self.waited += time.perf_counter() - start
 
 
+def tensorboard_scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """The TensorBoard scalars of ``record``: each numeric field as ``<type>/<field>``, and
+    each number of a field that holds a dict (the test top-1 per sub-network) as
+    ``<type>/<field>/<key>``. ``time`` and ``global_step`` are not scalars: the step is
+    the x axis."""
+    kind = record.get("type", "x")
+    for key, value in record.items():
+        if key in ("time", "global_step"):
+            continue
+        if isinstance(value, (int, float)):
+            yield f"{kind}/{key}", value
+        elif isinstance(value, dict):
+            for inner, number in value.items():
+                if isinstance(number, (int, float)):
+                    yield f"{kind}/{key}/{inner}", number
+
+
 class MetricsLog:
     """Appends records on the process that owns the run directory (``enabled``); other
     distributed ranks hold a disabled log that writes nothing."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
+        self.layout = RunLayout(run_dir)
+        self.run_dir = self.layout.root
+        self.path = self.layout.metrics
         self.enabled = enabled
-        self._tensorboard: Any = None  # None: not tried yet; False: not installed
+        self._tensorboard: Any = None  # None: not opened; False: tensorboard not installed
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append ``record`` with the current time; numeric fields also go to TensorBoard
-        as ``<type>/<field>`` at the record's ``global_step``."""
+        """Append ``record`` with the current time; its :func:`tensorboard_scalars` also
+        go to TensorBoard at the record's ``global_step`` (0 where it has none)."""
         if not self.enabled:
             return
         record = {"time": time.time(), **record}
@@ -52,16 +72,23 @@ class MetricsLog:
         writer = self._writer()
         if writer:
             step = record.get("global_step", 0)
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("time", "global_step"):
-                    writer.add_scalar(f"{record.get('type', 'x')}/{key}", value, step)
+            for tag, value in tensorboard_scalars(record):
+                writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard event file; a later :meth:`write` opens a new
+        one. The JSON log needs no closing (each record is appended and closed)."""
+        if self._tensorboard:
+            self._tensorboard.close()
+        if self._tensorboard is not False:
+            self._tensorboard = None
 
     def _writer(self) -> Any:
         if self._tensorboard is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed
+            except ImportError:  # tensorboard is not installed
                 self._tensorboard = False
+            else:
+                self._tensorboard = SummaryWriter(str(self.layout.tensorboard))
         return self._tensorboard
