@@ -65,7 +65,7 @@ def probe(variant: str, seed: int, args: argparse.Namespace) -> dict[str, float]
         if variant.endswith("+zero"):
             trainer.net.zero_init_residual()
         trainer.run()
-        return trainer.last_validation
+        return trainer.last_test_top1
 
 
 def main() -> None:

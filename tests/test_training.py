@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 
 from onceforall.storage.checkpoint import list_checkpoints, load_latest_checkpoint
 from onceforall.training import TrainConfig, Trainer, TrainingDiverged, train
-from onceforall.training.metrics import TimedIterator
+from onceforall.training.metrics import TimedIterator, tensorboard_scalars
 from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
@@ -77,6 +78,78 @@ def test_all_stages_run_and_leave_their_artefacts(tmp_path) -> None:
     weights = _final_weights(tmp_path)
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     assert (tmp_path / "config.yaml").is_file()
+
+
+def _tensorboard(run: Path) -> dict[str, dict[int, float]]:
+    """Every scalar in the run's TensorBoard event files: tag -> {step: value}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def _tensorboard_writers() -> set[threading.Thread]:
+    """The threads of the open TensorBoard writers (each writes its events to disk)."""
+    return {t for t in threading.enumerate() if type(t).__module__.startswith("tensorboard")}
+
+
+def _float32(value: float) -> float:
+    """``value`` at TensorBoard's precision (a scalar event holds a float32)."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+def test_tensorboard_holds_every_scalar_of_the_metrics_log(tmp_path) -> None:
+    """21 real steps: once ``run`` returns, the TensorBoard writer is closed (its thread
+    stopped, every event on disk) and the event files hold the "train" record of step 20,
+    each epoch's training loss and test-split top-1, and every other number of
+    metrics.jsonl, each at its record's global step with the record's value."""
+    pytest.importorskip("tensorboard")
+    config = TrainConfig.from_dict(
+        {
+            **TINY,
+            "train_subset": 320,  # 20 steps per epoch
+            "checkpoint_every_steps": 100,
+            "stages": [{"name": "full", "epochs": 1.05, "lr": 0.05, "distill": False}],
+        }
+    )
+    writers = _tensorboard_writers()
+    trainer = Trainer(config, "fashion-mnist", tmp_path, progress=False)
+    trainer.run()
+    assert _tensorboard_writers() <= writers, "a TensorBoard writer is still open"
+    records, scalars = _records(tmp_path), _tensorboard(tmp_path)
+    (step20,) = [r for r in records if r["type"] == "train"]
+    assert step20["global_step"] == 20
+    assert scalars["train/loss"] == {20: _float32(step20["loss"])}
+    assert scalars["train/lr"] == {20: _float32(step20["lr"])}
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["global_step"] for r in epochs] == [20, 21]
+    expected = {r["global_step"]: _float32(r["train_loss"]) for r in epochs}
+    assert scalars["epoch/train_loss"] == expected
+    expected = {r["global_step"]: _float32(r["validation"]["largest@32"]) for r in epochs}
+    assert scalars["epoch/validation/largest@32"] == expected
+    assert scalars["done/full/smallest@32"] == {0: _float32(records[-1]["full"]["smallest@32"])}
+    logged = 0
+    for record in records:
+        for tag, value in tensorboard_scalars(record):
+            assert scalars[tag][record.get("global_step", 0)] == _float32(value), tag
+            logged += 1
+    assert logged == sum(len(steps) for steps in scalars.values())  # and nothing else
+
+
+def test_tensorboard_files_are_complete_when_training_stops_with_an_error(tmp_path) -> None:
+    """The event files are flushed and closed when ``run`` ends with an error, too."""
+    pytest.importorskip("tensorboard")
+    config = TrainConfig.from_dict(
+        {**TINY, "stages": [{"name": "full", "epochs": 3, "lr": 1e12, "distill": False}]}
+    )
+    writers = _tensorboard_writers()
+    trainer = Trainer(config, "fashion-mnist", tmp_path, progress=False)
+    with pytest.raises(TrainingDiverged):
+        trainer.run()
+    assert _tensorboard_writers() <= writers, "a TensorBoard writer is still open"
+    (start,) = [r for r in _records(tmp_path) if r["type"] == "stage_start"]
+    assert _tensorboard(tmp_path)["stage_start/total_steps"] == {0: start["total_steps"]}
 
 
 def test_timed_iterator_counts_the_wait_for_items_not_the_work_on_them() -> None:
