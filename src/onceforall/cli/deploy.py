@@ -173,7 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..training import load_config
     from .train import _parse_overrides
 
-    config = load_config(args.config, **_parse_overrides(args.set))
+    config = load_config(args.config, _parse_overrides(args.set))
     summary = run_pipeline(config, args.data, args.out, fresh=args.fresh, device=args.device)
     print()
     print(format_specialized(summary.space, summary.chosen))
@@ -315,5 +315,11 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--fresh", action="store_true", help="delete --out and start over")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, as for ofa train (stages.NAME.FIELD, specialize.KEY)",
+    )
     p.set_defaults(func=_cmd_run)

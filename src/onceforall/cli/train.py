@@ -11,7 +11,9 @@ from typing import Any, Sequence
 from ..errors import ConfigError
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict:
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as a dict, each VALUE read as YAML (the keys are checked
+    by :func:`onceforall.training.config.apply_overrides`)."""
     import yaml
 
     overrides = {}
@@ -26,7 +28,7 @@ def _parse_overrides(pairs: Sequence[str]) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..training import TrainingDiverged, load_config, train
 
-    config = load_config(args.config, **_parse_overrides(args.set))
+    config = load_config(args.config, _parse_overrides(args.set))
     try:
         results = train(
             config,
@@ -122,7 +124,9 @@ def add_training_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set batch_size=32",
+        help="override a config field: a top-level key (--set batch_size=32), a stage's "
+        "field (--set stages.kernel.lr=0.01) or a specialize setting "
+        "(--set specialize.num_targets=2); repeatable",
     )
     p.set_defaults(func=_cmd_train)
 

@@ -13,7 +13,7 @@ deleted::
     RUN/exports/<target>/         model.safetensors, model.onnx, arch.json, metadata.json
 
 The settings of the steps after training live under ``specialize:`` in the run's YAML
-config (:class:`SpecializeConfig`).
+config (:class:`~onceforall.training.config.SpecializeConfig`, parsed with the config).
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..arch import MBConvSpace
-from ..errors import ConfigError
 from ..evaluation import SubnetEvaluator
 from ..latency.table import LatencyTable
 from ..predictors import (
@@ -39,39 +38,11 @@ from ..predictors import (
 )
 from ..search import pareto_search
 from ..training import TrainConfig, load_run, train
+from ..training.config import SpecializeConfig
 from ..training.run_dir import DONE_FILE
 from .specialize import Specialized, search_costs, specialize, spread_latency_targets
 
 __all__ = ["SpecializeConfig", "RunSummary", "run_pipeline", "test_evaluator"]
-
-
-@dataclass
-class SpecializeConfig:
-    """What happens after training (the ``specialize:`` section of a config)."""
-
-    acc_dataset_archs: int = 1000
-    acc_eval_images: int | None = None  # held-out images per arch (default: all left)
-    predictor_epochs: int = 300
-    latency_backend: str = "torch"
-    latency_threads: int | None = None
-    latency_repeats: int = 30
-    targets: list[str] = field(default_factory=list)  # empty: spread over latency range
-    num_targets: int = 3
-    random_baseline: int = 5  # random archs measured per target, for comparison
-    generations: int = 500
-    export: bool = True
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> SpecializeConfig:
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown specialize key(s): {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
-        return cls(**data)
 
 
 @dataclass
@@ -123,7 +94,7 @@ def run_pipeline(
     """Run (or continue) every step for ``config`` on ``data`` in ``run_dir``."""
     run_dir = Path(run_dir)
     say = _say(progress)
-    settings = SpecializeConfig.from_dict(config.specialize)
+    settings = config.specialize
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
 

@@ -2,21 +2,36 @@
 
 A run is a list of stages (SPEC section 3): the full network first, then the elastic
 dimensions opened one by one. Each stage names the choices it opens; everything else
-(optimiser, loss, data, checkpoints) is shared by the run.
+(optimiser, loss, data, checkpoints) is shared by the run. The ``specialize:`` section
+holds the settings of the steps after training (``ofa run``).
+
+Everything is parsed and checked when the config is loaded (:meth:`TrainConfig.from_dict`),
+so a typo fails at once rather than after an hour of training. Overrides
+(``ofa train --set``) name a top-level key, a stage's field (``stages.kernel.lr``) or a
+specialisation setting (``specialize.num_targets``).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
 from ..errors import ConfigError, InputNotFoundError, UnknownNameError
 
-__all__ = ["StageConfig", "TrainConfig", "load_config", "PRESETS_DIR", "preset_path"]
+__all__ = [
+    "PRESETS_DIR",
+    "SpecializeConfig",
+    "StageConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+    "preset_path",
+]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -50,6 +65,67 @@ class StageConfig:
 
 
 @dataclass
+class SpecializeConfig:
+    """What happens after training (the ``specialize:`` section of a config): the
+    accuracy dataset, predictor, latency table, specialisation and export of ``ofa run``."""
+
+    acc_dataset_archs: int = 1000
+    acc_eval_images: int | None = None  # held-out images per arch (default: all left)
+    predictor_epochs: int = 300
+    latency_backend: str = "torch"
+    latency_threads: int | None = None
+    latency_repeats: int = 30
+    targets: list[str] = field(default_factory=list)  # empty: spread over latency range
+    num_targets: int = 3
+    random_baseline: int = 5  # random archs measured per target, for comparison
+    generations: int = 500
+    export: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> SpecializeConfig:
+        """Parse the section (absent or empty: the defaults); an unknown key or a value
+        of the wrong kind is refused, naming it."""
+        if isinstance(data, SpecializeConfig):
+            return data
+        data = {} if data is None else data
+        _refuse_unknown("specialize key", data, _names(cls))
+        config = cls(**data)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for a value no step could use."""
+        from ..latency.measure import BACKENDS
+
+        counts = ("acc_dataset_archs", "predictor_epochs", "latency_repeats", "num_targets")
+        for name in (*counts, "random_baseline", "generations", "acc_eval_images"):
+            value = getattr(self, name)
+            optional = name == "acc_eval_images"
+            if not (optional and value is None) and not _is_count(value):
+                raise ConfigError(f"specialize.{name} must be a whole number >= 0, not {value!r}")
+        if not (self.latency_threads is None or _is_count(self.latency_threads)):
+            raise ConfigError(
+                f"specialize.latency_threads must be a whole number, not {self.latency_threads!r}"
+            )
+        if self.latency_backend not in BACKENDS:
+            raise ConfigError(
+                f"specialize.latency_backend {self.latency_backend!r} is unknown; "
+                f"known: {', '.join(BACKENDS)}"
+            )
+        if not isinstance(self.targets, list) or not all(isinstance(t, str) for t in self.targets):
+            raise ConfigError(
+                "specialize.targets must be a list of targets, e.g. "
+                f"['latency_ms<=5', 'macs<=20M,params<=3M'], not {self.targets!r}"
+            )
+        if not isinstance(self.export, bool):
+            raise ConfigError(f"specialize.export must be true or false, not {self.export!r}")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass
 class TrainConfig:
     """Everything a training run needs besides the data path and the run directory."""
 
@@ -67,8 +143,9 @@ class TrainConfig:
     dropout: float = 0.1
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
-    # Start every residual block as the identity (last BN scale zero): the quick preset's
-    # full stage, 0.4 epoch, 82.7 % against 79.1 % top-1 over 3 seeds (bench/init_probe.py).
+    # Start every residual block as the identity (last BN scale zero): the network then
+    # begins as a shallow one, which short schedules train to a better top-1
+    # (docs/benchmarks.md, bench/init_probe.py).
     zero_init_residual: bool = True
     # data
     crop_scale_min: float = 0.08
@@ -84,8 +161,13 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True  # much faster convolutions on CPU
     amp_dtype: str | None = None  # "bfloat16" for autocast on GPU
-    # steps after training (ofa run): see onceforall.deploy.pipeline.SpecializeConfig
-    specialize: dict[str, Any] = field(default_factory=dict)
+    # the steps after training (ofa run)
+    specialize: SpecializeConfig = field(default_factory=SpecializeConfig)
+
+    def __post_init__(self) -> None:
+        # A plain mapping (the Python API before the section was typed) is parsed here.
+        if not isinstance(self.specialize, SpecializeConfig):
+            self.specialize = SpecializeConfig.from_dict(self.specialize)
 
     def stage(self, name: str) -> StageConfig:
         for stage in self.stages:
@@ -111,23 +193,21 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values only (the ``specialize:`` section a mapping), for YAML."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        """Parse and check a config as read from YAML; unknown keys are refused by name."""
+        _refuse_unknown("config key", data, _names(cls))
         data = dict(data)
-        stage_keys = {f.name for f in fields(StageConfig)}
+        stage_keys = _names(StageConfig)
         stages = []
         for i, raw in enumerate(data.pop("stages", [])):
-            bad = sorted(set(raw) - stage_keys)
-            if bad:
-                raise ConfigError(f"stages[{i}] has unknown key(s): {', '.join(bad)}")
+            _refuse_unknown(f"stages[{i}] key", raw, stage_keys)
             stages.append(StageConfig(**raw))
-        config = cls(**data, stages=stages)
+        specialize = SpecializeConfig.from_dict(data.pop("specialize", None))
+        config = cls(**data, stages=stages, specialize=specialize)
         if not config.stages:
             raise ConfigError("config has no stages")
         names = [s.name for s in config.stages]
@@ -140,9 +220,14 @@ def preset_path(name: str) -> Path:
     return PRESETS_DIR / f"{name}.yaml"
 
 
-def load_config(path_or_preset: str | Path, **overrides: Any) -> TrainConfig:
+def load_config(
+    path_or_preset: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    **top_level: Any,
+) -> TrainConfig:
     """Load a YAML config file, or a preset by name (``imagenet``, ``fashion-mnist``,
-    ``fashion-mnist-quick``), with top-level ``overrides`` applied."""
+    ``fashion-mnist-quick``), with ``overrides`` (see :func:`apply_overrides`) and then
+    the ``top_level`` keyword overrides applied."""
     path = Path(path_or_preset)
     if not path.is_file():
         preset = preset_path(str(path_or_preset))
@@ -154,5 +239,63 @@ def load_config(path_or_preset: str | Path, **overrides: Any) -> TrainConfig:
             )
         path = preset
     data = yaml.safe_load(path.read_text()) or {}
-    data.update(overrides)
+    data = apply_overrides(data, {**(overrides or {}), **top_level})
     return TrainConfig.from_dict(data)
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` (a config as read from YAML) with ``overrides`` applied in
+    order: ``KEY`` replaces a top-level value, ``stages.NAME.FIELD`` one field of the
+    stage called NAME, ``specialize.KEY`` one setting of the steps after training. An
+    unknown key, stage or field is refused (:class:`ConfigError`) listing what exists."""
+    data = copy.deepcopy(dict(data))
+    for key, value in overrides.items():
+        section, dot, rest = key.partition(".")
+        if not dot:
+            _refuse_unknown("config key", {key: value}, _names(TrainConfig))
+            data[key] = value
+        elif section == "stages":
+            name, dot, name_field = rest.partition(".")
+            if not dot or not name or "." in name_field:
+                raise ConfigError(f"override {key!r}: a stage's field is stages.NAME.FIELD")
+            stage = _stage_dict(data, name, key)
+            _refuse_unknown(f"stage {name!r} field", {name_field: value}, _names(StageConfig))
+            stage[name_field] = value
+        elif section == "specialize":
+            if "." in rest:
+                raise ConfigError(f"override {key!r}: a specialize setting is specialize.KEY")
+            _refuse_unknown("specialize key", {rest: value}, _names(SpecializeConfig))
+            data["specialize"] = {**(data.get("specialize") or {}), rest: value}
+        else:
+            _refuse_unknown("config key", {section: value}, _names(TrainConfig))
+            raise ConfigError(
+                f"override {key!r}: only stages.NAME.FIELD and specialize.KEY take a dotted "
+                f"key; {section!r} is a single value"
+            )
+    return data
+
+
+def _stage_dict(data: dict[str, Any], name: str, key: str) -> dict[str, Any]:
+    """The raw stage called ``name`` in ``data``."""
+    stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
+    for stage in stages:
+        if stage.get("name") == name:
+            return stage
+    known = ", ".join(str(s.get("name")) for s in stages) or "none"
+    raise ConfigError(f"override {key!r}: no stage {name!r}; stages: {known}")
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _refuse_unknown(what: str, data: Any, known: set[str]) -> None:
+    """Raise :class:`ConfigError` unless ``data`` is a mapping whose keys are all in
+    ``known``; the message names the unknown keys and lists the known."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping of {what}s, got {data!r}")
+    unknown = sorted(str(k) for k in set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown {what}(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )

@@ -1,0 +1,110 @@
+"""Configs are parsed and checked when loaded: overrides of a stage's field or of a
+specialisation setting apply, unknown names are refused by name, old run configs load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onceforall.cli.train import _parse_overrides
+from onceforall.deploy.pipeline import SpecializeConfig as ReExported
+from onceforall.errors import ConfigError
+from onceforall.training import TrainConfig, load_config
+from onceforall.training.config import SpecializeConfig
+
+STAGES = [
+    {"name": "full", "epochs": 1, "lr": 0.05, "distill": False},
+    {"name": "kernel", "epochs": 1, "lr": 0.03, "kernel_sizes": [3, 5, 7]},
+]
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_dotted_overrides_set_a_stage_field_and_a_specialize_setting(tmp_path) -> None:
+    path = _write(tmp_path, {"stages": STAGES, "specialize": {"num_targets": 5}})
+    overrides = _parse_overrides(
+        ["stages.kernel.lr=0.01", "specialize.num_targets=2", "batch_size=32"]
+    )
+    config = load_config(path, overrides)
+    assert config.stage("kernel").lr == 0.01
+    assert config.stage("full").lr == 0.05  # the other stage keeps its value
+    assert config.specialize.num_targets == 2
+    assert config.batch_size == 32
+    # A specialize override without a specialize: section in the file starts one.
+    config = load_config(_write(tmp_path, {"stages": STAGES}), {"specialize.generations": 7})
+    assert config.specialize.generations == 7
+    assert config.specialize.num_targets == SpecializeConfig().num_targets
+    # The preset itself is left as it was.
+    assert load_config("fashion-mnist-quick", {"stages.kernel.lr": 1.0}).stage("kernel").lr == 1
+    assert load_config("fashion-mnist-quick").stage("kernel").lr != 1
+
+
+@pytest.mark.parametrize(
+    ("key", "named", "listed"),
+    [
+        ("stages.kernal.lr", "'kernal'", "full, kernel"),
+        ("stages.kernel.learning_rate", "learning_rate", "warmup_epochs"),
+        ("specialize.num_target", "num_target", "num_targets"),
+        ("batch", "batch", "batch_size"),
+        ("optimizer.lr", "optimizer", "weight_decay"),
+    ],
+)
+def test_unknown_override_is_refused_by_name(tmp_path, key, named, listed) -> None:
+    path = _write(tmp_path, {"stages": STAGES})
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {key: 1})
+    assert named in str(info.value) and listed in str(info.value)
+
+
+def test_malformed_dotted_overrides_are_refused(tmp_path) -> None:
+    path = _write(tmp_path, {"stages": STAGES})
+    for key in ("stages.kernel", "batch_size.x", "specialize.targets.0"):
+        with pytest.raises(ConfigError, match="override"):
+            load_config(path, {key: 1})
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        _parse_overrides(["batch_size"])
+
+
+def test_a_typo_in_the_specialize_section_fails_at_load_time(tmp_path) -> None:
+    path = _write(tmp_path, {"stages": STAGES, "specialize": {"num_target": 2}})
+    with pytest.raises(ConfigError, match=r"unknown specialize key\(s\): num_target; known: "):
+        load_config(path)
+    bad_values = [
+        {"latency_backend": "tensorrt"},
+        {"targets": "latency_ms<=5"},
+        {"generations": -1},
+        {"acc_dataset_archs": 1.5},
+        {"export": "yes"},
+    ]
+    for bad in bad_values:
+        with pytest.raises(ConfigError, match=f"specialize.{next(iter(bad))}"):
+            load_config(_write(tmp_path, {"stages": STAGES, "specialize": bad}))
+
+
+def test_old_run_configs_load(tmp_path) -> None:
+    """config.yaml written before the section was typed: a partial plain mapping, an
+    empty one, or none at all."""
+    partial = TrainConfig.from_dict({"stages": STAGES, "specialize": {"num_targets": 1}})
+    assert partial.specialize == SpecializeConfig(num_targets=1)
+    for absent in ({"stages": STAGES, "specialize": {}}, {"stages": STAGES}):
+        assert TrainConfig.from_dict(absent).specialize == SpecializeConfig()
+    # The Python API still takes a plain mapping.
+    assert TrainConfig(specialize={"generations": 3}).specialize.generations == 3
+    assert ReExported is SpecializeConfig
+
+
+def test_to_dict_round_trips_through_plain_yaml(tmp_path) -> None:
+    config = load_config(
+        "fashion-mnist-quick", {"specialize.targets": ["latency_ms<=1", "macs<=8M,params<=3M"]}
+    )
+    data = config.to_dict()
+    assert isinstance(data["specialize"], dict)
+    text = yaml.safe_dump(data)  # safe_dump refuses anything but plain values
+    assert TrainConfig.from_dict(yaml.safe_load(text)) == config
+    assert yaml.safe_load(text)["specialize"]["targets"] == ["latency_ms<=1", "macs<=8M,params<=3M"]
