@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from ..deploy.report import arch_summary, format_table
-from ..errors import ConfigError, RunDirectoryError
+from ..errors import ConfigError
+from ..storage.run_layout import RunLayout
 
 
 def _load_arch_text(text: str) -> str:
@@ -16,29 +16,21 @@ def _load_arch_text(text: str) -> str:
     return path.read_text() if path.is_file() else text
 
 
-def _predictor_and_table(args: argparse.Namespace, supernet: Any, need_table: bool):
-    from ..latency.table import LatencyTable
-    from ..predictors import AccuracyPredictor
+def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, Any]:
+    """The run's predictor and latency table (``--predictor``, ``--latency-table``)."""
+    from ..deploy.steps import load_predictor_and_table, targets_need_latency
 
-    run = Path(args.run)
-    predictor = AccuracyPredictor.load(
-        args.predictor or run / "accuracy_predictor.pt", space=supernet.space
+    return load_predictor_and_table(
+        RunLayout(args.run),
+        supernet,
+        predictor_path=args.predictor,
+        table_path=args.latency_table,
+        need_table=targets_need_latency(args.target),
     )
-    table_path = Path(args.latency_table or run / "latency_table.json")
-    table = None
-    if table_path.is_file():
-        table = LatencyTable.load(table_path, supernet)
-    elif need_table or args.latency_table:
-        raise RunDirectoryError(f"no latency table at {table_path}; build one: ofa latency-table")
-    return predictor, table
-
-
-def _targets_need_latency(targets: list[str]) -> bool:
-    return any("latency" in t for t in targets)
 
 
 def _cmd_latency_table(args: argparse.Namespace) -> int:
-    from ..latency.table import LatencyTable
+    from ..deploy.steps import latency_table_step
     from ..models import create_supernet
     from ..training import load_run
 
@@ -48,20 +40,20 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         supernet = create_supernet(
             args.supernet, num_classes=args.num_classes, resolutions=args.resolutions
         )
-    out = Path(args.out or (Path(args.run) / "latency_table.json" if args.run else None) or "")
-    if not str(out):
+    out = args.out or (RunLayout(args.run).latency_table if args.run else None)
+    if not out:
         raise ConfigError("--out is required without --run")
-    existing = LatencyTable.load(out, supernet) if args.extend and out.is_file() else None
-    table = LatencyTable.build(
+    result = latency_table_step(
         supernet,
+        out,
+        extend=args.extend,
         backend=args.backend,
         threads=args.threads,
         batch_size=args.batch_size,
         resolutions=args.resolutions,
         repeats=args.repeats,
-        existing=existing,
     )
-    table.save(out)
+    table = result.table
     smallest, largest = supernet.space.smallest(), supernet.space.largest()
     print(
         f"latency table ({table.backend}, {table.device_description}, batch "
@@ -69,90 +61,81 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         f"{table.build_seconds:.0f} s; predicted smallest {table.predict(smallest):.2f} ms, "
         f"largest {table.predict(largest):.2f} ms"
     )
-    print(f"wrote {out}")
+    print(f"wrote {result.path}")
     return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from ..deploy.specialize import search_costs
-    from ..search import evolutionary_search, parse_constraints, random_search
+    from ..deploy.steps import search_step
     from ..training import load_run
 
     _, supernet = load_run(args.run)
-    predictor, table = _predictor_and_table(args, supernet, _targets_need_latency(args.target))
-    costs = search_costs(supernet, table)
-    search = random_search if args.random else evolutionary_search
-    rows, records = [], []
-    for target in args.target:
-        constraints = parse_constraints([t for t in target.split(",") if t], costs)
-        found = search(
-            supernet.space, predictor, constraints, generations=args.generations, seed=args.seed
+    predictor, table = _predictor_and_table(args, supernet)
+    results = search_step(
+        supernet,
+        predictor,
+        args.target,
+        latency_table=table,
+        random=args.random,
+        generations=args.generations,
+        seed=args.seed,
+        out=args.out,
+    )
+    rows = [
+        (
+            r.target,
+            arch_summary(supernet.space, r.arch),
+            f"{r.predicted_accuracy:.2f}",
+            f"{r.costs['macs'] / 1e6:.1f}",
+            f"{r.costs['params'] / 1e6:.2f}",
+            f"{r.costs['latency_ms']:.2f}" if "latency_ms" in r.costs else "-",
+            f"{r.wall_time_s:.2f}",
         )
-        values = {name: cost.of(found.arch) for name, cost in costs.items()}
-        rows.append(
-            (
-                target,
-                arch_summary(supernet.space, found.arch),
-                f"{found.accuracy:.2f}",
-                f"{values['macs'] / 1e6:.1f}",
-                f"{values['params'] / 1e6:.2f}",
-                f"{values['latency_ms']:.2f}" if "latency_ms" in values else "-",
-                f"{found.wall_time_s:.2f}",
-            )
-        )
-        records.append(
-            {"target": target, "arch": found.arch.to_dict(), "predicted_accuracy": found.accuracy}
-            | values
-        )
+        for r in results
+    ]
     headers = ("target", "arch", "pred. top-1", "MMACs", "Mparams", "table ms", "search s")
     print(format_table(headers, rows))
     if args.out:
-        Path(args.out).write_text(json.dumps(records, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
 
 
 def _cmd_specialize(args: argparse.Namespace) -> int:
-    from ..deploy.pipeline import test_evaluator
-    from ..deploy.specialize import format_specialized, specialize
+    from ..deploy.specialize import format_specialized
+    from ..deploy.steps import specialize_step, test_evaluator
     from ..training import load_run
 
     config, supernet = load_run(args.run)
-    predictor, table = _predictor_and_table(args, supernet, _targets_need_latency(args.target))
-    evaluator = test_evaluator(config, args.data)
-    chosen = specialize(
-        supernet.to(memory_format=evaluator.memory_format),
+    predictor, table = _predictor_and_table(args, supernet)
+    result = specialize_step(
+        RunLayout(args.run),
+        supernet,
         predictor,
         args.target,
+        evaluator=test_evaluator(config, args.data),
         latency_table=table,
-        evaluator=evaluator,
         random_baseline=args.random_baseline,
         seed=args.seed,
         generations=args.generations,
+        out=args.out,
     )
-    print(format_specialized(supernet.space, chosen))
-    out = Path(args.out or Path(args.run) / "specialized.json")
-    out.write_text(json.dumps([c.to_dict() for c in chosen], indent=1) + "\n")
-    print(f"wrote {out}")
+    print(format_specialized(supernet.space, result.chosen))
+    print(f"wrote {result.path}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy.export import export_subnet
-    from ..deploy.pipeline import test_evaluator
+    from ..deploy.steps import export_step, test_evaluator
     from ..training import load_run
 
     config, supernet = load_run(args.run)
     arch = supernet.parse_arch(_load_arch_text(args.arch))
     # The same calibration and test images as `ofa specialize`: the same accuracy.
-    evaluator = test_evaluator(config, args.data)
-    result = export_subnet(
+    result = export_step(
         supernet,
         arch,
         args.out,
-        calibration_loader=evaluator.batches("calibration", arch.r),
-        test_loader=evaluator.batches("test", arch.r),
-        n_calibration=config.bn_recal_images,
+        evaluator=test_evaluator(config, args.data),
         onnx=not args.no_onnx,
         threads=args.threads,
         extra_metadata={"source_run": str(args.run)},

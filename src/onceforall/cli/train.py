@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import ConfigError
@@ -55,10 +54,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_acc_dataset(args: argparse.Namespace) -> int:
-    from ..predictors import accuracy_dataset_for_run
+    from ..deploy.steps import accuracy_dataset_step
+    from ..storage.run_layout import RunLayout
 
-    out, rows = accuracy_dataset_for_run(
-        args.run,
+    dataset = accuracy_dataset_step(
+        RunLayout(args.run),
         args.data,
         out=args.out,
         num_archs=args.num_archs,
@@ -67,33 +67,35 @@ def _cmd_acc_dataset(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    if rows:
-        accs = [r["accuracy"] for r in rows]
+    if dataset.rows:
+        accs = [r["accuracy"] for r in dataset.rows]
         print(
-            f"{len(rows)} archs in {out}: top-1 {min(accs):.2f} to {max(accs):.2f} % "
+            f"{len(accs)} archs in {dataset.path}: top-1 {min(accs):.2f} to {max(accs):.2f} % "
             f"(mean {sum(accs) / len(accs):.2f})"
         )
     return 0
 
 
 def _cmd_train_predictor(args: argparse.Namespace) -> int:
-    from ..predictors import fit_accuracy_predictor, read_accuracy_dataset
+    from ..deploy.steps import predictor_step
+    from ..predictors import read_accuracy_dataset
+    from ..storage.run_layout import RunLayout
     from ..training import load_run
 
-    _, net = load_run(args.run)
-    dataset = Path(args.dataset or Path(args.run) / "accuracy_dataset.jsonl")
-    rows = read_accuracy_dataset(dataset)
-    predictor, report = fit_accuracy_predictor(
+    layout = RunLayout(args.run)
+    _, net = load_run(layout.root)
+    rows = read_accuracy_dataset(args.dataset or layout.accuracy_dataset)
+    fitted = predictor_step(
+        layout,
         net.space,
-        [r["arch"] for r in rows],
-        [r["accuracy"] for r in rows],
+        rows,
+        out=args.out,
         val_fraction=args.val_fraction,
         epochs=args.epochs,
         seed=args.seed,
     )
-    out = predictor.save(args.out or Path(args.run) / "accuracy_predictor.pt")
-    print(f"accuracy predictor: {report}")
-    print(f"wrote {out}")
+    print(f"accuracy predictor: {fitted.report}")
+    print(f"wrote {fitted.path}")
     return 0
 
 

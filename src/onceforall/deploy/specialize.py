@@ -38,6 +38,7 @@ __all__ = [
     "Specialized",
     "feasible_random",
     "format_specialized",
+    "parse_target",
     "search_costs",
     "specialize",
     "spread_latency_targets",
@@ -97,6 +98,12 @@ def search_costs(supernet: Supernet, latency_table: LatencyTable | None = None) 
             )
         costs["latency_ms"] = latency_cost(latency_table, supernet.space)
     return costs
+
+
+def parse_target(text: str, costs: dict[str, Cost]) -> list[Constraint]:
+    """The constraints of one target: ``"latency_ms<=5,macs<=20M"`` is two, joined by
+    commas (spaces around them and empty pieces ignored), each parsed against ``costs``."""
+    return parse_constraints([t.strip() for t in text.split(",") if t.strip()], costs)
 
 
 def spread_latency_targets(
@@ -241,7 +248,7 @@ def specialize(
     costs = search_costs(supernet, latency_table)
     results = []
     for target in tqdm(targets, desc="specialise", disable=not progress, dynamic_ncols=True):
-        constraints = parse_constraints([t.strip() for t in target.split(",") if t.strip()], costs)
+        constraints = parse_target(target, costs)
         row = _search_and_measure(
             supernet,
             predictor,

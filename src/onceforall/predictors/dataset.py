@@ -23,6 +23,7 @@ from ..errors import FileFormatError, InputNotFoundError
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
 from ..storage.atomic import write_text_atomic
+from ..storage.run_layout import RunLayout
 from ..training.distributed import DistEnv, barrier
 
 __all__ = [
@@ -205,7 +206,7 @@ def accuracy_dataset_for_run(
         memory_format=memory_format,
     )
     net = net.to(memory_format=memory_format)
-    out = Path(out) if out else Path(run_dir) / "accuracy_dataset.jsonl"
+    out = Path(out) if out else RunLayout(run_dir).accuracy_dataset
     archs = dataset_archs(net.space, num_archs, seed)
     rows = build_accuracy_dataset(net, evaluator, archs, out, env=env, progress=progress)
     return out, rows
