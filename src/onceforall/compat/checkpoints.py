@@ -269,19 +269,19 @@ def import_reference(
     ``specialize``, ``export`` and further training work on it as on a supernet trained
     here. ``config`` (a preset or YAML file; default: the family's ImageNet preset)
     supplies the data settings (resolutions, splits) and the stages."""
-    import yaml
-
     from ..storage.checkpoint import save_checkpoint
+    from ..storage.run_layout import RunLayout
     from ..training import load_config
+    from ..training.run_dir import write_run_config
 
     net = load_reference_checkpoint(path, name)
     ours = REFERENCE_NAMES.get(name, name)
     if config is None:
         config = "imagenet-resnet50" if isinstance(net, OFAResNet) else "imagenet"
-    settings = load_config(config, supernet=ours)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(settings.to_dict()))
+    settings = load_config(config, {"supernet": ours})
+    layout = RunLayout(run_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_run_config(layout.root, settings)
     state = {"model": net.state_dict(), "stage": f"reference:{Path(path).name}"}
-    save_checkpoint(run_dir / "supernet", "supernet", state, keep=1)
-    return run_dir
+    save_checkpoint(layout.supernet, "supernet", state, keep=1)
+    return layout.root
