@@ -16,13 +16,14 @@ import torch
 
 import onceforall
 from onceforall import Arch
+from onceforall.latency.calibration import fit_calibration
 from onceforall.latency.measure import (
     device_description,
     make_runner,
     measure_latency,
     timing_scope,
 )
-from onceforall.latency.table import LatencyTable, LatencyTableError, _fit
+from onceforall.latency.table import LatencyTable, LatencyTableError
 from onceforall.storage.onnx_export import export_onnx
 from tests.conftest import randomize
 
@@ -128,18 +129,28 @@ def test_load_refuses_table_of_another_supernet(table, tmp_path) -> None:
     (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(LatencyTableError, match="not a onceforall latency table"):
         LatencyTable.load(tmp_path / "other.json")
-    # A table written before the config fields for OFA-ProxylessNAS existed still fits
-    # OFA-MobileNetV3 (their defaults), and is refused for OFA-ProxylessNAS.
+    # A version 1 table, written before the config fields for OFA-ProxylessNAS existed,
+    # still fits OFA-MobileNetV3 (it was built for it), and is refused for
+    # OFA-ProxylessNAS. A current table that lacks a field is refused: it is damaged.
     data = json.loads(path.read_text())
     for key in ("stem_act", "first_block_act", "first_block_shortcut", "final_act"):
         del data["fingerprint"][key]
-    (tmp_path / "old.json").write_text(json.dumps(data))
-    LatencyTable.load(
-        tmp_path / "old.json", onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10)
-    )
+    for stage in data["fingerprint"]["stages"]:
+        del stage["max_depth"]
+    (tmp_path / "damaged.json").write_text(json.dumps(data))
+    mbv3 = onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10)
+    with pytest.raises(LatencyTableError, match="stem_act"):
+        LatencyTable.load(tmp_path / "damaged.json", mbv3)
+    (tmp_path / "old.json").write_text(json.dumps({**data, "version": 1}))
+    old = LatencyTable.load(tmp_path / "old.json", mbv3)
+    largest = mbv3.space.largest(table.resolutions[0])
+    assert old.predict(largest) == table.predict(largest)
     proxyless = onceforall.create_supernet("ofa_proxyless_w1.3", num_classes=10)
     with pytest.raises(LatencyTableError, match="stem_act"):
         LatencyTable.load(tmp_path / "old.json", proxyless)
+    (tmp_path / "future.json").write_text(json.dumps({**data, "version": 3}))
+    with pytest.raises(LatencyTableError, match="version 3 latency table"):
+        LatencyTable.load(tmp_path / "future.json")
 
 
 def test_extend_times_only_missing_entries(net, table) -> None:
@@ -159,15 +170,15 @@ def test_fit_recovers_a_known_model() -> None:
     raw, mparams = rng.uniform(1, 10, 12), rng.uniform(1, 5, 12)
     measured = 0.3 + 1.2 * raw + 0.4 * mparams
     features = np.stack([np.ones(12), raw, mparams], axis=1)
-    assert np.allclose(_fit(features, measured), (0.3, 1.2, 0.4, 0.0))
+    assert np.allclose(fit_calibration(features, measured), (0.3, 1.2, 0.4, 0.0))
     # Too few networks for three terms: overhead and scale only.
-    assert np.allclose(_fit(features[:4], 0.5 + 2.0 * raw[:4]), (0.5, 2.0, 0.0, 0.0))
+    assert np.allclose(fit_calibration(features[:4], 0.5 + 2.0 * raw[:4]), (0.5, 2.0, 0.0, 0.0))
     # Noisy proportional timings: the scale is found, the error is small but not zero.
     noisy = 1.5 * raw * (1 + rng.normal(0, 0.02, 12))
-    overhead, scale, per_mparam, error = _fit(features, noisy)
+    overhead, scale, per_mparam, error = fit_calibration(features, noisy)
     assert 1.4 < scale < 1.6 and 0 < error < 0.1
     # One network: a scale, with no way to estimate its error.
-    overhead, scale, per_mparam, error = _fit(features[:1], 3.0 * raw[:1])
+    overhead, scale, per_mparam, error = fit_calibration(features[:1], 3.0 * raw[:1])
     assert (overhead, per_mparam) == (0.0, 0.0) and np.isclose(scale, 3.0) and np.isnan(error)
 
 

@@ -21,14 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import onceforall
 from onceforall import ArchError
 from onceforall.arch import ResNetArch, ResNetSpace
-from onceforall.models.resnet import (
-    Bottleneck,
-    DeepStem,
-    OFAResNet,
-    ResNetConfig,
-    ResNetSubnet,
-    bottleneck_plan,
-)
+from onceforall.models.resnet import OFAResNet, ResNetConfig, ResNetSubnet, bottleneck_plan
+from onceforall.nn.layers import Bottleneck, DeepStem
 from tests.conftest import estimate_bn_statistics, randomize
 
 # The authors' resolutions (128..224) plus small ones, where odd feature-map sizes make the

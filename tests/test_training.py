@@ -344,7 +344,7 @@ def test_stage_spaces_of_resnet_sample_archs_of_the_full_space() -> None:
     with pytest.raises(ValueError, match=r"opens width_mults \[0.5\].*has \[0.65, 0.8, 1.0\]"):
         stage_space(full, StageConfig("bad", 1, 0.1, depths=[2], width_mults=[0.5]))
     mbv3 = create_supernet("ofa_mbv3_w1.0").space
-    with pytest.raises(ValueError, match="width_mults apply to OFA-ResNet supernets only"):
+    with pytest.raises(ValueError, match="opens width_mults, which this supernet does not have"):
         stage_space(mbv3, width)
     with pytest.raises(ValueError, match=r"opens kernel_sizes \[9\]"):
         stage_space(mbv3, StageConfig("bad", 1, 0.1, kernel_sizes=[9]))

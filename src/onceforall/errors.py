@@ -50,8 +50,8 @@ class ConfigError(OnceForAllError, ValueError):
 
 
 class FileFormatError(OnceForAllError, ValueError):
-    """A file that is not what it should be: unreadable, truncated, of another format;
-    the message names the file."""
+    """A file (or a dataset folder) that is not what it should be: unreadable,
+    truncated, of another format or layout; the message names it."""
 
 
 class UnknownNameError(OnceForAllError, KeyError):

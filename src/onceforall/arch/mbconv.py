@@ -10,37 +10,37 @@ that the stage depth skips are carried but ignored, whatever their value. The re
 may also be given as ``"image_size"`` (an int), as the authors' arch encoder and their
 ``ofa.nas`` evolutionary search write it.
 
-:class:`Arch` is the validated, hashable value; :class:`MBConvSpace` knows the choices of
+:class:`MBConvArch` is the validated, hashable value; :class:`MBConvSpace` knows the choices of
 one supernet family and validates, samples, counts and one-hot encodes architectures.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
-from ..errors import OnceForAllError
+from .base import ArchError, choices_text, describe_resolutions, is_int
+from .mbconv_genes import GenomeLayout, mbconv_genome
 
-__all__ = ["Arch", "ArchError", "MBConvSpace", "ArchLike"]
+__all__ = ["Arch", "ArchError", "ArchLike", "MBConvArch", "MBConvSpace"]
 
 # Keys that the authors' samplers write and that carry no information for these spaces.
 _IGNORED_KEYS = frozenset({"wid"})
 _KEYS = ("ks", "e", "d", "r")
 
 
-class ArchError(OnceForAllError, ValueError):
-    """An architecture that does not belong to a space; the message names the field."""
-
-
 @dataclass(frozen=True)
-class Arch:
-    """One sub-network: kernel sizes and expand ratios per block slot, depth per stage,
-    input resolution. Immutable and hashable (usable as a dict key in search)."""
+class MBConvArch:
+    """One sub-network of an MBConv space: kernel sizes and expand ratios per block slot,
+    depth per stage, input resolution. Immutable and hashable (usable as a dict key in
+    search)."""
 
     ks: tuple[int, ...]
     e: tuple[int, ...]
@@ -58,15 +58,8 @@ class Arch:
         return f"ks={list(self.ks)} e={list(self.e)} d={list(self.d)} r={self.r}"
 
 
-ArchLike = Union[Arch, Mapping[str, Any], str]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _describe_choices(choices: Sequence[int]) -> str:
-    return ", ".join(str(c) for c in choices)
+Arch = MBConvArch  # the name of 0.1.0, kept for the authors'-format users of onceforall.Arch
+ArchLike = Union[MBConvArch, Mapping[str, Any], str]
 
 
 @dataclass(frozen=True)
@@ -79,6 +72,10 @@ class MBConvSpace:
     them (OFA-ProxylessNAS's last stage: one block, ``d`` written as anything in
     ``depths`` and read as 1).
     """
+
+    arch_type: ClassVar[type] = MBConvArch
+    elastic_dimensions: ClassVar[tuple[str, ...]] = ("kernel_sizes", "expand_ratios", "depths")
+    encoding_type: ClassVar[str] = "mbconv-onehot"
 
     kernel_sizes: tuple[int, ...] = (3, 5, 7)
     expand_ratios: tuple[int, ...] = (3, 4, 6)
@@ -111,30 +108,29 @@ class MBConvSpace:
         start = sum(self.stage_max_depths[:stage])
         return range(start, start + self.stage_max_depths[stage])
 
-    def active_slots(self, arch: Arch) -> list[int]:
+    def active_slots(self, arch: MBConvArch) -> list[int]:
         """Block slots that run under ``arch`` (the first d of every stage)."""
         return [
             slot for stage, depth in enumerate(arch.d) for slot in self.stage_slots(stage)[:depth]
         ]
 
     # ---------------------------------------------------------------- validation
-    def _resolution_text(self) -> str:
-        res = self.resolutions
-        steps = {b - a for a, b in zip(res, res[1:])}
-        if len(res) > 3 and len(steps) == 1:
-            return f"{res[0]} to {res[-1]} in steps of {steps.pop()}"
-        return _describe_choices(res)
+    def parse(self, arch: ArchLike) -> MBConvArch:
+        """Validate ``arch`` (an :class:`MBConvArch`, an authors'-format dict or its JSON
+        text) and return it as an :class:`MBConvArch`. Raises :class:`ArchError` naming
+        the field, the index, the bad value and the allowed values. A value this space
+        has validated before is not validated again (parse once, trust after)."""
+        if isinstance(arch, MBConvArch):
+            return _parse_value(self, arch)
+        return self._parse(arch)
 
-    def parse(self, arch: ArchLike) -> Arch:
-        """Validate ``arch`` (an :class:`Arch`, an authors'-format dict or its JSON text)
-        and return it as an :class:`Arch`. Raises :class:`ArchError` naming the field,
-        the index, the bad value and the allowed values."""
+    def _parse(self, arch: ArchLike) -> MBConvArch:
         if isinstance(arch, str):
             try:
                 arch = json.loads(arch)
             except json.JSONDecodeError as exc:
                 raise ArchError(f"arch is not valid JSON: {exc}") from None
-        if isinstance(arch, Arch):
+        if isinstance(arch, MBConvArch):
             arch = {"ks": arch.ks, "e": arch.e, "d": arch.d, "r": arch.r}
         if not isinstance(arch, Mapping):
             raise ArchError(
@@ -165,24 +161,24 @@ class MBConvSpace:
             ):
                 raise ArchError(
                     f"d[{stage}] = {depth} is not an allowed depth; "
-                    f"allowed: {_describe_choices(allowed)}"
+                    f"allowed: {choices_text(allowed)}"
                 )
         d = tuple(min(depth, cap) for depth, cap in zip(d, self.stage_max_depths))
         ks = self._int_list(
             arch["ks"], "ks", self.num_slots, "one per block slot", self.kernel_sizes
         )
         e = self._int_list(arch["e"], "e", self.num_slots, "one per block slot", self.expand_ratios)
-        probe = Arch(ks=ks, e=e, d=d, r=0)
+        probe = MBConvArch(ks=ks, e=e, d=d, r=0)
         for slot in self.active_slots(probe):
             if ks[slot] not in self.kernel_sizes:
                 raise ArchError(
                     f"ks[{slot}] = {ks[slot]} is not an allowed kernel size; "
-                    f"allowed: {_describe_choices(self.kernel_sizes)}"
+                    f"allowed: {choices_text(self.kernel_sizes)}"
                 )
             if e[slot] not in self.expand_ratios:
                 raise ArchError(
                     f"e[{slot}] = {e[slot]} is not an allowed expand ratio; "
-                    f"allowed: {_describe_choices(self.expand_ratios)}"
+                    f"allowed: {choices_text(self.expand_ratios)}"
                 )
 
         r = arch["r"]
@@ -190,13 +186,12 @@ class MBConvSpace:
             if len(r) != 1:
                 raise ArchError(f"r must hold exactly one resolution, got {list(r)}")
             r = r[0]
-        if not _is_int(r):
-            raise ArchError(f"r = {r!r} must be an int; allowed: {self._resolution_text()}")
+        allowed = describe_resolutions(self.resolutions)
+        if not is_int(r):
+            raise ArchError(f"r = {r!r} must be an int; allowed: {allowed}")
         if int(r) not in self.resolutions:
-            raise ArchError(
-                f"r = {r} is not an allowed resolution; allowed: {self._resolution_text()}"
-            )
-        return Arch(ks=ks, e=e, d=d, r=int(r))
+            raise ArchError(f"r = {r} is not an allowed resolution; allowed: {allowed}")
+        return MBConvArch(ks=ks, e=e, d=d, r=int(r))
 
     @staticmethod
     def _int_list(
@@ -207,20 +202,37 @@ class MBConvSpace:
         if len(values) != length:
             raise ArchError(f"{field} has {len(values)} entries; expected {length} ({what})")
         for i, v in enumerate(values):
-            if not _is_int(v):
+            if not is_int(v):
                 raise ArchError(
-                    f"{field}[{i}] = {v!r} must be an int; allowed: {_describe_choices(allowed)}"
+                    f"{field}[{i}] = {v!r} must be an int; allowed: {choices_text(allowed)}"
                 )
         return tuple(int(v) for v in values)
 
-    def canonical(self, arch: ArchLike) -> Arch:
+    def canonical(self, arch: ArchLike) -> MBConvArch:
         """``arch`` with skipped slots written as 0 (as the authors' encoder does), so two
         archs that run the same network compare equal."""
         arch = self.parse(arch)
         active = set(self.active_slots(arch))
         ks = tuple(k if i in active else 0 for i, k in enumerate(arch.ks))
         e = tuple(x if i in active else 0 for i, x in enumerate(arch.e))
-        return Arch(ks=ks, e=e, d=arch.d, r=arch.r)
+        return MBConvArch(ks=ks, e=e, d=arch.d, r=arch.r)
+
+    def restrict(self, **opened: Sequence[int]) -> MBConvSpace:
+        """The part of this space a training stage opens: the given choice sets (any of
+        :attr:`elastic_dimensions`) in place of the full ones; same slots, resolutions."""
+        return dataclasses.replace(self, **{k: tuple(v) for k, v in opened.items()})
+
+    def summary(self, arch: MBConvArch) -> str:
+        """One line: resolution, stage depths, mean kernel size and mean expand ratio of
+        the blocks that run (``r28 d44422 k5.4 e4.3``)."""
+        active = self.active_slots(arch)
+        mean_k = sum(arch.ks[s] for s in active) / len(active)
+        mean_e = sum(arch.e[s] for s in active) / len(active)
+        return f"r{arch.r} d{''.join(str(d) for d in arch.d)} k{mean_k:.1f} e{mean_e:.1f}"
+
+    def genome(self) -> GenomeLayout:
+        """This space's gene-matrix layout for search (cached)."""
+        return mbconv_genome(self)
 
     # ------------------------------------------------------------------ sampling
     def stage_depth_choices(self, stage: int) -> tuple[int, ...]:
@@ -228,27 +240,27 @@ class MBConvSpace:
         cap = self.stage_max_depths[stage]
         return tuple(sorted({min(x, cap) for x in self.depths}))
 
-    def sample(self, rng: random.Random | int | None = None) -> Arch:
+    def sample(self, rng: random.Random | int | None = None) -> MBConvArch:
         """A uniformly random architecture (each choice independently uniform)."""
         if not isinstance(rng, random.Random):
             rng = random.Random(rng)
         ks = tuple(rng.choice(self.kernel_sizes) for _ in range(self.num_slots))
         e = tuple(rng.choice(self.expand_ratios) for _ in range(self.num_slots))
         d = tuple(rng.choice(self.stage_depth_choices(s)) for s in range(self.num_stages))
-        return Arch(ks=ks, e=e, d=d, r=rng.choice(self.resolutions))
+        return MBConvArch(ks=ks, e=e, d=d, r=rng.choice(self.resolutions))
 
-    def largest(self, resolution: int | None = None) -> Arch:
+    def largest(self, resolution: int | None = None) -> MBConvArch:
         n = self.num_slots
-        return Arch(
+        return MBConvArch(
             ks=(max(self.kernel_sizes),) * n,
             e=(max(self.expand_ratios),) * n,
             d=tuple(max(self.stage_depth_choices(s)) for s in range(self.num_stages)),
             r=max(self.resolutions) if resolution is None else resolution,
         )
 
-    def smallest(self, resolution: int | None = None) -> Arch:
+    def smallest(self, resolution: int | None = None) -> MBConvArch:
         n = self.num_slots
-        return Arch(
+        return MBConvArch(
             ks=(min(self.kernel_sizes),) * n,
             e=(min(self.expand_ratios),) * n,
             d=tuple(min(self.stage_depth_choices(s)) for s in range(self.num_stages)),
@@ -275,7 +287,7 @@ class MBConvSpace:
         """What the one-hot features mean; saved with predictors so a predictor can
         refuse an encoding of another space."""
         return {
-            "type": "mbconv-onehot",
+            "type": self.encoding_type,
             "order": "r, ks per slot, e per slot",
             "resolutions": list(self.resolutions),
             "kernel_sizes": list(self.kernel_sizes),
@@ -296,3 +308,10 @@ class MBConvSpace:
             feature[k_base + slot * n_k + self.kernel_sizes.index(arch.ks[slot])] = 1.0
             feature[e_base + slot * n_e + self.expand_ratios.index(arch.e[slot])] = 1.0
         return feature
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_value(space: MBConvSpace, arch: MBConvArch) -> MBConvArch:
+    """``space._parse(arch)``, remembered: extract, the sub-network, MACs and params all
+    receive the same parsed value, which is validated once."""
+    return space._parse(arch)

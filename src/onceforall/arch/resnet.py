@@ -23,18 +23,21 @@ samples, counts and one-hot encodes them.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
-from .mbconv import ArchError, _is_int
-from .mbconv import _describe_choices as _text
+from .base import ArchError, choices_text, describe_resolutions, is_int
+from .resnet_genes import ResNetGenome, resnet_genome
+from .resnet_open import OpenResNetSpace
 
-__all__ = ["ResNetArch", "ResNetArchLike", "ResNetSpace"]
+__all__ = ["OpenResNetSpace", "ResNetArch", "ResNetArchLike", "ResNetSpace"]
 
 _KEYS = ("d", "e", "w", "r")
 _RESOLUTION_KEYS = ("r", "image_size")
@@ -78,6 +81,10 @@ class ResNetSpace:
     multipliers that ``w`` indexes; ``expand_ratios`` the bottleneck ratios (hidden width
     ``make_divisible(round(out * e), 8)``).
     """
+
+    arch_type: ClassVar[type] = ResNetArch
+    elastic_dimensions: ClassVar[tuple[str, ...]] = ("expand_ratios", "depths", "width_mults")
+    encoding_type: ClassVar[str] = "resnet-onehot"
 
     expand_ratios: tuple[float, ...] = (0.2, 0.25, 0.35)
     depths: tuple[int, ...] = (0, 1, 2)
@@ -151,17 +158,16 @@ class ResNetSpace:
         ]
 
     # ---------------------------------------------------------------- validation
-    def _resolution_text(self) -> str:
-        res = self.resolutions
-        steps = {b - a for a, b in zip(res, res[1:])}
-        if len(res) > 3 and len(steps) == 1:
-            return f"{res[0]} to {res[-1]} in steps of {steps.pop()}"
-        return _text(res)
-
     def parse(self, arch: ResNetArchLike) -> ResNetArch:
         """Validate ``arch`` (a :class:`ResNetArch`, an authors'-format dict or its JSON
         text) and return it as a :class:`ResNetArch`. Raises :class:`ArchError` naming
-        the field, the index, the bad value and the allowed values."""
+        the field, the index, the bad value and the allowed values. A value this space
+        has validated before is not validated again."""
+        if isinstance(arch, ResNetArch):
+            return _parse_value(self, arch)
+        return self._parse(arch)
+
+    def _parse(self, arch: ResNetArchLike) -> ResNetArch:
         if isinstance(arch, str):
             try:
                 arch = json.loads(arch)
@@ -194,13 +200,13 @@ class ResNetSpace:
             raise ArchError(
                 f"d[0] = {d[0]} is not allowed: d[0] says whether the stem's residual block "
                 f"runs ({max(self.depths)}) or is skipped ({min(self.depths)}); "
-                f"allowed: {_text(self.stem_depth_choices)}"
+                f"allowed: {choices_text(self.stem_depth_choices)}"
             )
         for stage in range(self.num_stages):
             if d[stage + 1] not in self.depths:
                 raise ArchError(
                     f"d[{stage + 1}] = {d[stage + 1]} is not an allowed depth (extra blocks of "
-                    f"stage {stage}); allowed: {_text(self.depths)}"
+                    f"stage {stage}); allowed: {choices_text(self.depths)}"
                 )
 
         w_choices = list(range(len(self.width_mults)))
@@ -215,8 +221,8 @@ class ResNetSpace:
             if value not in w_choices:
                 raise ArchError(
                     f"w[{i}] = {value} is not an allowed width index; allowed: "
-                    f"{_text(w_choices)} (indices into width multipliers "
-                    f"{_text(self.width_mults)})"
+                    f"{choices_text(w_choices)} (indices into width multipliers "
+                    f"{choices_text(self.width_mults)})"
                 )
 
         e = self._number_list(arch["e"], "e", self.num_slots, "one per block slot")
@@ -231,7 +237,7 @@ class ResNetSpace:
             if not match:
                 raise ArchError(
                     f"e[{slot}] = {value!r} is not an allowed expand ratio; "
-                    f"allowed: {_text(self.expand_ratios)}"
+                    f"allowed: {choices_text(self.expand_ratios)}"
                 )
             ratios.append(match[0])
 
@@ -247,12 +253,11 @@ class ResNetSpace:
                 if len(r) != 1:
                     raise ArchError(f"{key} must hold exactly one resolution, got {list(r)}")
                 r = r[0]
-            if not _is_int(r):
-                raise ArchError(f"{key} = {r!r} must be an int; allowed: {self._resolution_text()}")
+            allowed = describe_resolutions(self.resolutions)
+            if not is_int(r):
+                raise ArchError(f"{key} = {r!r} must be an int; allowed: {allowed}")
             if int(r) not in self.resolutions:
-                raise ArchError(
-                    f"{key} = {r} is not an allowed resolution; allowed: {self._resolution_text()}"
-                )
+                raise ArchError(f"{key} = {r} is not an allowed resolution; allowed: {allowed}")
             values.append(int(r))
         if len(set(values)) > 1:
             raise ArchError(f"r = {values[0]} and image_size = {values[1]} disagree")
@@ -272,8 +277,10 @@ class ResNetSpace:
         if len(values) != length:
             raise ArchError(f"{field} has {len(values)} entries; expected {length} ({what})")
         for i, v in enumerate(values):
-            if not _is_int(v):
-                raise ArchError(f"{field}[{i}] = {v!r} must be an int; allowed: {_text(allowed)}")
+            if not is_int(v):
+                raise ArchError(
+                    f"{field}[{i}] = {v!r} must be an int; allowed: {choices_text(allowed)}"
+                )
         return tuple(int(v) for v in values)
 
     def _number_list(self, values: Any, field: str, length: int, what: str) -> tuple[float, ...]:
@@ -282,9 +289,8 @@ class ResNetSpace:
             raise ArchError(f"{field} has {len(values)} entries; expected {length} ({what})")
         for i, v in enumerate(values):
             if not _is_number(v):
-                raise ArchError(
-                    f"{field}[{i}] = {v!r} must be a number; allowed: {_text(self.expand_ratios)}"
-                )
+                allowed = choices_text(self.expand_ratios)
+                raise ArchError(f"{field}[{i}] = {v!r} must be a number; allowed: {allowed}")
         return tuple(float(v) for v in values)
 
     def canonical(self, arch: ResNetArchLike) -> ResNetArch:
@@ -294,6 +300,24 @@ class ResNetSpace:
         active = set(self.active_slots(arch))
         e = tuple(x if i in active else 0.0 for i, x in enumerate(arch.e))
         return ResNetArch(d=arch.d, e=e, w=arch.w, r=arch.r)
+
+    def restrict(self, **opened: Sequence[Any]) -> OpenResNetSpace:
+        """The part of this space a training stage opens (any of
+        :attr:`elastic_dimensions`); its samples are archs of this space."""
+        choices = {name: tuple(values) for name, values in opened.items()}
+        return OpenResNetSpace(self, dataclasses.replace(self, **choices))
+
+    def summary(self, arch: ResNetArch) -> str:
+        """One line: resolution, depths, mean expand ratio of the blocks that run, width
+        indices (``r224 d02222 e0.29 w212100``)."""
+        active = self.active_slots(arch)
+        mean_e = sum(arch.e[s] for s in active) / len(active)
+        depths = "".join(str(d) for d in arch.d)
+        return f"r{arch.r} d{depths} e{mean_e:.2f} w{''.join(str(w) for w in arch.w)}"
+
+    def genome(self) -> ResNetGenome:
+        """This space's gene-matrix layout for search (cached)."""
+        return resnet_genome(self)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, rng: random.Random | int | None = None) -> ResNetArch:
@@ -349,7 +373,7 @@ class ResNetSpace:
         """What the one-hot features mean; saved with predictors so a predictor can
         refuse an encoding of another space."""
         return {
-            "type": "resnet-onehot",
+            "type": self.encoding_type,
             "order": "r, d[0] (stem block), d per stage, e per slot, w per position",
             "resolutions": list(self.resolutions),
             "stem_depths": list(self.stem_depth_choices),
@@ -380,3 +404,9 @@ class ResNetSpace:
         for position, index in enumerate(arch.w):
             feature[base + position * len(self.width_mults) + index] = 1.0
         return feature
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_value(space: ResNetSpace, arch: ResNetArch) -> ResNetArch:
+    """``space._parse(arch)``, remembered (see :func:`.mbconv._parse_value`)."""
+    return space._parse(arch)

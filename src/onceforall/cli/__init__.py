@@ -12,9 +12,8 @@ import torch
 
 from .. import __version__
 from ..arch import ArchError
-from ..compat.checkpoints import NetConfigError, ReferenceCheckpointError
 from ..deploy.report import arch_summary, format_table, profile_subnets, spread_archs
-from ..latency.table import LatencyTableError
+from ..errors import OnceForAllError
 from ..models import create_supernet, list_supernets
 from .deploy import add_deploy_commands
 from .train import add_training_commands

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..errors import FileFormatError
 from .base import DatasetNotFoundError, ElasticImageDataset
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataset"]
@@ -72,7 +73,7 @@ class ImageFolderDataset(ElasticImageDataset):
         other = self.root / ("val" if split == "train" else "train")
         if other.is_dir() and _class_folders(other) != self.classes:
             theirs = set(_class_folders(other))
-            raise DatasetNotFoundError(
+            raise FileFormatError(
                 f"train/ and val/ of {self.root} name different classes: only in "
                 f"{split}/: {sorted(set(self.classes) - theirs)}, only in {other.name}/: "
                 f"{sorted(theirs - set(self.classes))}; both need one folder per class"
@@ -81,7 +82,7 @@ class ImageFolderDataset(ElasticImageDataset):
         for label, name in enumerate(self.classes):
             files = _image_files(folder / name)
             if not files:
-                raise DatasetNotFoundError(
+                raise FileFormatError(
                     f"class folder {folder / name} holds no images (extensions: "
                     f"{', '.join(_IMAGE_EXTENSIONS)}); every class needs images in each split"
                 )

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Union
 import torch
 from torch import nn
 
-from ..arch import Arch, ArchLike
+from ..arch import ArchInput, ArchValue
 from ..errors import InputNotFoundError
 from ..evaluation import evaluate, recalibrate_bn
 from ..latency.measure import device_description, measure_latency
@@ -87,7 +87,7 @@ class ExportResult:
     spec_path: Path
     metadata_path: Path
     onnx_path: Path | None
-    arch: Arch
+    arch: ArchValue
     top1: float | None
     macs: int
     params: int
@@ -112,7 +112,7 @@ def _at_resolution(loader: Iterable, resolution: int, what: str) -> Iterator:
 
 def export_subnet(
     supernet: Supernet,
-    arch: ArchLike,
+    arch: ArchInput,
     out_dir: PathLike,
     *,
     calibration_loader: Iterable,
@@ -196,7 +196,7 @@ def write_export(
     Used by :func:`export_subnet` and by the import of the authors' specialised nets."""
     safetensors_torch, extra = _check_inputs(onnx, extra_metadata)
     subnet = subnet.eval()
-    arch: Arch = subnet.arch
+    arch: ArchValue = subnet.arch
     out_dir = Path(out_dir)
     resolution = latency_resolution or arch.r
     latency = measure_latency(subnet, resolution, batch_size=1, threads=threads)

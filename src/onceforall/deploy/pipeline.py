@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..arch import MBConvSpace
 from ..search import pareto_search
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
@@ -104,10 +103,11 @@ def run_pipeline(
     if report is not None:
         say(f"[3/6] accuracy predictor: {report}")
 
-    # 4. Latency table on this device (MBConv families; OFA-ResNet targets MACs instead).
+    # 4. Latency table on this device, for families whose costs are additive per block
+    # choice (a per-block table); the others are specialised for MACs targets.
     table = None
     table_path: Path | None = layout.latency_table
-    if not isinstance(supernet.space, MBConvSpace):
+    if not supernet.family.additive_costs:
         table_path = None
         say("[4/6] latency table: not available for this family; targets are on MACs")
     else:

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..arch import Arch, MBConvSpace, ResNetArch, ResNetSpace
+from ..arch import ArchValue, Space
 from ..latency.measure import measure_latency
 from ..models import Supernet
 
@@ -17,13 +17,13 @@ __all__ = ["SubnetProfile", "profile_subnets", "spread_archs", "format_table", "
 
 @dataclass(frozen=True)
 class SubnetProfile:
-    arch: Arch
+    arch: ArchValue
     macs: int
     params: int
     latency_ms: float | None
 
 
-def spread_archs(supernet: Supernet, num_random: int = 3, seed: int = 0) -> list[Arch]:
+def spread_archs(supernet: Supernet, num_random: int = 3, seed: int = 0) -> list[ArchValue]:
     """Smallest, some random and the largest sub-network, ordered by MACs."""
     space = supernet.space
     rng = random.Random(seed)
@@ -35,7 +35,7 @@ def spread_archs(supernet: Supernet, num_random: int = 3, seed: int = 0) -> list
 
 def profile_subnets(
     supernet: Supernet,
-    archs: Iterable[Arch],
+    archs: Iterable[ArchValue],
     *,
     latency: bool = True,
     batch_size: int = 1,
@@ -60,20 +60,10 @@ def profile_subnets(
     return rows
 
 
-def arch_summary(space: MBConvSpace | ResNetSpace, arch: Arch | ResNetArch) -> str:
-    """A compact one-line description: resolution, stage depths, mean kernel size and
-    mean expand ratio of the blocks that run (for OFA-ResNet: depths, mean expand ratio
-    and the width-multiplier indices)."""
-    active = space.active_slots(arch)
-    if isinstance(arch, ResNetArch):
-        mean_e = sum(arch.e[s] for s in active) / len(active)
-        depths = "".join(str(d) for d in arch.d)
-        widths = "".join(str(w) for w in arch.w)
-        return f"r{arch.r} d{depths} e{mean_e:.2f} w{widths}"
-    mean_k = sum(arch.ks[s] for s in active) / len(active)
-    mean_e = sum(arch.e[s] for s in active) / len(active)
-    depths = "".join(str(d) for d in arch.d)
-    return f"r{arch.r} d{depths} k{mean_k:.1f} e{mean_e:.1f}"
+def arch_summary(space: Space, arch: ArchValue) -> str:
+    """A compact one-line description of ``arch`` (``space.summary``), as the tables of
+    ``ofa profile``, ``search``, ``specialize`` and ``run`` print it."""
+    return space.summary(arch)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..arch import Arch
+from ..arch import ArchValue
 from ..evaluation import SubnetEvaluator
 from ..latency.measure import measure_latency
 from ..latency.table import LatencyTable, LatencyTableError
@@ -50,7 +50,7 @@ class Specialized:
     """The sub-network chosen for one target, predicted and measured."""
 
     target: str
-    arch: Arch
+    arch: ArchValue
     predicted_accuracy: float
     macs: int
     params: int
@@ -122,10 +122,10 @@ def feasible_random(
     n: int,
     seed: int = 0,
     max_draws: int = 100_000,
-) -> list[Arch]:
+) -> list[ArchValue]:
     """Up to ``n`` uniformly random sub-networks that satisfy every constraint."""
     rng = random.Random(f"ofa-random-baseline-{seed}")
-    found: list[Arch] = []
+    found: list[ArchValue] = []
     for _ in range(max_draws):
         if len(found) == n:
             break

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..arch import Arch, MBConvSpace
 from ..models.costs import total_params
-from ..models.mbconv import MBConvNetConfig, OFAMBConvNet, block_plan
+from ..models.mbconv import OFAMBConvNet, block_plan
 
 __all__ = [
     "TimedPart",
@@ -23,7 +23,6 @@ __all__ = [
     "fingerprint",
     "static_net",
     "timed_parts",
-    "with_defaults",
 ]
 
 _SHAPELESS_FIELDS = ("resolutions", "dropout", "bn_eps", "bn_momentum")  # change no shape
@@ -33,22 +32,13 @@ _CALIBRATION_SEED = 12345  # calibration archs: seeded, distinct from any evalua
 def fingerprint(supernet: OFAMBConvNet) -> dict[str, Any]:
     """What fixes the shapes of every block, stem and head (not the resolutions), in the
     form a saved table holds it."""
-    if not isinstance(supernet, OFAMBConvNet):
+    if not supernet.family.additive_costs:
         raise TypeError(
             "latency tables support the MBConv supernets (OFA-MobileNetV3, OFA-ProxylessNAS), "
             f"not {type(supernet).__name__}"
         )
     config = json.loads(json.dumps(supernet.config.to_dict()))
     return {key: value for key, value in config.items() if key not in _SHAPELESS_FIELDS}
-
-
-def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved fingerprint with the config fields it predates set to their defaults
-    (tables written before a field existed were built with its default: the fields
-    added for OFA-ProxylessNAS default to OFA-MobileNetV3's values)."""
-    defaults = json.loads(json.dumps(MBConvNetConfig().to_dict()))
-    missing = {k: v for k, v in defaults.items() if k not in saved and k not in _SHAPELESS_FIELDS}
-    return {**missing, **saved}
 
 
 class _Head(nn.Module):

@@ -40,6 +40,7 @@ from ..errors import OnceForAllError
 from ..models.mbconv import OFAMBConvNet
 from ..storage.atomic import write_text_atomic
 from . import parts as lp
+from .calibration import fit_calibration
 from .measure import (
     BACKENDS,
     backend_versions,
@@ -52,54 +53,21 @@ from .measure import (
 __all__ = ["LatencyTable", "LatencyTableError"]
 
 FORMAT = "onceforall-latency-table"
-VERSION = 1
+VERSION = 2
+# Version 1 tables were written before the MBConv config gained the fields of
+# OFA-ProxylessNAS; such a table was built for OFA-MobileNetV3, whose values these are.
+_V1_FINGERPRINT_DEFAULTS = {
+    "stem_act": "h_swish",
+    "first_block_act": "relu",
+    "first_block_shortcut": True,
+    "final_act": "h_swish",
+}
+_V1_STAGE_DEFAULTS = {"max_depth": 4}
 STATISTICS = {"median": statistics.median, "min": min}  # of the timed rounds
 
 
 class LatencyTableError(OnceForAllError, ValueError):
     """A table that does not fit the supernet, backend or device it is used with."""
-
-
-_MODELS = ((1,), (0, 1), (0, 1, 2))  # feature columns: overhead, scale, ms_per_mparam
-
-
-def _solve(features: np.ndarray, measured: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
-    """Least squares of the relative error of ``features[:, columns] @ coef``."""
-    w = 1.0 / measured
-    coef, *_ = np.linalg.lstsq(features[:, columns] * w[:, None], measured * w, rcond=None)
-    return coef
-
-
-def _loo_error(features: np.ndarray, measured: np.ndarray, columns: tuple[int, ...]) -> float:
-    """Mean relative error on each network of the model fitted to the others."""
-    n = len(measured)
-    if n <= len(columns):
-        return float("nan")
-    keep = ~np.eye(n, dtype=bool)
-    errors = [
-        abs(features[i, columns] @ _solve(features[keep[i]], measured[keep[i]], columns) - y) / y
-        for i, y in enumerate(measured)
-    ]
-    return float(np.mean(errors))
-
-
-def _fit(features: np.ndarray, measured: np.ndarray) -> tuple[float, float, float, float]:
-    """(overhead, scale, ms_per_mparam, error) of the calibration model with the lowest
-    leave-one-out mean relative error: scale only, overhead + scale, or both plus a cost
-    per parameter (weights streamed from memory rather than from a core's cache). The
-    simpler model wins ties; unphysical fits (scale <= 0, negative cost per parameter)
-    are skipped. ``error`` is the winner's leave-one-out error (NaN when unknown)."""
-    best: tuple[float, float, float, float] | None = None
-    for columns in _MODELS:
-        if len(measured) < (1 if len(columns) == 1 else len(columns) + 1):
-            continue
-        coef = dict(zip(columns, _solve(features, measured, columns)))
-        if coef[1] <= 0 or coef.get(2, 0.0) < 0:
-            continue
-        error = _loo_error(features, measured, columns)
-        if best is None or error < best[3]:
-            best = (coef.get(0, 0.0), coef[1], coef.get(2, 0.0), error)
-    return best or (0.0, 1.0, 0.0, float("nan"))
 
 
 @dataclass
@@ -191,11 +159,11 @@ class LatencyTable:
         if self.calibration:
             rows = np.array([(1.0, *self.features(a)) for a, _ in self.calibration])
             measured = np.array([ms for _, ms in self.calibration])
-            fit = _fit(rows, measured)
+            fit = fit_calibration(rows, measured)
             self.overhead_ms, self.scale, self.ms_per_mparam, self.calibration_error = fit
 
     def _parse(self, arch: ArchLike) -> Arch:
-        if isinstance(arch, Arch):
+        if isinstance(arch, self.space.arch_type):
             self._check_resolution(arch.r)
         return self.space.parse(arch)
 
@@ -211,7 +179,7 @@ class LatencyTable:
         """Raise :class:`LatencyTableError` unless ``supernet`` has the block, stem and
         head shapes the table was built for."""
         theirs = lp.fingerprint(supernet)
-        ours = lp.with_defaults(self.fingerprint)
+        ours = self.fingerprint
         if theirs == ours:
             return
         diffs = [
@@ -254,7 +222,7 @@ class LatencyTable:
             raise ValueError("repeats must be at least 1 and calibration_archs at least 0")
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not {statistic!r}")
-        if not isinstance(supernet, OFAMBConvNet):
+        if not supernet.family.additive_costs:
             raise LatencyTableError(
                 f"{getattr(supernet, 'name', type(supernet).__name__)} has no per-block latency "
                 "table: its blocks' costs depend on their neighbours' width choices. Search it "
@@ -387,10 +355,12 @@ class LatencyTable:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LatencyTableError(f"{path} is not a onceforall latency table")
+        if data.get("version") == 1:
+            data = _upgrade_from_v1(data)
         if data.get("version") != VERSION:
             raise LatencyTableError(
                 f"{path} is a version {data.get('version')} latency table; "
-                f"this onceforall reads version {VERSION}"
+                f"this onceforall reads versions 1 and {VERSION}"
             )
         fp = data["fingerprint"]
         table = cls(**{name: data[name] for name in _SAVED_FIELDS})
@@ -418,3 +388,11 @@ _SAVED_FIELDS = tuple(
     "supernet_name fingerprint backend batch_size threads statistic device device_description "
     "versions resolutions overhead_ms scale ms_per_mparam calibration_error build_seconds".split()
 )
+
+
+def _upgrade_from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 table as version 2: the config fields it may lack get the values it
+    was built with (see :data:`_V1_FINGERPRINT_DEFAULTS`)."""
+    fingerprint = {**_V1_FINGERPRINT_DEFAULTS, **data["fingerprint"]}
+    fingerprint["stages"] = [{**_V1_STAGE_DEFAULTS, **s} for s in fingerprint["stages"]]
+    return {**data, "fingerprint": fingerprint, "version": 2}

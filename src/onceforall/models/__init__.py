@@ -1,97 +1,41 @@
-"""Supernet families and the registry of named supernets.
+"""The model families (supernet, static sub-network and cost model, built from one table
+per family) and the registry of named supernets.
 
-``create_supernet("ofa_mbv3_w1.0", num_classes=10)`` is the single entry point; families
-register their named variants with :func:`register_supernet`.
+- :mod:`.family`: :class:`Family`, the object the rest of the code asks about a family.
+- :mod:`.registry`: the registered families and supernets; :func:`create_supernet`.
+- :mod:`.mbconv`: OFA-MobileNetV3 and OFA-ProxylessNAS; :mod:`.resnet`: OFA-ResNet50.
+- :mod:`.base`: what every supernet shares (arch handling, extraction, costs).
 """
 
-from __future__ import annotations
-
-from dataclasses import fields, replace
-from typing import Any, Callable
-
-from torch import nn
-
-from ..arch import ArchLike
-from ..errors import ConfigError, UnknownNameError
 from .base import Supernet
-from .mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, proxyless_config
+from .family import Family, all_families, family_for, register_family
+from .mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet
+from .registry import (
+    build_subnet,
+    create_supernet,
+    list_supernets,
+    register_supernet,
+    supernet_config,
+    supernet_family,
+)
 from .resnet import OFAResNet, ResNetConfig, ResNetSubnet
 
 __all__ = [
-    "Supernet",
-    "create_supernet",
-    "list_supernets",
-    "register_supernet",
-    "build_subnet",
-    "supernet_config",
-    "OFAMBConvNet",
+    "Family",
     "MBConvNetConfig",
     "MBConvSubnet",
+    "OFAMBConvNet",
     "OFAResNet",
     "ResNetConfig",
     "ResNetSubnet",
+    "Supernet",
+    "all_families",
+    "build_subnet",
+    "create_supernet",
+    "family_for",
+    "list_supernets",
+    "register_family",
+    "register_supernet",
+    "supernet_config",
+    "supernet_family",
 ]
-
-# name -> (supernet class, default config)
-_REGISTRY: dict[str, tuple[Callable[[Any], Supernet], Any]] = {}
-
-
-def register_supernet(name: str, factory: Callable[[Any], Supernet], config: Any) -> None:
-    """Register a named supernet: ``factory(config)`` builds it."""
-    if name in _REGISTRY:
-        raise ValueError(f"supernet {name!r} is already registered")
-    _REGISTRY[name] = (factory, config)
-
-
-def list_supernets() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def supernet_config(name: str, **overrides: Any) -> Any:
-    """The config of a registered supernet with ``overrides`` applied (for example
-    ``num_classes=10, resolutions=(24, 28, 32)``)."""
-    if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown supernet {name!r}; known: {', '.join(list_supernets())}")
-    _, config = _REGISTRY[name]
-    known = {f.name for f in fields(config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(
-            f"{name} has no setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}"
-        )
-    for key in ("resolutions", "kernel_sizes", "expand_ratios", "depths"):
-        if key in overrides:
-            kind = float if isinstance(getattr(config, key)[0], float) else int
-            overrides[key] = tuple(kind(v) for v in overrides[key])
-    return replace(config, **overrides)
-
-
-def create_supernet(name: str, **overrides: Any) -> Supernet:
-    """Build a registered supernet, e.g. ``create_supernet("ofa_mbv3_w1.0", num_classes=10)``.
-
-    Keyword arguments override fields of the family's config dataclass.
-    """
-    config = supernet_config(name, **overrides)
-    factory, _ = _REGISTRY[name]
-    net = factory(config)
-    net.name = name
-    return net
-
-
-def build_subnet(spec: dict[str, Any], arch: ArchLike | None = None) -> nn.Module:
-    """Rebuild a static sub-network from the ``spec()`` of an extracted one (weights are
-    not included: load them afterwards)."""
-    family = spec.get("family")
-    if family in ("mbconv", "mobilenet_v3"):  # "mobilenet_v3": exports written by 0.1.0
-        config = MBConvNetConfig.from_dict(spec["config"])
-        return MBConvSubnet(config, config.space.parse(arch or spec["arch"]))
-    if family == "resnet":
-        config = ResNetConfig.from_dict(spec["config"])
-        return ResNetSubnet(config, config.space.parse(arch or spec["arch"]))
-    raise ConfigError(f"unknown sub-network family {family!r}")
-
-
-register_supernet("ofa_mbv3_w1.0", OFAMBConvNet, MBConvNetConfig(width_mult=1.0))
-register_supernet("ofa_mbv3_w1.2", OFAMBConvNet, MBConvNetConfig(width_mult=1.2))
-register_supernet("ofa_proxyless_w1.3", OFAMBConvNet, proxyless_config(width_mult=1.3))
-register_supernet("ofa_resnet50", OFAResNet, ResNetConfig())

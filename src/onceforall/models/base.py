@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping, Union
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from ..arch import Arch, ArchLike, MBConvSpace, ResNetSpace
+from ..arch import ArchInput, ArchValue, Space
 from .costs import CostParts, LayerCost, total_macs, total_params
+from .family import Family, family_for
 
 __all__ = ["Supernet", "copy_leading_slices"]
 
@@ -41,23 +42,29 @@ class Supernet(nn.Module, ABC):
     """Base of the supernet families. A family implements ``_activate(arch)``,
     ``build_subnet(arch)``, ``_computed_weights(arch)`` and ``layer_costs(arch)``."""
 
-    space: Union[MBConvSpace, ResNetSpace]
+    space: Space
 
-    def parse_arch(self, arch: ArchLike) -> Arch:
+    @property
+    def family(self) -> Family:
+        """The family this supernet belongs to (what generic code asks instead of its
+        type)."""
+        return family_for(self)
+
+    def parse_arch(self, arch: ArchInput) -> ArchValue:
         return self.space.parse(arch)
 
-    def set_active(self, arch: ArchLike) -> Arch:
+    def set_active(self, arch: ArchInput) -> ArchValue:
         """Make ``forward`` run the sub-network ``arch`` (its resolution is whatever
-        the input has). Returns the validated :class:`Arch`."""
+        the input has). Returns the validated :class:`ArchValue`."""
         arch = self.parse_arch(arch)
         self._activate(arch)
         self.active_arch = arch
         return arch
 
-    def set_largest(self) -> Arch:
+    def set_largest(self) -> ArchValue:
         return self.set_active(self.space.largest())
 
-    def extract(self, arch: ArchLike | None = None) -> nn.Module:
+    def extract(self, arch: ArchInput | None = None) -> nn.Module:
         """An ordinary network holding copies of the active weights of ``arch`` (the
         active arch if omitted). In eval mode it computes what the supernet computes."""
         arch = self.active_arch if arch is None else self.parse_arch(arch)
@@ -80,29 +87,29 @@ class Supernet(nn.Module, ABC):
             norm.weight.zero_()
         return len(norms)
 
-    def macs(self, arch: ArchLike) -> int:
+    def macs(self, arch: ArchInput) -> int:
         """Multiply-accumulates of one forward pass of one image at ``arch``'s resolution."""
         return total_macs(self.layer_costs(self.parse_arch(arch)))
 
-    def params(self, arch: ArchLike) -> int:
+    def params(self, arch: ArchInput) -> int:
         """Trainable parameters of the extracted sub-network."""
         return total_params(self.layer_costs(self.parse_arch(arch)))
 
     # Implemented by families.
     @abstractmethod
-    def _activate(self, arch: Arch) -> None:
+    def _activate(self, arch: ArchValue) -> None:
         """Point the elastic layers at ``arch``'s choices."""
 
     @abstractmethod
-    def build_subnet(self, arch: Arch) -> nn.Module:
+    def build_subnet(self, arch: ArchValue) -> nn.Module:
         """A freshly initialised static network of ``arch``'s shape."""
 
     @abstractmethod
-    def _computed_weights(self, arch: Arch) -> dict[str, torch.Tensor]:
+    def _computed_weights(self, arch: ArchValue) -> dict[str, torch.Tensor]:
         """Extracted tensors that are not leading slices (transformed kernels)."""
 
     @abstractmethod
-    def layer_costs(self, arch: Arch) -> list[LayerCost]:
+    def layer_costs(self, arch: ArchValue) -> list[LayerCost]:
         """One row per conv / linear layer of the sub-network at ``arch.r``."""
 
     @abstractmethod

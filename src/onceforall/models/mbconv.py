@@ -11,6 +11,7 @@ that plan, so they cannot disagree on shapes.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -100,8 +101,9 @@ class MBConvNetConfig:
     def channels(self, base: int) -> int:
         return make_divisible(base * self.width_mult)
 
-    @property
+    @functools.cached_property
     def space(self) -> MBConvSpace:
+        """The arch space of this config (built once per config)."""
         return MBConvSpace(
             kernel_sizes=self.kernel_sizes,
             expand_ratios=self.expand_ratios,
@@ -299,6 +301,7 @@ class OFAMBConvNet(_MBConvNetBody, Supernet):
             )
         self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
         self.active_depths = [len(blocks) for blocks in stages]
+        self._cost_parts: dict[int, CostParts] = {}
         self.set_active(self.space.largest())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -347,6 +350,13 @@ class OFAMBConvNet(_MBConvNetBody, Supernet):
         return rows + list(parts.head)
 
     def cost_parts(self, resolution: int) -> CostParts:
+        """The layers at ``resolution``, split into fixed parts and per-(slot, k, e)
+        blocks (computed once per resolution)."""
+        if resolution not in self._cost_parts:
+            self._cost_parts[resolution] = self._build_cost_parts(resolution)
+        return self._cost_parts[resolution]
+
+    def _build_cost_parts(self, resolution: int) -> CostParts:
         config = self.config
         stem = config.channels(config.stem_width)
         first = config.channels(config.first_block_width)

@@ -12,7 +12,7 @@ supernet, the static sub-network and the cost model are all built from it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -25,9 +25,8 @@ from ..nn.elastic_resnet import (
     ElasticDeepStem,
     ElasticLinear,
     bottleneck_mid_channels,
-    shortcut_pool,
 )
-from ..nn.layers import ConvBNAct, make_divisible
+from ..nn.layers import Bottleneck, DeepStem, make_divisible
 from .base import Supernet
 from .costs import CostParts, LayerCost, conv_output_size
 
@@ -37,8 +36,6 @@ __all__ = [
     "ResNetConfig",
     "BottleneckPlan",
     "bottleneck_plan",
-    "DeepStem",
-    "Bottleneck",
     "ResNetSubnet",
     "OFAResNet",
 ]
@@ -88,8 +85,9 @@ class ResNetConfig:
         ):
             object.__setattr__(self, name, tuple(sorted(set(kind(v) for v in getattr(self, name)))))
 
-    @property
+    @functools.cached_property
     def space(self) -> ResNetSpace:
+        """The arch space of this config (built once per config)."""
         return ResNetSpace(
             expand_ratios=self.expand_ratios,
             depths=self.depths,
@@ -177,66 +175,6 @@ def bottleneck_plan(config: ResNetConfig) -> Iterator[BottleneckPlan]:
             )
             in_choices, in_position = out_choices, s + 2
             slot += 1
-
-
-# ----------------------------------------------------------------- static layers
-class DeepStem(nn.Module):
-    """Static deep stem: ``conv1`` (3x3/2), optional ``residual`` (3x3, added to its
-    input), ``conv2`` (3x3); each conv + BN + ReLU."""
-
-    def __init__(
-        self, mid: int, out: int, residual: bool, bn_eps: float = 1e-5, bn_momentum: float = 0.1
-    ) -> None:
-        super().__init__()
-        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
-        self.conv1 = ConvBNAct(3, mid, 3, stride=2, act="relu", **bn)
-        self.residual = ConvBNAct(mid, mid, 3, act="relu", **bn) if residual else None
-        self.conv2 = ConvBNAct(mid, out, 3, act="relu", **bn)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
-        if self.residual is not None:
-            x = x + self.residual(x)
-        return self.conv2(x)
-
-
-class Bottleneck(nn.Module):
-    """Static ResNet-D bottleneck: ``conv1`` 1x1, ``conv2`` 3x3 with stride, ``conv3``
-    1x1 (BN after each, ReLU after the first two), shortcut the identity or ``shortcut``
-    (avg pool + 1x1 conv + BN), ReLU after the sum."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        mid_channels: int,
-        out_channels: int,
-        stride: int,
-        conv_shortcut: bool,
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
-    ) -> None:
-        super().__init__()
-        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
-        self.conv1 = ConvBNAct(in_channels, mid_channels, 1, act="relu", **bn)
-        self.conv2 = ConvBNAct(mid_channels, mid_channels, 3, stride, act="relu", **bn)
-        self.conv3 = ConvBNAct(mid_channels, out_channels, 1, act=None, **bn)
-        if conv_shortcut:
-            self.shortcut = nn.Sequential(
-                OrderedDict(
-                    pool=shortcut_pool(stride),
-                    conv=nn.Conv2d(in_channels, out_channels, 1, bias=False),
-                    bn=nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum),
-                )
-            )
-        else:
-            if stride != 1 or in_channels != out_channels:
-                raise ValueError("an identity shortcut needs stride 1 and in == out channels")
-            self.shortcut = None
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.conv3(self.conv2(self.conv1(x))) + skip)
 
 
 class _ResNetBody(nn.Module):

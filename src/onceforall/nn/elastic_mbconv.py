@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import MBConv, make_activation, make_divisible, se_hidden_channels
+from .layers import make_activation, make_divisible, se_hidden_channels
 
 __all__ = [
     "ElasticConv2d",
@@ -213,21 +213,6 @@ class ElasticMBConv(nn.Module):
         return x + y if self.shortcut else y
 
     # ---------------------------------------------------------------- extraction
-    def static_block(self, kernel_size: int, expand_ratio: int) -> MBConv:
-        """An uninitialised static block of the shape this block has at that choice."""
-        return MBConv(
-            self.in_channels,
-            self.mid_channels(expand_ratio),
-            self.out_channels,
-            kernel_size,
-            self.stride,
-            self.act_name,
-            self.use_se,
-            self.shortcut,
-            bn_eps=self.bn_eps,
-            bn_momentum=self.bn_momentum,
-        )
-
     # ------------------------------------------------------------ channel sorting
     @torch.no_grad()
     def sort_channels(self) -> None:

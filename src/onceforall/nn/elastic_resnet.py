@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .elastic_mbconv import ElasticBatchNorm2d, ElasticConv2d
-from .layers import make_divisible
+from .layers import make_divisible, shortcut_pool
 
 __all__ = [
     "ElasticStridedConv2d",
@@ -199,14 +199,6 @@ class ElasticBottleneck(nn.Module):
         order = _importance_order(self.conv2.conv.weight)
         _permute_rows(self.conv1, order)
         self.conv2.conv.weight.copy_(self.conv2.conv.weight[:, order])
-
-
-def shortcut_pool(stride: int) -> nn.Module:
-    """The D-variant shortcut's average pool: kernel = stride, ``ceil_mode=True`` (a
-    window cut by the border averages over the pixels inside); nothing at stride 1."""
-    if stride == 1:
-        return nn.Identity()
-    return nn.AvgPool2d(kernel_size=stride, stride=stride, padding=0, ceil_mode=True)
 
 
 def _importance_order(weight: torch.Tensor) -> torch.Tensor:

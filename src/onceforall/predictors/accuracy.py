@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arch import ArchLike, MBConvSpace, ResNetSpace
+from ..arch import ArchInput, Space
 from ..errors import FileFormatError, InputNotFoundError, OnceForAllError
+from ..models import all_families
 from ..storage.atomic import atomic_file
 
 __all__ = [
@@ -45,7 +46,7 @@ class AccuracyPredictor(nn.Module):
 
     def __init__(
         self,
-        space: MBConvSpace,
+        space: Space,
         hidden: int = 400,
         layers: int = 3,
         base_accuracy: float = 0.0,
@@ -70,10 +71,10 @@ class AccuracyPredictor(nn.Module):
         """Vectorised prediction for a float32 array of encodings (search uses this)."""
         return self(torch.from_numpy(np.ascontiguousarray(features, np.float32))).numpy()
 
-    def encode(self, archs: Iterable[ArchLike]) -> np.ndarray:
+    def encode(self, archs: Iterable[ArchInput]) -> np.ndarray:
         return np.stack([self.space.encode(a) for a in archs])
 
-    def predict(self, archs: Sequence[ArchLike]) -> np.ndarray:
+    def predict(self, archs: Sequence[ArchInput]) -> np.ndarray:
         """Predicted top-1 (percent) of each arch (validated against the space)."""
         was_training = self.training
         self.eval()
@@ -82,7 +83,7 @@ class AccuracyPredictor(nn.Module):
         finally:
             self.train(was_training)
 
-    def check_space(self, space: MBConvSpace) -> None:
+    def check_space(self, space: Space) -> None:
         """Raise :class:`PredictorMismatchError` unless ``space`` encodes like ours."""
         ours, theirs = self.space.encoding_layout(), space.encoding_layout()
         if ours != theirs:
@@ -109,7 +110,7 @@ class AccuracyPredictor(nn.Module):
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, space: MBConvSpace | None = None) -> AccuracyPredictor:
+    def load(cls, path: str | os.PathLike, space: Space | None = None) -> AccuracyPredictor:
         """Load a saved predictor (``weights_only``: no code runs). With ``space``, refuse
         a predictor whose encoding differs from that space's."""
         path = Path(path)
@@ -123,13 +124,20 @@ class AccuracyPredictor(nn.Module):
             raise FileFormatError(f"{path} is not an onceforall accuracy predictor file")
         fields = json.loads(payload["space"])
         kind = json.loads(payload["layout"]).get("type")
-        space_class = ResNetSpace if kind == "resnet-onehot" else MBConvSpace
-        saved_space = space_class(**{k: tuple(v) for k, v in fields.items()})
+        saved_space = _space_class(kind)(**{k: tuple(v) for k, v in fields.items()})
         predictor = cls(saved_space, hidden=payload["hidden"], layers=payload["layers"])
         predictor.load_state_dict(payload["state_dict"])
         if space is not None:
             predictor.check_space(space)
         return predictor.eval()
+
+
+def _space_class(encoding: str | None) -> type:
+    """The space class whose one-hot encoding is ``encoding``."""
+    for family in all_families():
+        if family.space.encoding_type == encoding:
+            return family.space
+    raise FileFormatError(f"no model family encodes archs as {encoding!r}")
 
 
 # ------------------------------------------------------------------------ metrics
@@ -177,8 +185,8 @@ class PredictorReport:
 
 
 def fit_accuracy_predictor(
-    space: MBConvSpace,
-    archs: Sequence[ArchLike],
+    space: Space,
+    archs: Sequence[ArchInput],
     accuracies: Sequence[float],
     *,
     val_fraction: float = 0.2,

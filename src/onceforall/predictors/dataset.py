@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import Arch, MBConvSpace
+from ..arch import ArchValue, Space
 from ..errors import FileFormatError, InputNotFoundError
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
@@ -34,13 +34,13 @@ __all__ = [
 ]
 
 
-def dataset_archs(space: MBConvSpace, n: int, seed: int = 0) -> list[Arch]:
+def dataset_archs(space: Space, n: int, seed: int = 0) -> list[ArchValue]:
     """``n`` distinct archs: the smallest and largest at the lowest and highest
     resolution, then uniform random samples (all resolutions), fixed by ``seed``."""
     lo, hi = space.resolutions[0], space.resolutions[-1]
     fixed = [space.smallest(lo), space.largest(lo), space.smallest(hi), space.largest(hi)]
-    archs: list[Arch] = []
-    seen: set[Arch] = set()
+    archs: list[ArchValue] = []
+    seen: set[ArchValue] = set()
     for arch in fixed:
         if space.canonical(arch) not in seen and len(archs) < n:
             archs.append(arch)
@@ -101,7 +101,7 @@ def _part_path(path: Path, rank: int) -> Path:
 def build_accuracy_dataset(
     supernet: Supernet,
     evaluator: SubnetEvaluator,
-    archs: Sequence[Arch],
+    archs: Sequence[ArchValue],
     out: str | os.PathLike,
     *,
     env: DistEnv | None = None,

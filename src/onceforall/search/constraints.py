@@ -10,7 +10,7 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from ..arch import MBConvSpace
+from ..arch import Space
 from ..errors import OnceForAllError
 from .objectives import AdditiveCost, Cost, format_value
 from .population import ArchBatch, genome_layout
@@ -55,10 +55,6 @@ class Constraint:
     def __str__(self) -> str:
         return f"{self.cost.name}<={format_value(self.limit, self.cost.unit, with_unit=False)}"
 
-    def satisfied(self, batch: ArchBatch) -> np.ndarray:
-        """(N,) bool."""
-        return self.cost(batch) <= self.limit
-
 
 CostsLike = Union[Mapping[str, Cost], Sequence[Cost]]
 
@@ -102,7 +98,7 @@ def parse_constraints(texts: Sequence[str], costs: CostsLike) -> list[Constraint
 class ConstraintSet:
     """Several constraints of one space, checked together with one gather per batch."""
 
-    def __init__(self, space: MBConvSpace, constraints: Sequence[Constraint]) -> None:
+    def __init__(self, space: Space, constraints: Sequence[Constraint]) -> None:
         for c in constraints:
             if c.cost.space != space:
                 raise ValueError(f"constraint {c} belongs to another space than the search")

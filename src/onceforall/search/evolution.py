@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arch import Arch, MBConvSpace
+from ..arch import ArchValue, Space
 from .constraints import Constraint, ConstraintSet
 from .objectives import Cost
 from .population import ArchBatch, GenomeLayout, genome_layout
@@ -55,7 +55,7 @@ def torch_predictor(module: nn.Module) -> Predictor:
     return predict
 
 
-def as_predictor(predictor: PredictorLike, space: MBConvSpace) -> Predictor:
+def as_predictor(predictor: PredictorLike, space: Space) -> Predictor:
     """A numpy callable from a torch module or a callable. A module with a ``space``
     attribute must encode the same way as ``space``."""
     if isinstance(predictor, nn.Module):
@@ -122,7 +122,7 @@ class SearchResult:
     candidates, ``predicted`` the distinct ones the predictor actually ran on.
     ``population`` is the final pool, best first, with ``population_accuracy``."""
 
-    arch: Arch
+    arch: ArchValue
     accuracy: float
     costs: dict[str, float]
     history: np.ndarray
@@ -203,7 +203,7 @@ def _random_feasible(
 
 
 def _result(
-    space: MBConvSpace,
+    space: Space,
     genes: np.ndarray,
     acc: np.ndarray,
     history: Sequence[float],
@@ -232,7 +232,7 @@ def _result(
 
 
 def evolutionary_search(
-    space: MBConvSpace,
+    space: Space,
     predictor: PredictorLike,
     constraints: Sequence[Constraint] = (),
     *,
@@ -294,7 +294,7 @@ def evolutionary_search(
 
 
 def random_search(
-    space: MBConvSpace,
+    space: Space,
     predictor: PredictorLike,
     constraints: Sequence[Constraint] = (),
     *,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence, Union
 
 import numpy as np
 
-from ..arch import Arch, ArchLike, MBConvSpace
+from ..arch import ArchInput, ArchValue, Space
 from ..models.costs import total_macs, total_params
 from .population import ArchBatch, genome_layout
 
@@ -66,7 +66,7 @@ class AdditiveCost:
     """
 
     def __init__(
-        self, name: str, fixed: np.ndarray, table: np.ndarray, unit: str, space: MBConvSpace
+        self, name: str, fixed: np.ndarray, table: np.ndarray, unit: str, space: Space
     ) -> None:
         layout = genome_layout(space)
         fixed = np.asarray(fixed, dtype=np.float64)
@@ -96,7 +96,7 @@ class AdditiveCost:
             raise ValueError(f"cost {self.name!r} belongs to another space than this batch")
         return self.of_genes(batch.genes)
 
-    def of(self, arch: ArchLike) -> float:
+    def of(self, arch: ArchInput) -> float:
         """Cost of one architecture."""
         return float(self(ArchBatch.from_archs(self.space, [arch]))[0])
 
@@ -107,7 +107,7 @@ class AdditiveCost:
         table = sum(w * c.table for w, c in zip(weights, costs))
         return AdditiveCost("weighted", fixed, table, "", self.space)
 
-    def _extreme(self, sign: float) -> tuple[float, Arch]:
+    def _extreme(self, sign: float) -> tuple[float, ArchValue]:
         """Exact min (sign=1) or max (sign=-1) over the space, with an arch attaining it:
         per resolution, per stage the best depth of the prefix sums of per-slot optima."""
         layout = genome_layout(self.space)
@@ -130,11 +130,11 @@ class AdditiveCost:
         # The value as every check computes it (the same sum, maybe in another order).
         return float(self.of_genes(genes)[0]), ArchBatch(self.space, genes).arch(0)
 
-    def minimum(self) -> tuple[float, Arch]:
+    def minimum(self) -> tuple[float, ArchValue]:
         """The smallest cost any sub-network reaches (exact), and one that reaches it."""
         return self._extreme(1.0)
 
-    def maximum(self) -> tuple[float, Arch]:
+    def maximum(self) -> tuple[float, ArchValue]:
         """The largest cost any sub-network reaches (exact), and one that reaches it."""
         return self._extreme(-1.0)
 
@@ -201,7 +201,7 @@ Cost = Union[AdditiveCost, ArchCost]
 
 
 def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
-    space: MBConvSpace = supernet.space
+    space: Space = supernet.space
     layout = genome_layout(space)
     fixed = np.zeros(len(space.resolutions))
     table = np.zeros(layout.table_shape)
@@ -217,21 +217,19 @@ def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
 
 def macs_cost(supernet) -> Cost:
     """MACs of every sub-network of ``supernet`` (equal to ``supernet.macs``)."""
-    if not isinstance(supernet.space, MBConvSpace):
+    if not supernet.family.additive_costs:
         return ArchCost("macs", supernet.macs, "MACs", supernet.space)
     return _cost_from_parts(supernet, "macs", "MACs", total_macs)
 
 
 def params_cost(supernet) -> Cost:
     """Parameters of every sub-network of ``supernet`` (equal to ``supernet.params``)."""
-    if not isinstance(supernet.space, MBConvSpace):
+    if not supernet.family.additive_costs:
         return ArchCost("params", supernet.params, "params", supernet.space)
     return _cost_from_parts(supernet, "params", "params", total_params)
 
 
-def latency_cost(
-    table: AdditiveTable, space: MBConvSpace, name: str = "latency_ms"
-) -> AdditiveCost:
+def latency_cost(table: AdditiveTable, space: Space, name: str = "latency_ms") -> AdditiveCost:
     """Latency predicted by a lookup table (``fixed_ms(r) + sum block_ms(r, slot, k, e)``)."""
     layout = genome_layout(space)
     fixed = np.array([table.fixed_ms(r) for r in space.resolutions], dtype=np.float64)

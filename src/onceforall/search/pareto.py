@@ -14,7 +14,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-from ..arch import Arch, ArchLike, MBConvSpace
+from ..arch import ArchInput, ArchValue, Space
 from .constraints import Constraint, ConstraintSet
 from .evolution import (
     PredictorLike,
@@ -77,7 +77,7 @@ def crowding_distance(objectives: np.ndarray, ranks: np.ndarray) -> np.ndarray:
 class ParetoFront:
     """Non-dominated architectures, sorted by the first cost (ascending)."""
 
-    archs: list[Arch]
+    archs: list[ArchValue]
     accuracy: np.ndarray
     costs: dict[str, np.ndarray]
     wall_time_s: float
@@ -119,7 +119,7 @@ def _tournament(ranks: np.ndarray, crowd: np.ndarray, n: int, rng: np.random.Gen
 
 
 def pareto_search(
-    space: MBConvSpace,
+    space: Space,
     predictor: PredictorLike,
     costs: Union[Cost, Sequence[Cost]],
     constraints: Sequence[Constraint] = (),
@@ -130,7 +130,7 @@ def pareto_search(
     resolution_mutation_prob: float = 0.5,
     seed: int = 0,
     max_tries: int = 100,
-    initial: Sequence[ArchLike] = (),
+    initial: Sequence[ArchInput] = (),
     progress: bool = False,
 ) -> ParetoFront:
     """NSGA-II over (predicted accuracy, ``costs``): the non-dominated feasible

@@ -7,21 +7,17 @@ distributed workers agree and resumed runs exact.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator
 
-from ..arch import MBConvSpace, ResNetArch, ResNetSpace
+from ..arch import Space
 from ..errors import ConfigError
 from .config import StageConfig
 
-AnySpace = Union[MBConvSpace, ResNetSpace]
-
 __all__ = [
-    "OpenResNetSpace",
     "Position",
     "SkipBatches",
     "lr_at",
@@ -32,75 +28,35 @@ __all__ = [
 ]
 
 
-def _opened(stage: StageConfig, name: str, available: Sequence[Any]) -> tuple:
-    """The values of ``name`` that ``stage`` opens (the largest if it names none), all of
-    which the supernet must have."""
-    opened = getattr(stage, name)
-    if opened is None:
-        return (max(available),)
-    outside = [v for v in opened if v not in available]
-    if outside:
-        raise ConfigError(
-            f"stage {stage.name!r} opens {name} {outside} that the supernet does not have; "
-            f"it has {list(available)}"
-        )
-    return tuple(opened)
+ELASTIC_FIELDS = ("kernel_sizes", "expand_ratios", "depths", "width_mults")  # of StageConfig
 
 
-def stage_space(space: AnySpace, stage: StageConfig) -> AnySpace | OpenResNetSpace:
-    """The part of ``space`` that ``stage`` has opened; its samples are archs of ``space``."""
-    if isinstance(space, ResNetSpace):
-        if stage.kernel_sizes:
-            raise ConfigError(f"stage {stage.name!r}: OFA-ResNet has no elastic kernel size")
-        opened = dataclasses.replace(
-            space,
-            expand_ratios=_opened(stage, "expand_ratios", space.expand_ratios),
-            depths=_opened(stage, "depths", space.depths),
-            width_mults=_opened(stage, "width_mults", space.width_mults),
-        )
-        return OpenResNetSpace(space, opened)
-    if stage.width_mults:
-        raise ConfigError(f"stage {stage.name!r}: width_mults apply to OFA-ResNet supernets only")
-    return MBConvSpace(
-        kernel_sizes=_opened(stage, "kernel_sizes", space.kernel_sizes),
-        expand_ratios=_opened(stage, "expand_ratios", space.expand_ratios),
-        depths=_opened(stage, "depths", space.depths),
-        stage_max_depths=space.stage_max_depths,
-        resolutions=space.resolutions,
-    )
-
-
-@dataclass(frozen=True)
-class OpenResNetSpace:
-    """The choices a stage has opened (``opened``) of an OFA-ResNet space (``full``).
-    Samples are written as archs of ``full``: their ``w`` indexes ``full.width_mults``
-    and their ``d[0]`` runs or skips the stem block as in ``full``."""
-
-    full: ResNetSpace
-    opened: ResNetSpace
-
-    @property
-    def resolutions(self) -> tuple[int, ...]:
-        return self.full.resolutions
-
-    def _lift(self, arch: ResNetArch) -> ResNetArch:
-        widths = self.opened.width_mults
-        stem = max(self.full.depths) if self.opened.stem_block_runs(arch) else min(self.full.depths)
-        return ResNetArch(
-            d=(stem, *arch.d[1:]),
-            e=arch.e,
-            w=tuple(self.full.width_mults.index(widths[i]) for i in arch.w),
-            r=arch.r,
-        )
-
-    def sample(self, rng: random.Random | int | None = None) -> ResNetArch:
-        return self._lift(self.opened.sample(rng))
-
-    def largest(self, resolution: int | None = None) -> ResNetArch:
-        return self._lift(self.opened.largest(resolution))
-
-    def smallest(self, resolution: int | None = None) -> ResNetArch:
-        return self._lift(self.opened.smallest(resolution))
+def stage_space(space: Space, stage: StageConfig) -> Any:
+    """The part of ``space`` that ``stage`` has opened (``space.restrict``); its samples
+    are archs of ``space``. A choice set the stage leaves out opens only the space's
+    largest; one the stage names must be the space's own."""
+    opened = {}
+    for name in ELASTIC_FIELDS:
+        values = getattr(stage, name)
+        if name not in space.elastic_dimensions:
+            if values:
+                raise ConfigError(
+                    f"stage {stage.name!r} opens {name}, which this supernet does not have; "
+                    f"its elastic choices are {', '.join(space.elastic_dimensions)}"
+                )
+            continue
+        available = getattr(space, name)
+        if values is None:
+            opened[name] = (max(available),)
+            continue
+        outside = [v for v in values if v not in available]
+        if outside:
+            raise ConfigError(
+                f"stage {stage.name!r} opens {name} {outside} that the supernet does not "
+                f"have; it has {list(available)}"
+            )
+        opened[name] = tuple(values)
+    return space.restrict(**opened)
 
 
 def sample_stage_arch(space: Any, seed: int, stage: int, step: int, k: int) -> Any:

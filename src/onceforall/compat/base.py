@@ -1,0 +1,131 @@
+"""What every family's compatibility with the authors' package shares: the errors, how
+their files are read (``torch.load(weights_only=True)``: nothing in them is executed),
+how their conv/BN names map to ours, and :class:`ReferenceFormat`, the record a family
+fills in to say how the authors store it (see :mod:`.mbconv`, :mod:`.resnet`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from ..errors import InputNotFoundError, OnceForAllError
+from ..storage.state_dicts import state_dict_problems
+
+__all__ = [
+    "NetConfigError",
+    "ReferenceCheckpointError",
+    "ReferenceFormat",
+    "block_conv",
+    "conv_bn_keys",
+    "load_mapped",
+    "read_state_dict",
+]
+
+
+class ReferenceCheckpointError(OnceForAllError, ValueError):
+    """A reference checkpoint that does not fit the named supernet."""
+
+
+class NetConfigError(OnceForAllError, ValueError):
+    """A specialised net's ``net.config`` that is not a sub-network of one of our
+    supernets (see :mod:`onceforall.compat.specialized`)."""
+
+
+def _unchanged(theirs: Mapping[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    return dict(theirs)
+
+
+@dataclass(frozen=True)
+class ReferenceFormat:
+    """How the authors' package stores one family.
+
+    ``required`` lists the checkpoint keys that identify such a checkpoint (each as its
+    alternative spellings); ``classifier`` the spellings of the classifier weight, whose
+    rows give the number of classes. ``supernet_keys(net)`` and ``subnet_keys(subnet)``
+    map our state-dict keys to theirs; ``normalise(theirs, expected)`` renames the older
+    spellings their loader also reads. ``net_configs`` maps the class name their
+    ``net.config`` carries to our supernets it may come from, and
+    ``subnet_from_net_config(net_config, config, supernet, resolution)`` reads one back
+    into our static network (raising :class:`NetConfigError` where it does not fit).
+    """
+
+    description: str
+    required: tuple[tuple[str, ...], ...]
+    classifier: tuple[str, ...]
+    supernet_keys: Callable[[Any], dict[str, str]]
+    subnet_keys: Callable[[Any], dict[str, str]]
+    net_configs: Mapping[str, tuple[str, ...]]
+    subnet_from_net_config: Callable[[Mapping[str, Any], Any, str, int], Any]
+    normalise: Callable[[Mapping[str, torch.Tensor], set[str]], dict] = field(default=_unchanged)
+
+
+def conv_bn_keys(ours: Iterable[str], prefix: str, theirs: str, nested: bool) -> dict[str, str]:
+    """Keys of one of our ``conv``/``bn`` sequences (``prefix``) -> the authors' keys
+    under ``theirs``. Their elastic layers wrap conv and BN once more (``conv.conv``,
+    ``bn.bn``, set ``nested``) and store kernel transforms as ``conv.7to5_matrix``."""
+    inner = ".conv" if nested else ""
+    inner_bn = ".bn" if nested else ""
+    mapping: dict[str, str] = {}
+    for key in ours:
+        if key.startswith(prefix + ".conv."):
+            rest = key[len(prefix) + len(".conv.") :]
+            if rest.startswith("kernel_transforms."):
+                mapping[key] = f"{theirs}.conv.{rest.split('.')[1]}_matrix"
+            else:
+                mapping[key] = f"{theirs}.conv{inner}.{rest}"
+        elif key.startswith(prefix + ".bn."):
+            mapping[key] = f"{theirs}.bn{inner_bn}.{key[len(prefix) + len('.bn.') :]}"
+    return mapping
+
+
+def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if not path.is_file():
+        raise InputNotFoundError(f"no reference checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ReferenceCheckpointError(
+            f"{path} cannot be read as a weights-only PyTorch file: {exc}"
+        ) from exc
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]  # their training checkpoints wrap it
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ReferenceCheckpointError(f"{path} holds no state dict of tensors")
+    # DataParallel saves prefix "module."; their older releases named the block's layer
+    # "mobile_inverted_conv" (their own loader renames it the same way).
+    return {
+        k.removeprefix("module.").replace(".mobile_inverted_conv.", ".conv."): v
+        for k, v in data.items()
+    }
+
+
+def load_mapped(
+    net: torch.nn.Module,
+    theirs: Mapping[str, torch.Tensor],
+    mapping: Mapping[str, str],
+    what: str,
+) -> None:
+    """Load ``theirs`` into ``net`` through ``mapping`` (our key -> their key), or raise
+    :class:`ReferenceCheckpointError` (prefixed by ``what``) listing missing and
+    unexpected keys and wrong shapes by name. Nothing is loaded unless everything fits."""
+    own = net.state_dict()
+    problems = state_dict_problems({k: own[o].shape for o, k in mapping.items()}, theirs)
+    if problems:
+        raise ReferenceCheckpointError(f"{what}: " + "; ".join(problems))
+    net.load_state_dict({o: theirs[k] for o, k in mapping.items()})
+
+
+def block_conv(block: Mapping[str, Any]) -> Mapping[str, Any]:
+    conv = block.get("conv", block.get("mobile_inverted_conv"))  # older releases
+    if not isinstance(conv, Mapping):
+        raise NetConfigError(f"block {block.get('name')!r} has no 'conv' layer config")
+    return conv
+
+
+def choice_index(value: Any, choices: tuple, what: str) -> int:
+    if value not in choices:
+        raise NetConfigError(f"{what} {value!r} is none of {list(choices)}")
+    return choices.index(value)
