@@ -15,6 +15,7 @@ from ..arch import ArchError
 from ..deploy.report import arch_summary, format_table, profile_subnets, spread_archs
 from ..errors import OnceForAllError
 from ..models import create_supernet, list_supernets
+from ..storage.atomic import write_text_atomic
 from .deploy import add_deploy_commands
 from .train import add_training_commands
 
@@ -82,7 +83,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             }
             for p in profiles
         ]
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        write_text_atomic(args.json, json.dumps(records, indent=1))
         print(f"wrote {args.json}")
     return 0
 
