@@ -35,16 +35,15 @@ def stage_space(space: Space, stage: StageConfig) -> Any:
     """The part of ``space`` that ``stage`` has opened (``space.restrict``); its samples
     are archs of ``space``. A choice set the stage leaves out opens only the space's
     largest; one the stage names must be the space's own."""
-    opened = {}
     for name in ELASTIC_FIELDS:
+        if getattr(stage, name) and name not in space.elastic_dimensions:
+            raise ConfigError(
+                f"stage {stage.name!r} opens {name}, which this supernet does not have; "
+                f"its elastic choices are {', '.join(space.elastic_dimensions)}"
+            )
+    opened = {}
+    for name in space.elastic_dimensions:
         values = getattr(stage, name)
-        if name not in space.elastic_dimensions:
-            if values:
-                raise ConfigError(
-                    f"stage {stage.name!r} opens {name}, which this supernet does not have; "
-                    f"its elastic choices are {', '.join(space.elastic_dimensions)}"
-                )
-            continue
         available = getattr(space, name)
         if values is None:
             opened[name] = (max(available),)
