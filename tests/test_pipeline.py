@@ -62,6 +62,14 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["run", "--config", str(config), "--out", str(run)]) == 0
     printed = capsys.readouterr().out
     assert "Pareto plot:" in printed and "exported:" in printed
+    # The forecast after training names the steps still to come; the end says what each
+    # step took (tests/test_forecast.py checks the arithmetic).
+    forecast = next(line for line in printed.splitlines() if line.startswith("forecast:"))
+    for step in ("accuracy dataset", "latency table", "specialise", "export"):
+        assert step in forecast
+    took = next(line for line in printed.splitlines() if line.startswith("took on this"))
+    for step in ("full", "elastic", "accuracy dataset", "predictor", "latency table"):
+        assert f"{step} " in took
 
     # The supernet checkpoint loads.
     _, supernet = load_run(run)

@@ -168,6 +168,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"Pareto plot: {summary.plot}")
     for path in summary.exports:
         print(f"exported: {path}")
+    if summary.took:
+        print(f"took on this machine: {summary.took_line}")
     return 0
 
 

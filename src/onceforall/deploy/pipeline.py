@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +26,8 @@ from ..search import pareto_search
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
 from ..training.config import SpecializeConfig
+from ..training.forecast import Forecast
+from . import forecast as later
 from .specialize import Specialized, search_costs, spread_latency_targets
 from .steps import (
     accuracy_dataset_step,
@@ -46,6 +50,16 @@ class RunSummary:
     plot: Path | None
     predictor_report: str | None
     latency_table: Path | None
+    took: dict[str, float] = field(default_factory=dict)  # seconds per step run this time
+    took_line: str = ""  # the same, as one line
+
+
+@contextmanager
+def _timed(forecast: Forecast, name: str):
+    """Record how long the block took as step ``name`` of the forecast."""
+    start = time.perf_counter()
+    yield
+    forecast.finish(name, time.perf_counter() - start)
 
 
 def _say(progress: bool) -> Callable[[str], None]:
@@ -62,22 +76,40 @@ def run_pipeline(
     progress: bool = True,
 ) -> RunSummary:
     """Run (or continue) every step for ``config`` on ``data`` in ``run_dir``."""
+    started = time.perf_counter()
     layout = RunLayout(run_dir)
     say = _say(progress)
     settings = config.specialize
     if fresh and layout.root.exists():
         shutil.rmtree(layout.root)
 
-    # 1. Train (resumes from the last complete checkpoint when there is one).
+    # 1. Train (resumes from the last complete checkpoint when there is one). The
+    # trainer forecasts the whole job: its stages and the steps below.
+    forecast = Forecast()
     if layout.training_done.is_file():
         say(f"[1/6] supernet: reusing {layout.supernet}")
     else:
         say("[1/6] training the supernet (progressive shrinking)")
-        train(config, data, layout.root, resume=True, device=device, progress=progress)
+        train(
+            config,
+            data,
+            layout.root,
+            resume=True,
+            device=device,
+            progress=progress,
+            forecast=forecast,
+            forecast_later=lambda net, test_images: later.later_steps(
+                config, net, layout, test_images
+            ),
+        )
+        if forecast.measured and forecast.later:
+            say(forecast.line())
     _, supernet = load_run(layout.root)
 
     # 2. Accuracy dataset (resumable row by row).
     say(f"[2/6] accuracy dataset: {settings.acc_dataset_archs} sub-networks")
+    planned = {w.name: w for w in forecast.later}
+    start = time.perf_counter()
     dataset = accuracy_dataset_step(
         layout,
         data,
@@ -87,18 +119,27 @@ def run_pipeline(
         device=device,
         progress=progress,
     )
+    if later.ACCURACY_DATASET in planned:  # its speed sharpens the forecast of the rest
+        seconds = time.perf_counter() - start
+        forecast.observe_forward(
+            later.ACCURACY_DATASET, seconds, planned[later.ACCURACY_DATASET].forward_units
+        )
+        forecast.finish(later.ACCURACY_DATASET, seconds)
+        if forecast.later:
+            say(forecast.line())
 
     # 3. Accuracy predictor (a saved one is reused).
     if layout.accuracy_predictor.is_file():
         say(f"[3/6] accuracy predictor: reusing {layout.accuracy_predictor}")
-    fitted = predictor_step(
-        layout,
-        supernet.space,
-        dataset.rows,
-        reuse=True,
-        epochs=settings.predictor_epochs,
-        seed=config.seed,
-    )
+    with _timed(forecast, "predictor"):
+        fitted = predictor_step(
+            layout,
+            supernet.space,
+            dataset.rows,
+            reuse=True,
+            epochs=settings.predictor_epochs,
+            seed=config.seed,
+        )
     report = None if fitted.report is None else str(fitted.report)
     if report is not None:
         say(f"[3/6] accuracy predictor: {report}")
@@ -115,15 +156,16 @@ def run_pipeline(
             say(f"[4/6] latency table: reusing {layout.latency_table}")
         else:
             say(f"[4/6] latency table ({settings.latency_backend}, this device)")
-        table = latency_table_step(
-            supernet,
-            layout.latency_table,
-            reuse=True,
-            backend=settings.latency_backend,
-            threads=settings.latency_threads,
-            repeats=settings.latency_repeats,
-            progress=progress,
-        ).table
+        with _timed(forecast, later.LATENCY_TABLE):
+            table = latency_table_step(
+                supernet,
+                layout.latency_table,
+                reuse=True,
+                backend=settings.latency_backend,
+                threads=settings.latency_threads,
+                repeats=settings.latency_repeats,
+                progress=progress,
+            ).table
 
     # 5. Specialise and measure.
     costs = search_costs(supernet, table)
@@ -131,18 +173,19 @@ def run_pipeline(
     targets = settings.targets or spread_latency_targets(costs[metric], settings.num_targets)
     say(f"[5/6] specialising for {', '.join(targets)}")
     evaluator = test_evaluator(config, data)
-    chosen = specialize_step(
-        layout,
-        supernet,
-        fitted.predictor,
-        targets,
-        evaluator=evaluator,
-        latency_table=table,
-        random_baseline=settings.random_baseline,
-        seed=config.seed,
-        generations=settings.generations,
-        progress=progress,
-    ).chosen
+    with _timed(forecast, later.SPECIALISE):
+        chosen = specialize_step(
+            layout,
+            supernet,
+            fitted.predictor,
+            targets,
+            evaluator=evaluator,
+            latency_table=table,
+            random_baseline=settings.random_baseline,
+            seed=config.seed,
+            generations=settings.generations,
+            progress=progress,
+        ).chosen
     plot = _plot(layout.pareto_plot, supernet, fitted.predictor, costs, table, dataset.rows, chosen)
     threads = (table.threads if table is not None else settings.latency_threads) or None
 
@@ -150,6 +193,7 @@ def run_pipeline(
     exports: list[Path] = []
     if settings.export:
         say("[6/6] exporting the chosen sub-networks (safetensors + ONNX, checked)")
+        start = time.perf_counter()
         for row in chosen:
             result = export_step(
                 supernet,
@@ -160,7 +204,18 @@ def run_pipeline(
                 extra_metadata={"source_run": str(layout.root), "target": row.target},
             )
             exports.append(result.out_dir)
-    return RunSummary(layout.root, supernet.space, chosen, exports, plot, report, table_path)
+        forecast.finish(later.EXPORT, time.perf_counter() - start)
+    return RunSummary(
+        layout.root,
+        supernet.space,
+        chosen,
+        exports,
+        plot,
+        report,
+        table_path,
+        took=dict(forecast.done),
+        took_line=forecast.summary(total_s=time.perf_counter() - started),
+    )
 
 
 def _plot(path, supernet, predictor, costs, table, rows, chosen) -> Path | None:

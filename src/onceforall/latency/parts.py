@@ -69,6 +69,18 @@ def static_net(supernet: OFAMBConvNet, arch: Arch) -> nn.Module:
     return supernet.build_subnet(shape).eval()
 
 
+def block_subnets(supernet: OFAMBConvNet) -> dict[tuple[int, int], nn.Module]:
+    """One static network per (kernel size, expand ratio), every block at that choice and
+    every stage at full depth: the modules a table times its block shapes from."""
+    space = supernet.space
+    n, d = space.num_slots, space.largest().d
+    return {
+        (k, e): static_net(supernet, Arch((k,) * n, (e,) * n, d, 0))
+        for k in space.kernel_sizes
+        for e in space.expand_ratios
+    }
+
+
 def timed_parts(
     supernet: OFAMBConvNet, r: int, batch: int, subnets: dict[tuple[int, int], nn.Module]
 ) -> tuple[dict[tuple[int, int, int], str], list[TimedPart]]:

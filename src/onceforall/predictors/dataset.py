@@ -30,6 +30,7 @@ __all__ = [
     "accuracy_dataset_for_run",
     "build_accuracy_dataset",
     "dataset_archs",
+    "pending_archs",
     "read_accuracy_dataset",
 ]
 
@@ -63,6 +64,14 @@ def _key(arch: Any) -> str:
     if hasattr(arch, "to_dict"):
         arch = arch.to_dict()
     return json.dumps({k: v for k, v in arch.items() if k != "wid"}, sort_keys=True)
+
+
+def pending_archs(archs: Sequence[ArchValue], path: str | os.PathLike) -> list[ArchValue]:
+    """The ``archs`` that the dataset file ``path`` (if any) does not hold yet."""
+    if not Path(path).is_file():
+        return list(archs)
+    done = {_key(row["arch"]) for row in read_accuracy_dataset(path)}
+    return [a for a in archs if _key(a) not in done]
 
 
 def read_accuracy_dataset(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ and the metrics log (``RUN_DIR/metrics.jsonl``, mirrored to TensorBoard; see
 The records, by ``type``: ``stage_start``; ``train`` every :data:`LOG_EVERY_STEPS` global
 steps; ``epoch`` after every epoch (with the workers' ``consistency`` digests and the
 test-split top-1 under ``validation``, the key older runs were written with); ``resume``;
-``continue``; ``done``.
+``continue``; ``forecast`` (the time the rest of the run will take, see :mod:`.forecast`);
+``done``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..storage.run_layout import RunLayout
 from .epoch import EpochStats, StagePlan, StepResult
+from .forecast import Forecast
 from .metrics import MetricsLog
 from .schedule import Position
 
@@ -100,6 +102,16 @@ class Reporter:
         self.log({**record, "consistency": consistency, "validation": test_top1})
         if self.progress:
             tqdm.write(format_epoch_line(stage, record, test_top1))
+
+    def forecast(self, forecast: Forecast) -> None:
+        """The forecast of the rest of the run: a ``forecast`` record and a line."""
+        self.log(forecast.record())
+        self.note(forecast.line())
+
+    def note(self, text: str) -> None:
+        """A line for the user (kept clear of the progress bars)."""
+        if self.progress:
+            tqdm.write(text)
 
     def done(self, results: dict[str, Any]) -> None:
         self.log({"type": "done", **results})

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,7 +34,8 @@ from ..storage.run_layout import RunLayout
 from .checkpointing import Checkpointer
 from .config import StageConfig, TrainConfig
 from .distributed import DistEnv, barrier, check_consistent, digest, init_distributed
-from .epoch import EpochRunner, EpochStats, StagePlan, TrainingDiverged
+from .epoch import EpochRunner, EpochStats, StagePlan, StepResult, TrainingDiverged
+from .forecast import Forecast, PlannedWork, TrainingWork
 from .reporting import Reporter
 from .rng_state import restore_rng_state
 from .run_dir import build_supernet, write_run_config, write_training_done
@@ -54,6 +56,8 @@ class Trainer:
         device: str | None = None,
         progress: bool = True,
         max_steps: int | None = None,
+        forecast: Forecast | None = None,
+        forecast_later: Callable[[Supernet, int], list[PlannedWork]] | None = None,
     ) -> None:
         self.config = config
         self.layout = RunLayout(run_dir)
@@ -90,6 +94,13 @@ class Trainer:
         self.last_test_top1: dict[str, float] = {}  # after the last epoch, per test arch
         self.checkpoints = Checkpointer(self.layout, config, self.net, enabled=self.env.is_main)
         self.reporter = Reporter(self.layout, enabled=self.env.is_main, progress=self.progress)
+        # How long the rest will take (``ofa run`` passes one holding its later steps).
+        self.forecast = forecast if forecast is not None else Forecast()
+        self._work: TrainingWork | None = None
+        self._forecast_later = forecast_later  # (supernet, test images) -> later steps
+        self._forecast_told = False  # the first forecast waits for a few timed steps
+        self._early_start = 0.0
+        self._wanted: list[str] = []
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -236,7 +247,20 @@ class Trainer:
                 if first > 0:
                     self._continue_from(names[first - 1], wanted[0])
             self._batch_sampler = self._make_batch_sampler()
+            if self.env.is_main:
+                self._work = TrainingWork(
+                    self.net,
+                    self.config,
+                    len(self._batch_sampler),
+                    len(self.test_set),
+                    self.test_split_archs,
+                )
+                if self._forecast_later is not None:
+                    self.forecast.later = self._forecast_later(self.net, len(self.test_set))
+            self._wanted = wanted
             results = self._run_stages(wanted, resumed)
+            if "stopped_at" not in results:
+                self.reporter.note(f"training took {self.forecast.summary(wanted)}")
             if "stopped_at" not in results and stages is None and self.env.is_main:
                 self.reporter.done(results)
                 write_training_done(self.run_dir, results)
@@ -251,7 +275,11 @@ class Trainer:
             stage = self.config.stages[self.position.stage]
             if stage.name in wanted:
                 optimizer_state = resumed["optimizer"] if resumed else None
+                if self.forecast.measured:
+                    self._tell_forecast()
+                started = time.perf_counter()
                 finished = self._run_stage(stage, optimizer_state)
+                self.forecast.finish(stage.name, time.perf_counter() - started)
                 resumed = None
                 if not finished:  # max_steps reached
                     results["stopped_at"] = self.position.as_dict()
@@ -277,7 +305,12 @@ class Trainer:
         while pos.epoch < plan.num_epochs:
             loader = self._train_loader(pos.epoch, pos.batch)
             with self.reporter.epoch(stage.name, pos, plan) as progress:
-                stats = epochs.run(plan, pos, loader, on_step=progress.step)
+
+                def on_step(pos: Position, step: StepResult, stats: EpochStats) -> None:
+                    progress.step(pos, step, stats)
+                    self._early_forecast(stats)
+
+                stats = epochs.run(plan, pos, loader, on_step=on_step)
             if stats.stopped:  # max_steps reached; the runner has checkpointed
                 return False
             self._end_epoch(stage.name, plan, stats, optimizer)
@@ -290,13 +323,48 @@ class Trainer:
         """After an epoch: move to the next, check that the workers agree, measure the
         test-split top-1, report, checkpoint."""
         pos = self.position
+        key = (pos.stage, pos.epoch)  # the epoch that ended (the early forecast's too)
         pos.epoch += 1
         pos.batch = 0
         archs = digest(*stats.archs)
         consistency = check_consistent(self.env, params=digest(self.net), archs=archs)
+        started = time.perf_counter()
         self.last_test_top1 = self.evaluate_on_test_split(plan.space)
+        if self._work is not None:
+            units = self._work.step_units(pos.stage) * stats.steps
+            self.forecast.observe_training(key, stats.elapsed, units)
+            validation = self._work.validation_units(pos.stage)
+            self.forecast.observe_forward(key, time.perf_counter() - started, validation)
         self.reporter.epoch_end(stage, stats, consistency, self.last_test_top1)
         self.checkpoints.save(optimizer, pos)
+        if not self._forecast_told and pos.epoch < plan.num_epochs:
+            self._tell_forecast()  # the stage goes on (else its successor's start tells)
+
+    # ---------------------------------------------------------------- forecast
+    EARLY_STEPS = (3, 13)  # the first forecast times steps 3 to 13 of this session
+
+    def _early_forecast(self, stats: EpochStats) -> None:
+        """The first forecast, from the first timed steps of this session (the first
+        steps, which start the data loader, are left out)."""
+        first, last = self.EARLY_STEPS
+        if self._forecast_told or self._work is None:
+            return
+        if stats.steps == first:
+            self._early_start = stats.elapsed
+        elif stats.steps == last:
+            units = self._work.step_units(self.position.stage) * (last - first)
+            key = (self.position.stage, self.position.epoch)
+            self.forecast.observe_training(key, stats.elapsed - self._early_start, units)
+            self._tell_forecast()
+
+    def _tell_forecast(self) -> None:
+        """Print and log the forecast of the rest of the run from the current position."""
+        if self._work is None:
+            return
+        pos = self.position
+        self.forecast.training = self._work.plan(pos.stage, pos.stage_step, pos.epoch, self._wanted)
+        self.reporter.forecast(self.forecast)
+        self._forecast_told = True
 
     # ---------------------------------------------------- top-1 on the test split
     def test_split_archs(self, space: MBConvSpace) -> dict[str, Arch]:
