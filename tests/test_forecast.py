@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from onceforall.training import TrainConfig, Trainer
 from onceforall.training.forecast import (
@@ -137,3 +138,27 @@ def test_a_training_run_forecasts_then_says_what_each_stage_took(
     assert "forecast: about" in printed
     assert set(trainer.forecast.done) == set(names)
     assert f"training took {names[0]} " in printed
+
+
+@needs_fashion_mnist
+def test_the_forecasts_probes_leave_the_training_unchanged(tmp_path: Path) -> None:
+    """The later steps' probe builds and times networks (drawing from torch's random
+    stream); the run trains exactly as without it (its data augmentation draws from
+    that stream here: num_workers 0)."""
+    from onceforall.deploy.forecast import later_steps
+    from onceforall.storage.run_layout import RunLayout
+
+    config = TrainConfig.from_dict({**TINY, "specialize": {"latency_repeats": 1}})
+    weights = []
+    for name, probe in (("plain", False), ("probed", True)):
+        layout = RunLayout(tmp_path / name)
+        later = (lambda net, n, run=layout: later_steps(config, net, run, n)) if probe else None
+        trainer = Trainer(
+            config, "fashion-mnist", layout.root, progress=False, max_steps=3, forecast_later=later
+        )
+        trainer.run()
+        weights.append({k: v.clone() for k, v in trainer.net.state_dict().items()})
+        if probe:
+            assert {w.name for w in trainer.forecast.later} >= {"latency table", "export"}
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -256,7 +256,9 @@ class Trainer:
                     self.test_split_archs,
                 )
                 if self._forecast_later is not None:
-                    self.forecast.later = self._forecast_later(self.net, len(self.test_set))
+                    # Probes build networks: keep the run's random stream as it was.
+                    with torch.random.fork_rng(devices=[]):
+                        self.forecast.later = self._forecast_later(self.net, len(self.test_set))
             self._wanted = wanted
             results = self._run_stages(wanted, resumed)
             if "stopped_at" not in results:
