@@ -123,7 +123,7 @@ def test_a_training_run_forecasts_then_says_what_each_stage_took(
     config = TrainConfig.from_dict(TINY)  # 6 steps per epoch
     names = [s.name for s in config.stages]
     trainer = Trainer(config, "fashion-mnist", tmp_path / "run", progress=True)
-    trainer.EARLY_STEPS = (2, 4)  # the first forecast times steps 2 to 4
+    trainer.forecast_window = (2, 4)  # the first forecast times steps 2 to 4
     trainer.run()
     captured = capsys.readouterr()
     printed = captured.out + captured.err

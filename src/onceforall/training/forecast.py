@@ -30,6 +30,7 @@ from .schedule import stage_space, step_archs
 __all__ = [
     "Forecast",
     "PlannedWork",
+    "TrainingForecaster",
     "TrainingWork",
     "format_minutes",
     "stage_step_units",
@@ -258,3 +259,71 @@ class TrainingWork:
                 )
             )
         return out
+
+
+class TrainingForecaster:
+    """The trainer's side of the forecast: what to measure when, and when to tell.
+
+    The first forecast times ``window`` (steps, counted in this session's first epoch;
+    the first steps, which start the data loader, are left out) and is told at once;
+    the next at the start of every later stage, and at the end of an epoch after which
+    its stage goes on. Without ``work`` (a worker process that does not report),
+    nothing is measured or told.
+    """
+
+    def __init__(
+        self,
+        forecast: Forecast,
+        work: TrainingWork | None,
+        wanted: Sequence[str],
+        tell: Callable[[Forecast], None],
+        window: tuple[int, int] = (3, 13),
+    ) -> None:
+        self.forecast, self.work, self.wanted = forecast, work, list(wanted)
+        self._tell, self.window = tell, window
+        self.told = False
+        self._window_start = 0.0
+
+    def tell(self, stage: int, stage_step: int, epoch: int) -> None:
+        """Print and log the forecast from this position."""
+        if self.work is None:
+            return
+        self.forecast.training = self.work.plan(stage, stage_step, epoch, self.wanted)
+        self._tell(self.forecast)
+        self.told = True
+
+    def stage_start(self, stage: int) -> None:
+        if self.forecast.measured:
+            self.tell(stage, 0, 0)
+
+    def step(self, stage: int, stage_step: int, epoch: int, steps: int, elapsed: float) -> None:
+        """After a step: ``steps`` taken and ``elapsed`` seconds in this epoch so far."""
+        first, last = self.window
+        if self.told or self.work is None:
+            return
+        if steps == first:
+            self._window_start = elapsed
+        elif steps == last:
+            units = self.work.step_units(stage) * (last - first)
+            self.forecast.observe_training((stage, epoch), elapsed - self._window_start, units)
+            self.tell(stage, stage_step, epoch)
+
+    def epoch_end(
+        self,
+        stage: int,
+        epoch: int,
+        stage_step: int,
+        steps: int,
+        elapsed: float,
+        validation_s: float,
+        goes_on: bool,
+    ) -> None:
+        """After epoch ``epoch`` of ``stage`` (``steps`` in ``elapsed`` seconds, ending
+        at ``stage_step``) and its validation; ``goes_on``: the stage has epochs left."""
+        if self.work is None:
+            return
+        key = (stage, epoch)  # replaces the first forecast's part-epoch measurement
+        self.forecast.observe_training(key, elapsed, self.work.step_units(stage) * steps)
+        self.forecast.observe_forward(key, validation_s, self.work.validation_units(stage))
+        if not self.told and goes_on:
+            self.tell(stage, stage_step, epoch + 1)

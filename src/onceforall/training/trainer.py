@@ -35,7 +35,7 @@ from .checkpointing import Checkpointer
 from .config import StageConfig, TrainConfig
 from .distributed import DistEnv, barrier, check_consistent, digest, init_distributed
 from .epoch import EpochRunner, EpochStats, StagePlan, StepResult, TrainingDiverged
-from .forecast import Forecast, PlannedWork, TrainingWork
+from .forecast import Forecast, PlannedWork, TrainingForecaster, TrainingWork
 from .reporting import Reporter
 from .rng_state import restore_rng_state
 from .run_dir import build_supernet, write_run_config, write_training_done
@@ -96,11 +96,8 @@ class Trainer:
         self.reporter = Reporter(self.layout, enabled=self.env.is_main, progress=self.progress)
         # How long the rest will take (``ofa run`` passes one holding its later steps).
         self.forecast = forecast if forecast is not None else Forecast()
-        self._work: TrainingWork | None = None
         self._forecast_later = forecast_later  # (supernet, test images) -> later steps
-        self._forecast_told = False  # the first forecast waits for a few timed steps
-        self._early_start = 0.0
-        self._wanted: list[str] = []
+        self.forecast_window = (3, 13)  # the steps the first forecast times
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -247,19 +244,7 @@ class Trainer:
                 if first > 0:
                     self._continue_from(names[first - 1], wanted[0])
             self._batch_sampler = self._make_batch_sampler()
-            if self.env.is_main:
-                self._work = TrainingWork(
-                    self.net,
-                    self.config,
-                    len(self._batch_sampler),
-                    len(self.test_set),
-                    self.test_split_archs,
-                )
-                if self._forecast_later is not None:
-                    # Probes build networks: keep the run's random stream as it was.
-                    with torch.random.fork_rng(devices=[]):
-                        self.forecast.later = self._forecast_later(self.net, len(self.test_set))
-            self._wanted = wanted
+            self._forecaster = self._make_forecaster(wanted)
             results = self._run_stages(wanted, resumed)
             if "stopped_at" not in results:
                 self.reporter.note(f"training took {self.forecast.summary(wanted)}")
@@ -277,8 +262,7 @@ class Trainer:
             stage = self.config.stages[self.position.stage]
             if stage.name in wanted:
                 optimizer_state = resumed["optimizer"] if resumed else None
-                if self.forecast.measured:
-                    self._tell_forecast()
+                self._forecaster.stage_start(self.position.stage)
                 started = time.perf_counter()
                 finished = self._run_stage(stage, optimizer_state)
                 self.forecast.finish(stage.name, time.perf_counter() - started)
@@ -310,7 +294,9 @@ class Trainer:
 
                 def on_step(pos: Position, step: StepResult, stats: EpochStats) -> None:
                     progress.step(pos, step, stats)
-                    self._early_forecast(stats)
+                    self._forecaster.step(
+                        pos.stage, pos.stage_step, pos.epoch, stats.steps, stats.elapsed
+                    )
 
                 stats = epochs.run(plan, pos, loader, on_step=on_step)
             if stats.stopped:  # max_steps reached; the runner has checkpointed
@@ -325,48 +311,37 @@ class Trainer:
         """After an epoch: move to the next, check that the workers agree, measure the
         test-split top-1, report, checkpoint."""
         pos = self.position
-        key = (pos.stage, pos.epoch)  # the epoch that ended (the early forecast's too)
+        ended = pos.epoch
         pos.epoch += 1
         pos.batch = 0
         archs = digest(*stats.archs)
         consistency = check_consistent(self.env, params=digest(self.net), archs=archs)
         started = time.perf_counter()
         self.last_test_top1 = self.evaluate_on_test_split(plan.space)
-        if self._work is not None:
-            units = self._work.step_units(pos.stage) * stats.steps
-            self.forecast.observe_training(key, stats.elapsed, units)
-            validation = self._work.validation_units(pos.stage)
-            self.forecast.observe_forward(key, time.perf_counter() - started, validation)
+        validation_s = time.perf_counter() - started
         self.reporter.epoch_end(stage, stats, consistency, self.last_test_top1)
         self.checkpoints.save(optimizer, pos)
-        if not self._forecast_told and pos.epoch < plan.num_epochs:
-            self._tell_forecast()  # the stage goes on (else its successor's start tells)
+        goes_on = pos.epoch < plan.num_epochs
+        self._forecaster.epoch_end(
+            pos.stage, ended, pos.stage_step, stats.steps, stats.elapsed, validation_s, goes_on
+        )
 
-    # ---------------------------------------------------------------- forecast
-    EARLY_STEPS = (3, 13)  # the first forecast times steps 3 to 13 of this session
-
-    def _early_forecast(self, stats: EpochStats) -> None:
-        """The first forecast, from the first timed steps of this session (the first
-        steps, which start the data loader, are left out)."""
-        first, last = self.EARLY_STEPS
-        if self._forecast_told or self._work is None:
-            return
-        if stats.steps == first:
-            self._early_start = stats.elapsed
-        elif stats.steps == last:
-            units = self._work.step_units(self.position.stage) * (last - first)
-            key = (self.position.stage, self.position.epoch)
-            self.forecast.observe_training(key, stats.elapsed - self._early_start, units)
-            self._tell_forecast()
-
-    def _tell_forecast(self) -> None:
-        """Print and log the forecast of the rest of the run from the current position."""
-        if self._work is None:
-            return
-        pos = self.position
-        self.forecast.training = self._work.plan(pos.stage, pos.stage_step, pos.epoch, self._wanted)
-        self.reporter.forecast(self.forecast)
-        self._forecast_told = True
+    def _make_forecaster(self, wanted: list[str]) -> TrainingForecaster:
+        """The forecast of this session's stages (and ``ofa run``'s later steps); only
+        the process that reports measures and tells it."""
+        work = None
+        if self.env.is_main:
+            steps_per_epoch, test_images = len(self._batch_sampler), len(self.test_set)
+            work = TrainingWork(
+                self.net, self.config, steps_per_epoch, test_images, self.test_split_archs
+            )
+            if self._forecast_later is not None:
+                # Probes build networks: keep the run's random stream as it was.
+                with torch.random.fork_rng(devices=[]):
+                    self.forecast.later = self._forecast_later(self.net, test_images)
+        return TrainingForecaster(
+            self.forecast, work, wanted, self.reporter.forecast, self.forecast_window
+        )
 
     # ---------------------------------------------------- top-1 on the test split
     def test_split_archs(self, space: MBConvSpace) -> dict[str, Arch]:
