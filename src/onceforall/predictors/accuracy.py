@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +83,42 @@ class AccuracyPredictor(nn.Module):
         finally:
             self.train(was_training)
 
+    # ------------------------------------------------ the ArchPredictor protocol
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The input sizes this predictor encodes (those of the space it was fitted on)."""
+        return tuple(self.space.resolutions)
+
+    def describe(self) -> str:
+        return (
+            f"onceforall MLP ({self.layers} x {self.hidden}) on {self.space.encoding_size} "
+            "one-hot features, top-1 in percent"
+        )
+
+    def check_supernet(self, supernet: Any) -> None:
+        """Raise :class:`PredictorMismatchError` unless ``supernet``'s space encodes like
+        the one this predictor was fitted on."""
+        self.check_space(supernet.space)
+
+    def gene_predictor(self, space: Space) -> Callable[[np.ndarray], np.ndarray]:
+        """Predicted top-1 of gene rows of ``space``: this predictor's space, or the same
+        space at fewer of its resolutions (the resolution is the genome's last gene)."""
+        own = self.space
+        if space != own:
+            narrowed = dataclasses.replace(own, resolutions=tuple(space.resolutions))
+            if narrowed != space or not set(space.resolutions) <= set(own.resolutions):
+                self.check_space(space)  # names the difference
+        index = np.array([own.resolutions.index(r) for r in space.resolutions], dtype=np.intp)
+        genome = own.genome()
+        self.eval()
+
+        def predict(genes: np.ndarray) -> np.ndarray:
+            if space != own:
+                genes = np.concatenate([genes[:, :-1], index[genes[:, -1:]]], axis=1)
+            return self.predict_features(genome.encode(genes)).astype(np.float64)
+
+        return predict
+
     def check_space(self, space: Space) -> None:
         """Raise :class:`PredictorMismatchError` unless ``space`` encodes like ours."""
         ours, theirs = self.space.encoding_layout(), space.encoding_layout()
@@ -120,7 +156,20 @@ class AccuracyPredictor(nn.Module):
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise FileFormatError(f"{path} is not a readable accuracy predictor: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        return cls.from_payload(payload, path, space)
+
+    @staticmethod
+    def is_payload(payload: Any) -> bool:
+        """Whether ``payload`` (a file's contents, read with ``weights_only``) is a
+        predictor written by :meth:`save`."""
+        return isinstance(payload, dict) and payload.get("format") == _FORMAT
+
+    @classmethod
+    def from_payload(
+        cls, payload: Any, path: str | os.PathLike, space: Space | None = None
+    ) -> AccuracyPredictor:
+        """The predictor a file read by :meth:`load` holds (``path`` names it in errors)."""
+        if not cls.is_payload(payload):
             raise FileFormatError(f"{path} is not an onceforall accuracy predictor file")
         fields = json.loads(payload["space"])
         kind = json.loads(payload["layout"]).get("type")

@@ -6,7 +6,12 @@ architectures; every generation keeps the top ``parent_ratio`` as parents, makes
 crossover of two random parents, resampling each child until it satisfies every
 constraint, and keeps parents and children as the next pool. Here a whole generation is a
 handful of numpy operations on gene matrices (:mod:`.population`), costs are table
-lookups (:mod:`.objectives`) and the predictor sees one batch per generation.
+lookups (:mod:`.objectives`) and the predictor sees each distinct network once.
+
+One change from theirs: the parents are the best *distinct* networks. Taken by rank
+alone, copies of the best network fill the parent pool (on their tutorial's problem all
+25 parents are one network by the end of the run) and the search stops exploring; with
+distinct parents it finds better networks from the same budget (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchValue, Space
+from ..predictors.base import ArchPredictor, GenePredictor
 from .constraints import Constraint, ConstraintSet
 from .objectives import Cost
 from .population import ArchBatch, GenomeLayout, genome_layout
@@ -30,12 +36,13 @@ __all__ = [
     "SearchResult",
     "as_predictor",
     "evolutionary_search",
+    "gene_predictor",
     "random_search",
     "torch_predictor",
 ]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
-PredictorLike = Union[Predictor, nn.Module]
+PredictorLike = Union[ArchPredictor, Predictor, nn.Module]
 
 
 def torch_predictor(module: nn.Module) -> Predictor:
@@ -71,20 +78,32 @@ def as_predictor(predictor: PredictorLike, space: Space) -> Predictor:
     return predictor
 
 
+def gene_predictor(predictor: PredictorLike, space: Space) -> GenePredictor:
+    """Predicted accuracy of gene rows of ``space``: an :class:`ArchPredictor` says how
+    itself; a module or callable on the space's one-hot features is fed those."""
+    if isinstance(predictor, ArchPredictor):
+        return predictor.gene_predictor(space)
+    features = as_predictor(predictor, space)
+    layout = genome_layout(space)
+    return lambda genes: features(layout.encode(genes))
+
+
 class _Evaluator:
     """Encode, predict, check the shape once, count. Each distinct network is sent to the
-    predictor once per call, and not at all when it is among ``known`` rows (the parents,
-    whose accuracy is already known): late in a search most children repeat a parent or
-    a sibling. ``count`` counts candidates, ``predicted`` the rows the predictor saw."""
+    predictor once per search: its accuracy is remembered (by network key), so children
+    that repeat a parent, a sibling or any network seen before cost a lookup (late in a
+    search most do). ``known`` rows with ``known_accuracy`` are remembered first.
+    ``count`` counts candidates, ``predicted`` the rows the predictor saw."""
 
     def __init__(self, predictor: PredictorLike, layout: GenomeLayout) -> None:
-        self.predict = as_predictor(predictor, layout.space)
+        self.predict = gene_predictor(predictor, layout.space)
         self.layout = layout
         self.count = 0
         self.predicted = 0
+        self.seen: dict[bytes, float] = {}
 
     def _predict(self, genes: np.ndarray) -> np.ndarray:
-        out = np.asarray(self.predict(self.layout.encode(genes)), dtype=np.float64).reshape(-1)
+        out = np.asarray(self.predict(genes), dtype=np.float64).reshape(-1)
         if out.shape != (len(genes),):
             raise ValueError(
                 f"the predictor returned shape {out.shape} for {len(genes)} architectures; "
@@ -100,17 +119,29 @@ class _Evaluator:
         known_accuracy: np.ndarray | None = None,
     ) -> np.ndarray:
         self.count += len(genes)
-        n_known = 0 if known is None else len(known)
-        pool = genes if known is None else np.concatenate([known, genes])
-        keys = self.layout.network_keys(pool)
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        accuracy = np.empty(len(first))
-        old = first < n_known
-        if n_known:
-            accuracy[old] = known_accuracy[first[old]]
-        if not old.all():
-            accuracy[~old] = self._predict(pool[first[~old]])
-        return accuracy[inverse.reshape(-1)[n_known:]]
+        if known is not None and len(known):
+            for key, value in zip(self.layout.network_keys(known), known_accuracy):
+                self.seen.setdefault(key.tobytes(), float(value))
+        keys = self.layout.network_keys(genes)
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        names = [key.tobytes() for key in unique]
+        accuracy = np.array([self.seen.get(name, np.nan) for name in names])
+        new = np.flatnonzero(np.isnan(accuracy))
+        if len(new):
+            accuracy[new] = self._predict(genes[first[new]])
+            self.seen.update(zip((names[i] for i in new), accuracy[new].tolist()))
+        return accuracy[inverse.reshape(-1)]
+
+
+def _distinct_best(layout: GenomeLayout, genes: np.ndarray, acc: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` most accurate rows, one per distinct network where there are
+    ``n`` distinct ones (best first): copies of one network would crowd the parents
+    otherwise, and the search would converge on it."""
+    order = np.argsort(-acc, kind="stable")
+    _, first = np.unique(layout.network_keys(genes[order]), return_index=True)
+    if len(first) < n:
+        return order[:n]
+    return order[np.sort(first)[:n]]
 
 
 @dataclass(frozen=True)
@@ -277,7 +308,7 @@ def evolutionary_search(
     history = [float(acc.max())]
     report = max(1, generations // 10)
     for generation in range(1, generations + 1):
-        keep = np.argsort(-acc, kind="stable")[:n_parents]
+        keep = _distinct_best(layout, genes, acc, n_parents)
         parents, parent_acc = genes[keep], acc[keep]
         p1 = rng.integers(n_parents, size=population)
         p2 = np.where(mutate_rows, p1, rng.integers(n_parents, size=population))
