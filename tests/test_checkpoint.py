@@ -199,6 +199,68 @@ def test_no_checkpoints_gives_none(tmp_path: Path) -> None:
     assert list_checkpoints(tmp_path / "not-created-yet") == []
 
 
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # the checksum fails; header, footer and length still agree
+    path.write_bytes(bytes(data))
+
+
+def _verified_names(directory: Path) -> list[str]:
+    names = []
+    for path in list_checkpoints(directory):
+        load_checkpoint(path)  # raises if it does not verify
+        names.append(path.name)
+    return names
+
+
+def test_a_damaged_newest_moved_aside_on_resume_no_longer_counts_as_kept(
+    tmp_path: Path,
+) -> None:
+    """The writer resumes from the older good checkpoint; its next save keeps two good
+    ones (the damaged file used to count as one of the two, and the good one was
+    deleted)."""
+    for step in range(1, 4):
+        save_checkpoint(tmp_path, f"step{step}", _small_state(float(step)), keep=2)
+    good, damaged = list_checkpoints(tmp_path)
+    _flip_a_byte(damaged)
+    with pytest.warns(CheckpointWarning, match="moving it aside"):
+        path, state = load_latest_checkpoint(tmp_path, move_aside=True)
+    assert path == good and state["step"] == 2
+    assert (tmp_path / f"{damaged.name}.corrupt").is_file() and not damaged.exists()
+    new = save_checkpoint(tmp_path, "step3-again", _small_state(3.0), keep=2)
+    assert _verified_names(tmp_path) == [good.name, new.name]
+    assert (tmp_path / f"{damaged.name}.corrupt").is_file()  # kept for inspection
+
+
+def test_a_reader_moves_nothing(tmp_path: Path) -> None:
+    good, damaged = _two_checkpoints(tmp_path)
+    _flip_a_byte(damaged)
+    with pytest.warns(CheckpointWarning):
+        assert load_latest_checkpoint(tmp_path)[0] == good
+    assert damaged.is_file()
+    # Nor does the writer when nothing verifies: the files stay for the user to inspect.
+    _flip_a_byte(good)
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError):
+        load_latest_checkpoint(tmp_path, move_aside=True)
+    assert good.is_file() and damaged.is_file()
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"OFACKPT\x00" + bytes(100)])
+def test_a_stray_file_named_like_a_checkpoint_cannot_displace_the_real_ones(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A file with a checkpoint's name and a huge counter used to survive retention
+    while every real checkpoint was deleted, and set the counter of the next ones."""
+    for step in range(1, 3):
+        save_checkpoint(tmp_path, f"step{step}", _small_state(float(step)), keep=2)
+    stray = tmp_path / "ckpt-99999999-stray.pt"
+    stray.write_bytes(content)
+    new = save_checkpoint(tmp_path, "step3", _small_state(3.0), keep=2)
+    assert new.name == "ckpt-00000003-step3.pt"
+    assert _verified_names(tmp_path) == ["ckpt-00000002-step2.pt", new.name]
+    assert (tmp_path / "ckpt-99999999-stray.pt.corrupt").read_bytes() == content
+
+
 # ----------------------------------------------------------------------------- corruption
 
 

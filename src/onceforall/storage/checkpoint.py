@@ -18,9 +18,12 @@ checkpoint" apart from "truncated" (header present, footer missing or lengths di
 Writing: the file is written to a hidden temporary name in the same directory (hashing as it
 streams, no second pass), flushed, ``os.fsync``-ed, ``os.replace``-d to its final name and the
 directory is fsync-ed.  Older checkpoints are deleted only after that, so the newest ``keep``
-complete checkpoints always exist.  Temporary files left by a killed writer are never listed
-and are removed by the next save.  One writer per directory is assumed; readers may run
-concurrently.
+complete checkpoints always exist.  Retention counts only files that look complete (header,
+footer and length agree: 64 bytes read); one that does not, and one that failed a full check
+when the writer resumed, is moved aside as ``NAME.corrupt`` (kept for inspection, never
+listed, never counted), so a damaged or foreign file cannot displace a good checkpoint.
+Temporary files left by a killed writer are never listed and are removed by the next save.
+One writer per directory is assumed; readers may run concurrently.
 
 Loading reads the whole file into memory, verifies length and SHA-256, and unpickles exactly
 those verified bytes (no time-of-check/time-of-use gap) with
@@ -186,7 +189,7 @@ def save_checkpoint(directory: PathLike, step_tag: str, state: dict, keep: int =
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(directory, prefix="ckpt-")
-    existing = list_checkpoints(directory)
+    existing = _complete_checkpoints(directory)
     counter = int(_NAME_RE.match(existing[-1].name).group(1)) + 1 if existing else 1
     final = directory / f"ckpt-{counter:08d}-{step_tag}.pt"
     with atomic_file(final) as file:
@@ -198,12 +201,47 @@ def save_checkpoint(directory: PathLike, step_tag: str, state: dict, keep: int =
         torch.save(state, writer)
         file.write(_FOOTER.pack(writer.nbytes, digest.digest(), _END_MAGIC))
 
-    for old in list_checkpoints(directory)[:-keep]:
+    for old in _complete_checkpoints(directory)[:-keep]:
         try:
             old.unlink()
         except FileNotFoundError:
             pass
     return final
+
+
+def _looks_complete(path: Path) -> bool:
+    """Header, footer and length agree (reads 64 bytes; the checksum is not computed)."""
+    try:
+        size = path.stat().st_size
+        if size < _HEADER.size + _FOOTER.size:
+            return False
+        with path.open("rb") as f:
+            magic, version, _ = _HEADER.unpack(f.read(_HEADER.size))
+            f.seek(size - _FOOTER.size)
+            length, _, end_magic = _FOOTER.unpack(f.read(_FOOTER.size))
+    except OSError:
+        return False
+    expected = _HEADER.size + length + _FOOTER.size
+    return magic == _MAGIC and version == _VERSION and end_magic == _END_MAGIC and expected == size
+
+
+def _move_aside(path: Path) -> None:
+    """Rename a damaged checkpoint to ``NAME.corrupt`` (out of listing and retention)."""
+    try:
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+    except FileNotFoundError:
+        pass
+
+
+def _complete_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoints that look complete, oldest first; the others are moved aside."""
+    found = []
+    for path in list_checkpoints(directory):
+        if _looks_complete(path):
+            found.append(path)
+        else:
+            _move_aside(path)
+    return found
 
 
 # ----------------------------------------------------------------------------- loading
@@ -285,25 +323,35 @@ def load_checkpoint(path: PathLike) -> dict:
     return state
 
 
-def load_latest_checkpoint(directory: PathLike) -> tuple[Path, dict] | None:
+def load_latest_checkpoint(
+    directory: PathLike, *, move_aside: bool = False
+) -> tuple[Path, dict] | None:
     """The newest checkpoint in ``directory`` that verifies, as ``(path, state)``.
 
     A newer file that fails verification is skipped with a CheckpointWarning naming it and
-    the reason.  Returns None when there are no checkpoints (or no directory: a fresh run);
-    raises CheckpointError when checkpoints exist but none verifies.
+    the reason; with ``move_aside`` (the directory's writer, resuming), once an older one
+    verifies, the skipped ones are renamed ``NAME.corrupt`` so that they no longer count as
+    checkpoints kept.  Returns None when there are no checkpoints (or no directory: a fresh
+    run); raises CheckpointError (moving nothing) when checkpoints exist but none verifies.
     """
     candidates = list_checkpoints(directory)
-    failures = []
+    failures, failed = [], []
     for path in reversed(candidates):
         try:
-            return path, load_checkpoint(path)
+            state = load_checkpoint(path)
         except CheckpointError as exc:
             failures.append(str(exc))
+            failed.append(path)
+            aside = f" (moving it aside to {path.name}.corrupt)" if move_aside else ""
             warnings.warn(
-                f"skipping {exc}; falling back to an older checkpoint",
+                f"skipping {exc}{aside}; falling back to an older checkpoint",
                 CheckpointWarning,
                 stacklevel=2,
             )
+            continue
+        for bad in failed if move_aside else ():
+            _move_aside(bad)
+        return path, state
     if not candidates:
         return None
     raise CheckpointError(

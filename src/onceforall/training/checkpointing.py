@@ -75,8 +75,9 @@ class Checkpointer:
         return save_checkpoint(self.directory, tag, state, keep=self.config.keep_checkpoints)
 
     def latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest complete checkpoint (path and state), or None."""
-        return load_latest_checkpoint(self.directory)
+        """The newest complete checkpoint (path and state), or None. Newer ones that fail
+        their check are moved aside (this process is the directory's writer)."""
+        return load_latest_checkpoint(self.directory, move_aside=self.enabled)
 
     def save_stage_weights(self, stage: StageConfig) -> None:
         """The weights a finished ``stage`` leaves: the supernet, and for a stage that does
