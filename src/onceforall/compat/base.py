@@ -9,12 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import torch
 
 from ..errors import InputNotFoundError, OnceForAllError
 from ..storage.state_dicts import state_dict_problems
 
 __all__ = [
+    "AuthorsPredictorFormat",
     "NetConfigError",
     "ReferenceCheckpointError",
     "ReferenceFormat",
@@ -39,6 +41,30 @@ def _unchanged(theirs: Mapping[str, torch.Tensor], expected: set[str]) -> dict[s
 
 
 @dataclass(frozen=True)
+class AuthorsPredictorFormat:
+    """An accuracy predictor the authors ship for one family: an MLP on their encoding
+    of the archs, whose output is top-1 as a fraction.
+
+    ``layout`` is how its state dict names the layers: ``"sequential"`` (an
+    ``nn.Sequential`` of Linear and ReLU, the last Linear with a bias; their tutorial's
+    predictor) or ``"nas"`` (their ``ofa.nas`` ``AccuracyPredictor``: ``layers.*`` and
+    ``base_acc``). ``supernet`` is our name of the supernet it predicts for;
+    ``features`` the width of their encoding, which ``encode(space, genes)`` computes
+    for gene rows of (a resolution subset of) that supernet's space, and
+    ``resolutions`` the input sizes it encodes. ``our_columns(space)``, where our
+    one-hot encoding of ``space`` maps onto theirs column by column, gives the column
+    of theirs holding each of ours (it raises ``ValueError`` saying why not)."""
+
+    description: str
+    layout: str
+    supernet: str
+    features: int
+    resolutions: tuple[int, ...]
+    encode: Callable[[Any, np.ndarray], np.ndarray]
+    our_columns: Callable[[Any], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
 class ReferenceFormat:
     """How the authors' package stores one family.
 
@@ -60,6 +86,11 @@ class ReferenceFormat:
     net_configs: Mapping[str, tuple[str, ...]]
     subnet_from_net_config: Callable[[Mapping[str, Any], Any, str, int], Any]
     normalise: Callable[[Mapping[str, torch.Tensor], set[str]], dict] = field(default=_unchanged)
+    # Their accuracy predictors for the family, and the keys of their per-resolution
+    # latency lookup tables: ``latency_keys(config, r)`` -> (the fixed parts' keys in
+    # the order their code adds them, {(slot, k, e): block key}).
+    predictors: tuple[AuthorsPredictorFormat, ...] = ()
+    latency_keys: Callable[[Any, int], tuple[tuple[str, ...], dict]] | None = None
 
 
 def conv_bn_keys(ours: Iterable[str], prefix: str, theirs: str, nested: bool) -> dict[str, str]:

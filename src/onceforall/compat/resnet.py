@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
+from ..arch import ResNetSpace
 from ..models.resnet import OFAResNet, ResNetConfig, ResNetSubnet, bottleneck_plan
 from ..nn.elastic_resnet import bottleneck_mid_channels
-from .base import NetConfigError, ReferenceFormat, choice_index, conv_bn_keys
+from .base import (
+    AuthorsPredictorFormat,
+    NetConfigError,
+    ReferenceFormat,
+    choice_index,
+    conv_bn_keys,
+)
 
-__all__ = ["RESNET_REFERENCE"]
+__all__ = ["PREDICTOR_RESOLUTIONS", "RESNET50_PREDICTOR", "RESNET_REFERENCE"]
 
 
 def _supernet_keys(net: OFAResNet) -> dict[str, str]:
@@ -140,6 +148,47 @@ def _subnet_from_net_config(
     return subnet
 
 
+# The input sizes their OFA-ResNet50 predictor encodes, in the order of its one-hot (the
+# list their code builds its arch encoder with for that predictor).
+PREDICTOR_RESOLUTIONS = (128, 144, 160, 176, 192, 224, 240, 256)
+
+
+def _predictor_features(space: ResNetSpace, genes: np.ndarray) -> np.ndarray:
+    """Their ``ResNetArchEncoder`` encoding of gene rows of an OFA-ResNet50 space:
+    one-hot resolution (:data:`PREDICTOR_RESOLUTIONS`), whether the stem's residual block
+    runs (2), the width index of each of the 6 positions (3 each), the expand ratio of
+    each of the 18 block slots (3 each; all zero where depth skips the slot)."""
+    genome = space.genome()
+    n, t, s = len(genes), space.num_stages, space.num_slots
+    n_w = len(space.width_mults)
+    width = len(PREDICTOR_RESOLUTIONS) + 2 + space.num_widths * n_w + s * 3
+    out = np.zeros((n, width), dtype=np.float32)
+    rows = np.arange(n)
+    theirs = {r: i for i, r in enumerate(PREDICTOR_RESOLUTIONS)}
+    r_col = np.array([theirs[r] for r in space.resolutions], dtype=np.intp)
+    out[rows, r_col[genes[:, -1]]] = 1.0
+    base = len(PREDICTOR_RESOLUTIONS)
+    stem_runs = np.asarray(space.stem_depth_choices)[genes[:, 0]] > 0
+    out[rows, base + stem_runs] = 1.0
+    base += 2
+    w_genes = genes[:, 1 + t + s : -1]
+    out[rows[:, None], base + np.arange(space.num_widths) * n_w + w_genes] = 1.0
+    base += space.num_widths * n_w
+    active = genome.active(genes).astype(np.float32)
+    out[rows[:, None], base + np.arange(s) * 3 + genes[:, 1 + t : 1 + t + s]] = active
+    return out
+
+
+RESNET50_PREDICTOR = AuthorsPredictorFormat(
+    description="the authors' OFA-ResNet50 accuracy predictor",
+    layout="nas",
+    supernet="ofa_resnet50",
+    features=82,
+    resolutions=PREDICTOR_RESOLUTIONS,
+    encode=_predictor_features,
+)
+
+
 RESNET_REFERENCE = ReferenceFormat(
     description="OFA-ResNet50",
     # Their nested key names, or the non-nested ones their loader also reads.
@@ -153,4 +202,5 @@ RESNET_REFERENCE = ReferenceFormat(
     net_configs={"ResNets": ("ofa_resnet50",)},
     subnet_from_net_config=_subnet_from_net_config,
     normalise=_nest_resnet_keys,
+    predictors=(RESNET50_PREDICTOR,),
 )

@@ -10,6 +10,7 @@ same target.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -17,12 +18,13 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..arch import ArchValue
+from ..arch import ArchValue, Space
+from ..arch.base import describe_resolutions
 from ..evaluation import SubnetEvaluator
-from ..latency.measure import measure_latency
-from ..latency.table import LatencyTable, LatencyTableError
+from ..latency.base import LatencyModel, LatencyTableError
 from ..models import Supernet
-from ..predictors import AccuracyPredictor
+from ..predictors import PredictorMismatchError
+from ..predictors.base import ArchPredictor
 from ..search import (
     Constraint,
     Cost,
@@ -40,6 +42,7 @@ __all__ = [
     "format_specialized",
     "parse_target",
     "search_costs",
+    "search_space",
     "specialize",
     "spread_latency_targets",
 ]
@@ -84,19 +87,55 @@ class Specialized:
         }
 
 
-def search_costs(supernet: Supernet, latency_table: LatencyTable | None = None) -> dict[str, Cost]:
-    """The costs a target may constrain: ``macs``, ``params`` and, with a table,
-    ``latency_ms`` (restricted to the resolutions the table covers)."""
-    costs = {"macs": macs_cost(supernet), "params": params_cost(supernet)}
+def search_space(
+    supernet: Supernet,
+    predictor: ArchPredictor | None = None,
+    latency_table: LatencyModel | None = None,
+) -> Space:
+    """The supernet's space at the resolutions the predictor and the latency table both
+    cover (the authors' note10 tables have five), so that search only proposes networks
+    both can price; the supernet's own space when they cover all of its resolutions."""
+    space = supernet.space
+    keep = tuple(space.resolutions)
+    for what, error, model in (
+        ("the accuracy predictor", PredictorMismatchError, predictor),
+        ("the latency table", LatencyTableError, latency_table),
+    ):
+        if model is None:
+            continue
+        narrowed = tuple(r for r in keep if r in set(model.resolutions))
+        if not narrowed:
+            raise error(
+                f"{what} ({model.describe()}) covers resolutions "
+                f"{describe_resolutions(model.resolutions)}; none of "
+                f"{describe_resolutions(keep)}, which the supernet runs"
+                + ("" if keep == tuple(space.resolutions) else " and the predictor covers")
+            )
+        keep = narrowed
+    return (
+        space if keep == tuple(space.resolutions) else dataclasses.replace(space, resolutions=keep)
+    )
+
+
+def search_costs(
+    supernet: Supernet,
+    latency_table: LatencyModel | None = None,
+    space: Space | None = None,
+) -> dict[str, Cost]:
+    """The costs a target may constrain over ``space`` (default: the supernet's; see
+    :func:`search_space`): ``macs``, ``params`` and, with a table, ``latency_ms``."""
+    space = supernet.space if space is None else space
+    costs = {"macs": macs_cost(supernet, space), "params": params_cost(supernet, space)}
     if latency_table is not None:
         latency_table.check_compatible(supernet)
-        if set(supernet.space.resolutions) - set(latency_table.resolutions):
-            missing = sorted(set(supernet.space.resolutions) - set(latency_table.resolutions))
+        missing = sorted(set(space.resolutions) - set(latency_table.resolutions))
+        if missing:
             raise LatencyTableError(
                 f"the latency table lacks resolutions {missing} of the supernet; extend it "
-                "(LatencyTable.build(..., existing=table) or ofa latency-table --extend)"
+                "(LatencyTable.build(..., existing=table) or ofa latency-table --extend), "
+                "or search the resolutions it covers (search_space)"
             )
-        costs["latency_ms"] = latency_cost(latency_table, supernet.space)
+        costs["latency_ms"] = latency_cost(latency_table, space)
     return costs
 
 
@@ -122,14 +161,17 @@ def feasible_random(
     n: int,
     seed: int = 0,
     max_draws: int = 100_000,
+    space: Space | None = None,
 ) -> list[ArchValue]:
-    """Up to ``n`` uniformly random sub-networks that satisfy every constraint."""
+    """Up to ``n`` uniformly random sub-networks (of ``space``, default the supernet's)
+    that satisfy every constraint."""
     rng = random.Random(f"ofa-random-baseline-{seed}")
+    space = supernet.space if space is None else space
     found: list[ArchValue] = []
     for _ in range(max_draws):
         if len(found) == n:
             break
-        arch = supernet.space.sample(rng)
+        arch = space.sample(rng)
         if all(c.cost.of(arch) <= c.limit for c in constraints):
             found.append(arch)
     return found
@@ -147,11 +189,12 @@ def _tighter_latency_limit(target: Constraint, searched: Constraint, ratio: floa
 
 def _search_and_measure(
     supernet: Supernet,
-    predictor: AccuracyPredictor,
+    space: Space,
+    predictor: ArchPredictor,
     target: str,
     constraints: list[Constraint],
     *,
-    latency_table: LatencyTable | None,
+    latency_table: LatencyModel | None,
     repeats: int,
     seed: int,
     population: int,
@@ -165,7 +208,7 @@ def _search_and_measure(
     for round_ in range(1, max_rounds + 1):
         try:
             found = evolutionary_search(
-                supernet.space,
+                space,
                 predictor,
                 searched,
                 population=population,
@@ -190,15 +233,9 @@ def _search_and_measure(
         if latency_table is None or not latency_limits:
             return row
         row.predicted_latency_ms = latency_table.predict(arch)
-        row.measured_latency_ms = measure_latency(
-            supernet.extract(arch),
-            arch.r,
-            backend=latency_table.backend,
-            batch_size=latency_table.batch_size,
-            device=latency_table.device,
-            threads=latency_table.threads or None,
-            repeats=repeats,
-        ).median_ms
+        if not latency_table.measurable_here:  # another device's table: predicted only
+            return row
+        row.measured_latency_ms = latency_table.measure_ms(supernet.extract(arch), arch.r, repeats)
         row.meets_target = all(row.measured_latency_ms <= c.limit for c in latency_limits)
         if row.meets_target:
             return row
@@ -218,10 +255,10 @@ def _search_and_measure(
 
 def specialize(
     supernet: Supernet,
-    predictor: AccuracyPredictor,
+    predictor: ArchPredictor,
     targets: Sequence[str],
     *,
-    latency_table: LatencyTable | None = None,
+    latency_table: LatencyModel | None = None,
     evaluator: SubnetEvaluator | None = None,
     measure_latency_repeats: int = 30,
     random_baseline: int = 0,
@@ -244,13 +281,15 @@ def specialize(
     tightened below the fastest sub-network's predicted latency: when even that misses,
     the fastest sub-network is what comes back, with ``meets_target`` False.
     """
-    predictor.check_space(supernet.space)
-    costs = search_costs(supernet, latency_table)
+    predictor.check_supernet(supernet)
+    space = search_space(supernet, predictor, latency_table)
+    costs = search_costs(supernet, latency_table, space)
     results = []
     for target in tqdm(targets, desc="specialise", disable=not progress, dynamic_ncols=True):
         constraints = parse_target(target, costs)
         row = _search_and_measure(
             supernet,
+            space,
             predictor,
             target,
             constraints,
@@ -263,7 +302,8 @@ def specialize(
         )
         if evaluator is not None:
             row.measured_accuracy = evaluator.evaluate_arch(supernet, row.arch)
-            for other in feasible_random(supernet, constraints, random_baseline, seed):
+            others = feasible_random(supernet, constraints, random_baseline, seed, space=space)
+            for other in others:
                 row.random_accuracies.append(evaluator.evaluate_arch(supernet, other))
         results.append(row)
     return results

@@ -17,8 +17,11 @@ from typing import Any, Sequence
 
 import torch
 
+from ..compat.latency_tables import open_latency_table
+from ..compat.predictors import open_predictor
 from ..errors import RunDirectoryError
 from ..evaluation import SubnetEvaluator
+from ..latency.base import LatencyModel
 from ..latency.table import LatencyTable
 from ..models import Supernet
 from ..predictors import (
@@ -27,12 +30,13 @@ from ..predictors import (
     accuracy_dataset_for_run,
     fit_accuracy_predictor,
 )
+from ..predictors.base import ArchPredictor
 from ..search import evolutionary_search, random_search
 from ..storage.atomic import write_text_atomic
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig
 from .export import ExportResult, export_subnet
-from .specialize import Specialized, parse_target, search_costs, specialize
+from .specialize import Specialized, parse_target, search_costs, search_space, specialize
 
 __all__ = [
     "AccuracyDataset",
@@ -85,17 +89,17 @@ def load_predictor_and_table(
     predictor_path: str | os.PathLike | None = None,
     table_path: str | os.PathLike | None = None,
     need_table: bool = False,
-) -> tuple[AccuracyPredictor, LatencyTable | None]:
+) -> tuple[ArchPredictor, LatencyModel | None]:
     """The run's accuracy predictor and, when there is one, its latency table (default
-    paths: the layout's). A table that was asked for by path or that ``need_table``
-    requires and is missing is an error naming the command that builds it."""
-    predictor = AccuracyPredictor.load(
-        predictor_path or layout.accuracy_predictor, space=supernet.space
-    )
+    paths: the layout's). Either may be ours or the authors' files as they ship them (a
+    predictor ``.pth``, a folder of lookup-table YAML files), recognised by content and
+    checked against ``supernet``. A table that was asked for by path or that
+    ``need_table`` requires and is missing is an error naming the command that builds it."""
+    predictor = open_predictor(predictor_path or layout.accuracy_predictor, supernet)
     path = Path(table_path or layout.latency_table)
     table = None
-    if path.is_file():
-        table = LatencyTable.load(path, supernet)
+    if path.exists():
+        table = open_latency_table(path, supernet)
     elif need_table or table_path:
         raise RunDirectoryError(f"no latency table at {path}; build one: ofa latency-table")
     return predictor, table
@@ -226,6 +230,7 @@ class SearchResult:
     predicted_accuracy: float
     costs: dict[str, float]  # macs, params and, with a table, latency_ms
     wall_time_s: float
+    resolutions: tuple[int, ...] = ()  # those searched (see search_space)
 
     def to_dict(self) -> dict[str, Any]:
         record = {
@@ -233,35 +238,44 @@ class SearchResult:
             "arch": self.arch.to_dict(),
             "predicted_accuracy": self.predicted_accuracy,
         }
-        return record | self.costs
+        return record | self.costs | {"searched_resolutions": list(self.resolutions)}
 
 
 def search_step(
     supernet: Supernet,
-    predictor: AccuracyPredictor,
+    predictor: ArchPredictor,
     targets: Sequence[str],
     *,
-    latency_table: LatencyTable | None = None,
+    latency_table: LatencyModel | None = None,
     random: bool = False,
+    population: int = 100,
     generations: int = 500,
     seed: int = 0,
     out: str | os.PathLike | None = None,
 ) -> list[SearchResult]:
     """Search each target on the predictor alone (evolutionary, or ``random`` as a
-    baseline); with ``out``, write the results there as JSON."""
-    costs = search_costs(supernet, latency_table)
+    baseline), over the resolutions the predictor and table cover (:func:`search_space`);
+    with ``out``, write the results there as JSON."""
+    predictor.check_supernet(supernet)
+    space = search_space(supernet, predictor, latency_table)
+    costs = search_costs(supernet, latency_table, space)
     search = random_search if random else evolutionary_search
     results = []
     for target in targets:
         found = search(
-            supernet.space,
+            space,
             predictor,
             parse_target(target, costs),
+            population=population,
             generations=generations,
             seed=seed,
         )
         values = {name: cost.of(found.arch) for name, cost in costs.items()}
-        results.append(SearchResult(target, found.arch, found.accuracy, values, found.wall_time_s))
+        results.append(
+            SearchResult(
+                target, found.arch, found.accuracy, values, found.wall_time_s, space.resolutions
+            )
+        )
     if out is not None:
         write_text_atomic(out, json.dumps([r.to_dict() for r in results], indent=1) + "\n")
     return results
@@ -278,13 +292,14 @@ class SpecializeResult:
 def specialize_step(
     layout: RunLayout,
     supernet: Supernet,
-    predictor: AccuracyPredictor,
+    predictor: ArchPredictor,
     targets: Sequence[str],
     *,
     evaluator: SubnetEvaluator,
-    latency_table: LatencyTable | None = None,
+    latency_table: LatencyModel | None = None,
     random_baseline: int = 5,
     seed: int = 0,
+    population: int = 100,
     generations: int = 500,
     out: str | os.PathLike | None = None,
     progress: bool = True,
@@ -301,6 +316,7 @@ def specialize_step(
         evaluator=evaluator,
         random_baseline=random_baseline,
         seed=seed,
+        population=population,
         generations=generations,
         progress=progress,
     )

@@ -36,16 +36,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..arch import Arch, ArchLike, MBConvSpace
-from ..errors import OnceForAllError
+from ..arch.base import describe_resolutions
 from ..models.mbconv import OFAMBConvNet
 from ..storage.atomic import write_text_atomic
 from . import parts as lp
+from .base import LatencyTableError, MissingResolutionError
 from .calibration import fit_calibration
 from .measure import (
     BACKENDS,
     backend_versions,
     device_description,
     make_runner,
+    measure_latency,
     time_interleaved,
     timing_scope,
 )
@@ -64,10 +66,6 @@ _V1_FINGERPRINT_DEFAULTS = {
 }
 _V1_STAGE_DEFAULTS = {"max_depth": 4}
 STATISTICS = {"median": statistics.median, "min": min}  # of the timed rounds
-
-
-class LatencyTableError(OnceForAllError, ValueError):
-    """A table that does not fit the supernet, backend or device it is used with."""
 
 
 @dataclass
@@ -115,6 +113,28 @@ class LatencyTable:
         return self._space
 
     # ------------------------------------------------------------------ queries
+    measurable_here = True  # timed on this kind of machine: specialisation re-measures
+
+    def describe(self) -> str:
+        """One line: what the table was timed with and on."""
+        return (
+            f"measured with {self.backend} on {self.device_description} (batch "
+            f"{self.batch_size}, {self.statistic} of timed rounds), resolutions "
+            f"{describe_resolutions(self.resolutions)}"
+        )
+
+    def measure_ms(self, model: nn.Module, resolution: int, repeats: int) -> float:
+        """Median milliseconds of ``model`` on this machine, timed as the table was."""
+        return measure_latency(
+            model,
+            resolution,
+            backend=self.backend,
+            batch_size=self.batch_size,
+            device=self.device,
+            threads=self.threads or None,
+            repeats=repeats,
+        ).median_ms
+
     def _value(self, key: str) -> float:
         ms, mparams = self.entries[key]
         return self.scale * ms + self.ms_per_mparam * mparams
@@ -169,7 +189,7 @@ class LatencyTable:
 
     def _check_resolution(self, resolution: int) -> None:
         if resolution not in self.resolutions:
-            raise KeyError(
+            raise MissingResolutionError(
                 f"the latency table has no entries for resolution {resolution} (it covers "
                 f"{', '.join(map(str, self.resolutions))}); add them with "
                 "table.extend(supernet, [resolutions]) or LatencyTable.build(..., existing=table)"

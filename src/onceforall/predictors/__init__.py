@@ -8,6 +8,7 @@ from .accuracy import (
     kendall_tau,
     rmse,
 )
+from .base import ArchPredictor
 from .dataset import (
     accuracy_dataset_for_run,
     build_accuracy_dataset,
@@ -16,6 +17,7 @@ from .dataset import (
 )
 
 __all__ = [
+    "ArchPredictor",
     "accuracy_dataset_for_run",
     "AccuracyPredictor",
     "PredictorMismatchError",

@@ -200,8 +200,7 @@ class ArchCost:
 Cost = Union[AdditiveCost, ArchCost]
 
 
-def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
-    space: Space = supernet.space
+def _cost_from_parts(supernet, name: str, unit: str, count, space: Space) -> AdditiveCost:
     layout = genome_layout(space)
     fixed = np.zeros(len(space.resolutions))
     table = np.zeros(layout.table_shape)
@@ -215,18 +214,22 @@ def _cost_from_parts(supernet, name: str, unit: str, count) -> AdditiveCost:
     return AdditiveCost(name, fixed, table, unit, space)
 
 
-def macs_cost(supernet) -> Cost:
-    """MACs of every sub-network of ``supernet`` (equal to ``supernet.macs``)."""
+def macs_cost(supernet, space: Space | None = None) -> Cost:
+    """MACs of every sub-network of ``supernet`` (equal to ``supernet.macs``), over its
+    space or ``space`` (the same space at fewer resolutions)."""
+    space = supernet.space if space is None else space
     if not supernet.family.additive_costs:
-        return ArchCost("macs", supernet.macs, "MACs", supernet.space)
-    return _cost_from_parts(supernet, "macs", "MACs", total_macs)
+        return ArchCost("macs", supernet.macs, "MACs", space)
+    return _cost_from_parts(supernet, "macs", "MACs", total_macs, space)
 
 
-def params_cost(supernet) -> Cost:
-    """Parameters of every sub-network of ``supernet`` (equal to ``supernet.params``)."""
+def params_cost(supernet, space: Space | None = None) -> Cost:
+    """Parameters of every sub-network of ``supernet`` (equal to ``supernet.params``),
+    over its space or ``space``."""
+    space = supernet.space if space is None else space
     if not supernet.family.additive_costs:
-        return ArchCost("params", supernet.params, "params", supernet.space)
-    return _cost_from_parts(supernet, "params", "params", total_params)
+        return ArchCost("params", supernet.params, "params", space)
+    return _cost_from_parts(supernet, "params", "params", total_params, space)
 
 
 def latency_cost(table: AdditiveTable, space: Space, name: str = "latency_ms") -> AdditiveCost:
