@@ -303,3 +303,42 @@ def test_a_malicious_pickle_in_place_of_their_predictor_runs_no_code(w12, tmp_pa
         open_predictor(path, w12)  # ...and reading it as a predictor runs nothing
     _one_line(info.value, path)
     assert not marker.exists()
+
+
+def test_export_predictor_command_writes_what_their_tutorial_loads(tmp_path) -> None:
+    from onceforall.cli import main
+
+    space = onceforall.MBConvSpace(resolutions=(160, 192, 224))
+    torch.manual_seed(1)
+    AccuracyPredictor(space, base_accuracy=70.0).save(tmp_path / "ours.pt")
+    target = tmp_path / "acc_predictor.pth"
+    args = ["export-predictor", "--predictor", str(tmp_path / "ours.pt"), "--out", str(target)]
+    assert main(args) == 0
+    theirs = tutorial.AccuracyPredictor(pretrained=False, device="cpu")
+    theirs.model.load_state_dict(torch.load(target, weights_only=True))  # strict
+    archs = their_mbv3_archs(10, space.resolutions, seed=7)
+    want = AccuracyPredictor.load(tmp_path / "ours.pt").predict(archs)
+    assert np.abs(theirs.predict_accuracy(archs).numpy()[:, 0] * 100 - want).max() <= 1e-4
+
+
+@pytest.mark.slow  # times every block shape of w1.2 (about 25 s on 2 busy cores)
+def test_latency_table_command_writes_what_their_tutorial_reads(
+    tmp_path, their_latency_table
+) -> None:
+    """``ofa latency-table --format authors`` for w1.2 with 1000 classes (their tutorial's
+    network), at one small size: their tutorial's LatencyTable reads the files and
+    predicts what our table predicts."""
+    from onceforall.cli import main
+    from onceforall.latency.table import LatencyTable
+
+    out = tmp_path / "here"
+    args = ["latency-table", "--supernet", "ofa_mbv3_w1.2", "--num-classes", "1000"]
+    args += ["--resolutions", "32", "--repeats", "1", "--format", "authors", "--out", str(out)]
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["32_lookup_table.yaml", "latency_table.json"]
+    net = onceforall.create_supernet("ofa_mbv3_w1.2", num_classes=1000, resolutions=[32])
+    ours = LatencyTable.load(out / "latency_table.json", net)
+    their_latency_table(out)
+    theirs = tutorial_latency.LatencyTable(device="here", resolutions=(32,))
+    for arch in their_mbv3_archs(20, [32], seed=6):
+        assert theirs.predict_efficiency(arch) == pytest.approx(ours.predict(arch), abs=1e-9)

@@ -17,6 +17,7 @@ from ..errors import OnceForAllError
 from ..models import create_supernet, list_supernets
 from ..storage.atomic import write_text_atomic
 from .deploy import add_deploy_commands
+from .predict import add_predict_commands
 from .train import add_training_commands
 
 
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_training_commands(sub)
     add_deploy_commands(sub)
+    add_predict_commands(sub)
 
     p = sub.add_parser("inspect", help="validate an arch (JSON text or file); MACs and params")
     _supernet_arg(p)

@@ -40,12 +40,18 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         supernet = create_supernet(
             args.supernet, num_classes=args.num_classes, resolutions=args.resolutions
         )
-    out = args.out or (RunLayout(args.run).latency_table if args.run else None)
+    default = RunLayout(args.run).latency_table if args.run else None
+    authors = args.format == "authors"
+    if authors and not args.out:
+        raise ConfigError("--format authors writes a folder of YAML files; name it with --out")
+    # In the authors' format the table is also kept as ours: in the run, else in --out.
+    out = (default or Path(args.out) / "latency_table.json") if authors else args.out or default
     if not out:
         raise ConfigError("--out is required without --run")
     result = latency_table_step(
         supernet,
         out,
+        reuse=authors and not args.extend,  # convert a table measured before
         extend=args.extend,
         backend=args.backend,
         threads=args.threads,
@@ -61,7 +67,13 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         f"{table.build_seconds:.0f} s; predicted smallest {table.predict(smallest):.2f} ms, "
         f"largest {table.predict(largest):.2f} ms"
     )
-    print(f"wrote {result.path}")
+    print(f"{'reused' if result.reused else 'wrote'} {result.path}")
+    if authors:
+        from ..compat.latency_tables import write_authors_tables
+
+        files = write_authors_tables(table, supernet, args.out)
+        names = ", ".join(f.name for f in files)
+        print(f"wrote the authors' lookup-table format to {args.out}: {names}")
     return 0
 
 
@@ -77,6 +89,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         args.target,
         latency_table=table,
         random=args.random,
+        population=args.population,
         generations=args.generations,
         seed=args.seed,
         out=args.out,
@@ -95,6 +108,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
     ]
     headers = ("target", "arch", "pred. top-1", "MMACs", "Mparams", "table ms", "search s")
     print(format_table(headers, rows))
+    searched = results[0].resolutions if results else ()
+    if searched and tuple(searched) != tuple(supernet.space.resolutions):
+        listed = ", ".join(map(str, searched))
+        print(f"searched resolutions {listed}: those the predictor and the table cover")
     if args.out:
         print(f"wrote {args.out}")
     return 0
@@ -116,6 +133,7 @@ def _cmd_specialize(args: argparse.Namespace) -> int:
         latency_table=table,
         random_baseline=args.random_baseline,
         seed=args.seed,
+        population=args.population,
         generations=args.generations,
         out=args.out,
     )
@@ -204,8 +222,15 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
-    p.add_argument("--predictor", help="default: RUN/accuracy_predictor.pt")
-    p.add_argument("--latency-table", help="default: RUN/latency_table.json")
+    p.add_argument(
+        "--predictor",
+        help="default: RUN/accuracy_predictor.pt; the authors' .pth files are read as they are",
+    )
+    p.add_argument(
+        "--latency-table",
+        help="default: RUN/latency_table.json; or a folder of the authors' "
+        "<r>_lookup_table.yaml files (e.g. their note10/)",
+    )
     p.add_argument(
         "--target",
         action="append",
@@ -213,6 +238,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="constraints, e.g. 'latency_ms<=5' or 'macs<=20M,params<=3M' (repeatable)",
     )
     p.add_argument("--generations", type=int, default=500)
+    p.add_argument("--population", type=int, default=100, help="search population")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -234,6 +260,13 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--extend", action="store_true", help="only measure what --out lacks")
+    p.add_argument(
+        "--format",
+        choices=("onceforall", "authors"),
+        default="onceforall",
+        help="authors: also write the authors' <r>_lookup_table.yaml files into the folder "
+        "--out (a table the run already has is converted, not measured again)",
+    )
     p.add_argument("--out", help="JSON file (default: RUN/latency_table.json)")
     p.set_defaults(func=_cmd_latency_table)
 

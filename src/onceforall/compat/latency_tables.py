@@ -234,9 +234,9 @@ def write_authors_tables(
         except ValueError as exc:
             raise LatencyTableError(str(exc)) from None
         entries = {key: 0.0 for key in fixed_keys}
-        entries[fixed_keys[0]] = table.fixed_ms(r)
+        entries[fixed_keys[0]] = float(table.fixed_ms(r))
         for (slot, k, e), key in block_keys.items():
-            value = table.block_ms(r, slot, k, e)
+            value = float(table.block_ms(r, slot, k, e))
             if entries.setdefault(key, value) != value:
                 raise LatencyTableError(
                     f"the table gives two blocks of the same shape ({key}) different times"
