@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +153,82 @@ def test_their_specialised_resnet_loads_with_the_same_logits(tmp_path, seed) -> 
         bad["blocks"][0]["mid_channels"] = 100
         with pytest.raises(NetConfigError, match="stage 0 mid_channels 100 is none of"):
             subnet_from_net_config(bad, r)
+
+
+ZOO = Path(__file__).resolve().parents[2] / "shared" / "authors" / "specialized"
+ZOO_NAMES = sorted(p.name for p in ZOO.iterdir()) if ZOO.is_dir() else []
+needs_zoo = pytest.mark.skipif(not ZOO_NAMES, reason=f"the authors' net.configs are not at {ZOO}")
+
+
+def _zoo_net(name: str, tmp_path) -> tuple[int, torch.nn.Module, list[str]]:
+    """Their model zoo's own net.config of ``name`` built by their class with random
+    weights and BN statistics estimated from data: (its input size from run.config, the
+    network, the paths of its saved net.config and weights)."""
+    from ofa.imagenet_classification.networks import MobileNetV3, ProxylessNASNets
+
+    config = json.loads((ZOO / name / "net.config").read_text())
+    r = json.loads((ZOO / name / "run.config").read_text())["image_size"]
+    torch.manual_seed(0)
+    classes = {"MobileNetV3": MobileNetV3, "ProxylessNASNets": ProxylessNASNets}
+    static = classes[config["name"]].build_from_config(config)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for key, tensor in static.state_dict().items():
+            if key.endswith("bn.weight"):
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            elif key.endswith(("bn.bias", "linear.bias")):
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+    estimate_bn_statistics(static, r, gen, batch=4, batches=1)
+    return r, static, [str(p) for p in _save(tmp_path, static, config)]
+
+
+def _same_logits(static: torch.nn.Module, ours: torch.nn.Module, r: int) -> None:
+    x = torch.randn(2, 3, r, r, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want, got = static(x), ours(x)
+    assert got.shape == (2, 1000)
+    assert (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+    signal = want[0] - want[1]
+    assert ((got[0] - got[1]) - signal).abs().max() <= 1e-3 * signal.abs().max()
+
+
+@needs_zoo
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_their_model_zoo_nets_load_at_their_input_size(tmp_path, name) -> None:
+    """Their model zoo's net.config files run at 128 to 260 (beyond the 128..224 the
+    supernets train at): each loads at the size its run.config gives and computes what
+    their network computes."""
+    r, static, paths = _zoo_net(name, tmp_path)
+    _, ours = load_reference_subnet(*paths, resolution=r)
+    assert ours.arch.r == r
+    _same_logits(static, ours.eval(), r)
+
+
+@pytest.mark.slow  # the export times the network: 5-20 s at this size on 2 cores
+@needs_zoo
+def test_their_largest_input_size_imports_and_loads_back(tmp_path) -> None:
+    """``ofa import-subnet`` at 260, their largest size, and ``load_exported``."""
+    from onceforall.cli import main
+
+    name = "note10_lat-64ms_top1-80.2_finetune-75"
+    r, static, paths = _zoo_net(name, tmp_path)
+    assert r == 260
+    out = tmp_path / "out"
+    assert (
+        main(["import-subnet", *paths, "--resolution", str(r), "--out", str(out), "--no-onnx"]) == 0
+    )
+    _same_logits(static, load_exported(out), r)
+
+
+@pytest.mark.slow
+@needs_zoo
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_their_model_zoo_nets_export_with_onnx_at_their_input_size(tmp_path, name) -> None:
+    """The whole import at every size of theirs, ONNX checked with onnxruntime."""
+    from onceforall.cli import main
+
+    r, static, paths = _zoo_net(name, tmp_path)
+    out = tmp_path / "out"
+    assert main(["import-subnet", *paths, "--resolution", str(r), "--out", str(out)]) == 0
+    assert (out / "model.onnx").is_file()  # kept only after onnxruntime agreed
+    _same_logits(static, load_exported(out), r)
