@@ -342,3 +342,26 @@ def test_latency_table_command_writes_what_their_tutorial_reads(
     theirs = tutorial_latency.LatencyTable(device="here", resolutions=(32,))
     for arch in their_mbv3_archs(20, [32], seed=6):
         assert theirs.predict_efficiency(arch) == pytest.approx(ours.predict(arch), abs=1e-9)
+
+
+def test_resnet_search_under_macs_with_their_predictor() -> None:
+    """OFA-ResNet50 (as import-reference makes it: 128..224 by 4) searched under a MACs
+    target with their predictor: the sizes it encodes are searched, and the winner's
+    predicted top-1 is what their own predictor says of it."""
+    from onceforall.compat.resnet import PREDICTOR_RESOLUTIONS
+    from onceforall.deploy.steps import search_step
+
+    net = onceforall.create_supernet("ofa_resnet50", num_classes=1000)
+    predictor = open_predictor(RESNET_PREDICTOR, net)
+    [found] = search_step(net, predictor, ["macs<=2G"], generations=30, seed=0)
+    assert found.resolutions == (128, 144, 160, 176, 192, 224)
+    assert found.costs["macs"] <= 2e9 and found.arch.r in found.resolutions
+    encoder = nas_predictor.ResNetArchEncoder(image_size_list=list(PREDICTOR_RESOLUTIONS))
+    theirs = nas_predictor.AccuracyPredictor(
+        encoder, 400, 3, checkpoint_path=str(RESNET_PREDICTOR), device="cpu"
+    )
+    arch = {**found.arch.to_dict(), "image_size": found.arch.r}
+    del arch["r"]
+    with torch.no_grad():
+        want = theirs.predict_acc([arch, arch])[0].item()
+    assert found.predicted_accuracy == pytest.approx(100 * want, abs=1e-4)
