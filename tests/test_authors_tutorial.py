@@ -86,8 +86,8 @@ def test_their_tutorial_search_and_export_with_our_commands(
         assert record[key] == pytest.approx(found[key], rel=1e-9), key
 
     # ofa export on the winner; the export loads without the supernet.
-    out = run / "export"
-    args = ["export", "--run", str(run / "run"), "--arch", str(arch_file), "--out", str(out)]
+    out = run / "export"  # --arch: what ofa search wrote, as it is
+    args = ["export", "--run", str(run / "run"), "--arch", str(found_path), "--out", str(out)]
     assert main([*args, "--data", str(run / "images"), "--no-onnx"]) == 0
     model = load_exported(out)
     r = found["arch"]["r"][0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,25 @@ from ..errors import ConfigError
 from ..storage.run_layout import RunLayout
 
 
-def _load_arch_text(text: str) -> str:
+def load_arch_text(text: str) -> str:
+    """Arch JSON from ``text``: the JSON itself, or a file holding an arch, or what
+    ``ofa search --out`` / ``ofa specialize`` write for one target (its ``arch``)."""
     path = Path(text)
-    return path.read_text() if path.is_file() else text
+    if not path.is_file():
+        return text
+    content = path.read_text()
+    try:
+        data = json.loads(content)
+    except json.JSONDecodeError:
+        return content  # parse_arch names the problem
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
+        data = data[0]
+    if isinstance(data, list) and data and all(isinstance(r, dict) and "arch" in r for r in data):
+        targets = ", ".join(str(r.get("target")) for r in data)
+        raise ConfigError(f"{path} holds the archs of several targets ({targets}); give one")
+    if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+        return json.dumps(data["arch"])
+    return content
 
 
 def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, Any]:
@@ -147,7 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..training import load_run
 
     config, supernet = load_run(args.run)
-    arch = supernet.parse_arch(_load_arch_text(args.arch))
+    arch = supernet.parse_arch(load_arch_text(args.arch))
     # The same calibration and test images as `ofa specialize`: the same accuracy.
     result = export_step(
         supernet,

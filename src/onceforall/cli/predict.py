@@ -9,11 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage.run_layout import RunLayout
-
-
-def _arch_text(text: str) -> str:
-    path = Path(text)
-    return path.read_text() if path.is_file() else text
+from .deploy import load_arch_text
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -28,7 +24,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         predictor_path=args.predictor,
         table_path=args.latency_table,
     )
-    arch = supernet.parse_arch(_arch_text(args.arch))
+    arch = supernet.parse_arch(load_arch_text(args.arch))
     record = {
         "predicted_accuracy": float(predictor.predict([arch])[0]),
         "macs": int(supernet.macs(arch)),
