@@ -18,7 +18,8 @@ re-exported at the package's top level (``onceforall.ArchError``, ...):
 ``CheckpointError``            a checkpoint that is truncated, corrupted or unsafe
 ``ExportError``                an export that fails its checks or cannot be loaded
 ``MissingDependencyError``     an optional package is not installed
-``LatencyTableError``          a latency table of another supernet or device
+``LatencyTableError``          a latency table of another supernet or device, or unreadable
+``MissingResolutionError``     an arch at a resolution the latency table has no entries for
 ``PredictorMismatchError``     a predictor trained on another encoding
 ``InfeasibleConstraintError``  a target that no sub-network of the space meets
 ``ReferenceCheckpointError``   an authors' checkpoint that does not fit the supernet

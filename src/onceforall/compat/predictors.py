@@ -149,12 +149,12 @@ class AuthorsPredictor:
         ]
         name = getattr(supernet, "name", None) or type(supernet).__name__
         if differ:
-            detail = ", ".join(
-                f"{k} {have.get(k)!r} (expected {want.get(k)!r})"
+            listed = ", ".join(  # values where they are short
+                k
+                if isinstance(want.get(k), (list, dict))
+                else f"{k} {have.get(k)!r} (expected {want.get(k)!r})"
                 for k in differ
-                if not isinstance(want.get(k), (list, dict))
             )
-            listed = detail or ", ".join(differ)
             raise PredictorMismatchError(
                 f"{self.path} is {self.spec.description}, made for {self.spec.supernet}; "
                 f"{name} differs in {listed}"
