@@ -15,7 +15,6 @@ every path comes from the run's :class:`~onceforall.storage.run_layout.RunLayout
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..search import pareto_search
+from ..storage.run_guard import claim_run_directory, remove_run_directory, run_lock
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
 from ..training.config import SpecializeConfig
@@ -79,9 +79,24 @@ def run_pipeline(
     started = time.perf_counter()
     layout = RunLayout(run_dir)
     say = _say(progress)
+    if fresh:
+        config.open_splits(data)  # a missing dataset is reported before anything is deleted
+        remove_run_directory(layout.root)
+    with run_lock(claim_run_directory(layout.root).root):
+        return _run_steps(config, data, layout, say, started, device, progress)
+
+
+def _run_steps(
+    config: TrainConfig,
+    data: str | os.PathLike,
+    layout: RunLayout,
+    say: Callable[[str], None],
+    started: float,
+    device: str | None,
+    progress: bool,
+) -> RunSummary:
+    """The steps of :func:`run_pipeline`, under the run directory's lock."""
     settings = config.specialize
-    if fresh and layout.root.exists():
-        shutil.rmtree(layout.root)
 
     # 1. Train (resumes from the last complete checkpoint when there is one). The
     # trainer forecasts the whole job: its stages and the steps below.

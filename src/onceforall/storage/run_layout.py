@@ -2,6 +2,8 @@
 
 ::
 
+    RUN/.onceforall-run           marks the folder as a run directory (storage.run_guard)
+    RUN/.lock                     held by the one command writing into the run
     RUN/config.yaml               the config the run was started with
     RUN/checkpoints/              the last complete training checkpoints (atomic, verified)
     RUN/teacher/                  the full network after the first stage (frozen teacher)
@@ -41,6 +43,15 @@ class RunLayout:
 
     def __init__(self, root: PathLike) -> None:
         object.__setattr__(self, "root", Path(root))
+
+    # the directory itself (see onceforall.storage.run_guard)
+    @property
+    def marker(self) -> Path:
+        return self.root / ".onceforall-run"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
 
     # training
     @property

@@ -30,6 +30,7 @@ from ..errors import RunDirectoryError
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
 from ..storage.checkpoint import load_latest_checkpoint
+from ..storage.run_guard import claim_run_directory, run_lock
 from ..storage.run_layout import RunLayout
 from .checkpointing import Checkpointer
 from .config import StageConfig, TrainConfig
@@ -230,6 +231,12 @@ class Trainer:
         """Train the chosen stages (all by default); with ``resume``, continue from the
         last complete checkpoint of the run directory. Returns the test-split top-1 of
         each stage trained, or where ``max_steps`` stopped the run (``stopped_at``)."""
+        with (
+            run_lock(claim_run_directory(self.run_dir).root) if self.env.is_main else nullcontext()
+        ):
+            return self._run(stages, resume)
+
+    def _run(self, stages: list[str] | None, resume: bool) -> dict[str, Any]:
         if self.env.is_main:
             write_run_config(self.run_dir, self.config)
         names = [s.name for s in self.config.stages]
