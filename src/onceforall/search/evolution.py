@@ -92,8 +92,8 @@ class _Evaluator:
     """Encode, predict, check the shape once, count. Each distinct network is sent to the
     predictor once per search: its accuracy is remembered (by network key), so children
     that repeat a parent, a sibling or any network seen before cost a lookup (late in a
-    search most do). ``known`` rows with ``known_accuracy`` are remembered first.
-    ``count`` counts candidates, ``predicted`` the rows the predictor saw."""
+    search most do). ``count`` counts candidates, ``predicted`` the rows the predictor
+    saw."""
 
     def __init__(self, predictor: PredictorLike, layout: GenomeLayout) -> None:
         self.predict = gene_predictor(predictor, layout.space)
@@ -112,16 +112,8 @@ class _Evaluator:
         self.predicted += len(genes)
         return out
 
-    def __call__(
-        self,
-        genes: np.ndarray,
-        known: np.ndarray | None = None,
-        known_accuracy: np.ndarray | None = None,
-    ) -> np.ndarray:
+    def __call__(self, genes: np.ndarray) -> np.ndarray:
         self.count += len(genes)
-        if known is not None and len(known):
-            for key, value in zip(self.layout.network_keys(known), known_accuracy):
-                self.seen.setdefault(key.tobytes(), float(value))
         keys = self.layout.network_keys(genes)
         unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         names = [key.tobytes() for key in unique]
@@ -315,7 +307,7 @@ def evolutionary_search(
         children = _feasible_children(
             layout, parents, p1, p2, mutate_rows, probs, cset, rng, max_tries
         )
-        child_acc = evaluate(children, parents, parent_acc)
+        child_acc = evaluate(children)
         genes = np.concatenate([parents, children])
         acc = np.concatenate([parent_acc, child_acc])
         history.append(max(history[-1], float(child_acc.max())))

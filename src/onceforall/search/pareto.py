@@ -157,9 +157,8 @@ def pareto_search(
     probs = layout.group_probabilities(mutation_prob, resolution_mutation_prob)
     all_rows = np.ones(population, dtype=bool)
 
-    def objectives(genes: np.ndarray, known=None, known_f=None) -> np.ndarray:
-        known_accuracy = None if known_f is None else -known_f[:, 0]
-        accuracy = evaluate(genes, known, known_accuracy)
+    def objectives(genes: np.ndarray) -> np.ndarray:
+        accuracy = evaluate(genes)  # each network predicted once per search
         return np.column_stack([-accuracy, objective_costs.values(genes).T])
 
     genes = _random_feasible(layout, cset, population, rng, witness, probs, max_tries)
@@ -178,7 +177,7 @@ def pareto_search(
         p2 = _tournament(ranks, crowd, population, rng)
         children = _feasible_children(layout, genes, p1, p2, all_rows, probs, cset, rng, max_tries)
         pool = np.concatenate([genes, children])
-        pool_f = np.concatenate([f, objectives(children, genes, f)])
+        pool_f = np.concatenate([f, objectives(children)])
         chosen, ranks, crowd = _select(pool_f, layout.first_occurrences(pool), population)
         genes, f = pool[chosen], pool_f[chosen]
         if progress and generation % report == 0:
