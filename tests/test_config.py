@@ -108,3 +108,58 @@ def test_to_dict_round_trips_through_plain_yaml(tmp_path) -> None:
     text = yaml.safe_dump(data)  # safe_dump refuses anything but plain values
     assert TrainConfig.from_dict(yaml.safe_load(text)) == config
     assert yaml.safe_load(text)["specialize"]["targets"] == ["latency_ms<=1", "macs<=8M,params<=3M"]
+
+
+BASE = {"resolutions": [24, 32], "eval_resolutions": [32], "stages": STAGES}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": "sixteen"}, "batch_size must be an integer >= 1, not 'sixteen'"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, not 0"),
+        ({"resolutions": [7]}, r"resolutions must be a non-empty list of integers >= 16"),
+        ({"resolutions": []}, "resolutions must be a non-empty list"),
+        ({"eval_resolutions": [40]}, r"eval_resolutions \[40\] are not among"),
+        ({"label_smoothing": 1.5}, r"label_smoothing must be a number in \[0, 1\)"),
+        ({"kd_ratio": -1}, "kd_ratio must be a number >= 0"),
+        ({"nesterov": "yes"}, "nesterov must be true or false"),
+        ({"num_workers": -1}, "num_workers must be an integer >= 0"),
+        ({"test_subset": 0}, "test_subset must be an integer >= 1"),
+        ({"bn_recal_images": 20000}, r"bn_recal_images \(20000\) must not exceed holdout_size"),
+        ({"amp_dtype": "int8"}, "amp_dtype must be one of bfloat16, float16"),
+    ],
+)
+def test_a_nonsense_value_is_refused_naming_its_field(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({**BASE, **change})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epochs", -1, r"stages\[1\] \(kernel\)\.epochs must be a number > 0, not -1"),
+        ("epochs", 0, r"\.epochs must be a number > 0"),
+        ("lr", "fast", r"\.lr must be a number > 0, not 'fast'"),
+        ("subnets_per_step", 0, r"\.subnets_per_step must be an integer >= 1"),
+        ("warmup_epochs", 2, r"\.warmup_epochs \(2\) exceeds its epochs \(1\)"),
+        ("kernel_sizes", [], r"\.kernel_sizes must be a non-empty list"),
+        ("kernel_sizes", "3,5", r"\.kernel_sizes must be a non-empty list"),
+        ("name", "a/b", r"stages\[1\]\.name must be 1-64 letters"),
+        ("name", "", r"stages\[1\]\.name must be"),
+    ],
+)
+def test_a_nonsense_stage_value_is_refused_naming_stage_and_field(field, value, message) -> None:
+    stages = [dict(s) for s in STAGES]
+    stages[1][field] = value
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({**BASE, "stages": stages})
+
+
+def test_every_preset_passes_the_checks() -> None:
+    from onceforall.training.config import PRESETS_DIR
+
+    presets = sorted(PRESETS_DIR.glob("*.yaml"))
+    assert len(presets) >= 4
+    for path in presets:
+        load_config(path)

@@ -13,9 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from onceforall.cli import main
-from onceforall.errors import RunDirectoryError
+from onceforall.errors import ConfigError, RunDirectoryError
 from onceforall.storage.run_guard import (
     MARKER_FORMAT,
     claim_run_directory,
@@ -23,6 +24,7 @@ from onceforall.storage.run_guard import (
     run_lock,
 )
 from onceforall.storage.run_layout import RunLayout
+from onceforall.training import TrainConfig, train
 from tests.conftest import needs_fashion_mnist
 
 
@@ -152,3 +154,109 @@ def test_the_cli_refuses_in_one_line(
     missing = ["run", "--config", "fashion-mnist-quick", "--data", str(tmp_path / "nowhere")]
     assert main([*missing, "--out", str(tmp_path / "old-run"), "--fresh"]) == 2
     assert RunLayout(tmp_path / "old-run").marker.is_file()
+
+
+# --------------------------------------------------- what a run was made with is checked
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A tiny run stopped by --max-steps after 2 steps (checkpoints, not finished)."""
+    from tests.test_training import TINY
+
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    train(TrainConfig.from_dict(TINY), "fashion-mnist", run, progress=False, max_steps=2)
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "copy"))
+
+
+@needs_fashion_mnist
+def test_resume_refuses_a_config_that_changes_the_result(stopped_run, tmp_path) -> None:
+    from tests.test_training import TINY
+
+    run = _copy(stopped_run, tmp_path)
+    changed = TrainConfig.from_dict({**TINY, "batch_size": 32, "seed": 1})
+    with pytest.raises(ConfigError, match=r"batch_size: 16 -> 32; seed: 0 -> 1") as info:
+        train(changed, "fashion-mnist", run, resume=True, progress=False, max_steps=3)
+    assert "num_workers" in str(info.value)  # what may change is named
+    stages = [dict(s) for s in TINY["stages"]]
+    stages[1]["lr"] = 0.5
+    with pytest.raises(ConfigError, match=r"stages\.kernel\.lr: 0\.03 -> 0\.5"):
+        train(
+            TrainConfig.from_dict({**TINY, "stages": stages}),
+            "fashion-mnist",
+            run,
+            resume=True,
+            progress=False,
+            max_steps=3,
+        )
+    # The config on disk is the original still; a safe change resumes.
+    assert TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text())).batch_size == 16
+    safe = TrainConfig.from_dict({**TINY, "checkpoint_every_steps": 1, "keep_checkpoints": 3})
+    result = train(safe, "fashion-mnist", run, resume=True, progress=False, max_steps=3)
+    assert result["stopped_at"]["global_step"] == 3
+
+
+@needs_fashion_mnist
+def test_training_over_a_run_or_resuming_nothing_is_refused(stopped_run, tmp_path) -> None:
+    from tests.test_training import TINY
+
+    run = _copy(stopped_run, tmp_path)
+    config = TrainConfig.from_dict(TINY)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    with pytest.raises(RunDirectoryError, match="already holds checkpoints.*--resume.*--fresh"):
+        train(config, "fashion-mnist", run, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    with pytest.raises(ConfigError, match="--max-steps 2 is not beyond the step the run resumes"):
+        train(config, "fashion-mnist", run, resume=True, progress=False, max_steps=2)
+    with pytest.raises(RunDirectoryError, match="nothing to resume"):
+        train(config, "fashion-mnist", tmp_path / "new", resume=True, progress=False)
+
+
+@needs_fashion_mnist
+def test_ofa_train_fresh_starts_over(stopped_run, tmp_path, capsys) -> None:
+    from tests.test_training import TINY
+
+    run = _copy(stopped_run, tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(json.dumps(TINY))
+    args = ["train", "--config", str(config), "--out", str(run), "--max-steps", "1"]
+    assert main(args) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main([*args, "--fresh"]) == 0
+    names = [p.name for p in (run / "checkpoints").iterdir()]
+    assert names == ["ckpt-00000001-full-e0-b1-s1.pt"]  # the old ones are gone
+
+
+@needs_fashion_mnist
+def test_a_stage_choice_the_supernet_lacks_is_refused_at_start_up(tmp_path) -> None:
+    from onceforall.training import Trainer
+    from tests.test_training import TINY
+
+    stages = [dict(s) for s in TINY["stages"]]
+    stages[2]["kernel_sizes"] = [3, 9]  # the last stage: refused before the first step
+    with pytest.raises(ConfigError, match=r"stage 'expand' opens kernel_sizes \[9\]"):
+        Trainer(TrainConfig.from_dict({**TINY, "stages": stages}), "fashion-mnist", tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_one_class_dataset_is_refused(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from onceforall.training import Trainer
+    from tests.test_training import TINY
+
+    for split in ("train", "val"):
+        folder = tmp_path / "data" / split / "only"
+        folder.mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    config = TrainConfig.from_dict({**TINY, "holdout_size": 2, "bn_recal_images": 2})
+    with pytest.raises(ConfigError, match=r"has 1 class\(es\) \(only\): classification needs"):
+        Trainer(config, str(tmp_path / "data"), tmp_path / "run")

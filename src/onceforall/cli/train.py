@@ -28,6 +28,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ..training import TrainingDiverged, load_config, train
 
     config = load_config(args.config, _parse_overrides(args.set))
+    if args.fresh and args.resume:
+        raise ConfigError("--fresh starts over and --resume continues: choose one")
+    if args.fresh and int(os.environ.get("RANK", "0")) == 0:
+        from ..storage.run_guard import remove_run_directory
+
+        config.open_splits(args.data)  # a missing dataset is reported before deleting
+        remove_run_directory(args.out)
     try:
         results = train(
             config,
@@ -118,6 +125,11 @@ def add_training_commands(sub: Any) -> None:
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from the last complete checkpoint in --out"
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the run directory --out and start over (only a run directory)",
     )
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")

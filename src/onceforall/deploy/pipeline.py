@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..search import pareto_search
+from ..storage.checkpoint import list_checkpoints
 from ..storage.run_guard import claim_run_directory, remove_run_directory, run_lock
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
@@ -109,7 +110,7 @@ def _run_steps(
             config,
             data,
             layout.root,
-            resume=True,
+            resume=bool(list_checkpoints(layout.checkpoints)),
             device=device,
             progress=progress,
             forecast=forecast,

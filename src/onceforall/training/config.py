@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import ConfigError, InputNotFoundError, UnknownNameError
+from .config_checks import check_stage_values, check_train_values
 
 __all__ = [
     "PRESETS_DIR",
@@ -210,6 +211,9 @@ class TrainConfig:
         config = cls(**data, stages=stages, specialize=specialize)
         if not config.stages:
             raise ConfigError("config has no stages")
+        check_train_values(config)
+        for i, stage in enumerate(config.stages):
+            check_stage_values(stage, i)
         names = [s.name for s in config.stages]
         if len(set(names)) != len(names):
             raise ConfigError(f"stage names must be unique: {names}")

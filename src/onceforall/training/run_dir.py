@@ -21,16 +21,19 @@ from typing import Any
 
 import yaml
 
-from ..errors import RunDirectoryError
+from ..errors import ConfigError, RunDirectoryError
 from ..models import Supernet, create_supernet
 from ..storage.atomic import write_text_atomic
-from ..storage.checkpoint import load_latest_checkpoint
+from ..storage.checkpoint import list_checkpoints, load_latest_checkpoint
 from ..storage.run_layout import RunLayout
 from .config import TrainConfig
 
 __all__ = [
     "DONE_FILE",
+    "SAFE_TO_CHANGE",
     "build_supernet",
+    "check_can_train",
+    "config_differences",
     "load_run",
     "write_run_config",
     "write_training_done",
@@ -83,3 +86,57 @@ def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfi
     net = build_supernet(config, num_classes=state["classifier.weight"].shape[0])
     net.load_state_dict(state)
     return config, net.eval()
+
+
+# Config fields a resumed run may change: they do not change what it computes.
+SAFE_TO_CHANGE = ("num_workers", "checkpoint_every_steps", "keep_checkpoints", "specialize")
+
+
+def config_differences(stored: TrainConfig, now: TrainConfig) -> list[str]:
+    """``field: stored -> now`` for every field outside :data:`SAFE_TO_CHANGE` that
+    differs (a stage's fields as ``stages.NAME.FIELD``)."""
+    before, after = stored.to_dict(), now.to_dict()
+    diffs = []
+    for key in before.keys() | after.keys():
+        if key in SAFE_TO_CHANGE or key == "stages":
+            continue
+        if before.get(key) != after.get(key):
+            diffs.append(f"{key}: {before.get(key)!r} -> {after.get(key)!r}")
+    old = {s["name"]: s for s in before["stages"]}
+    new = {s["name"]: s for s in after["stages"]}
+    if list(old) != list(new):
+        diffs.append(f"stages: {list(old)} -> {list(new)}")
+    for name in old.keys() & new.keys():
+        for field, value in old[name].items():
+            if new[name].get(field) != value:
+                diffs.append(f"stages.{name}.{field}: {value!r} -> {new[name].get(field)!r}")
+    return sorted(diffs)
+
+
+def check_can_train(run_dir: str | Path, config: TrainConfig, *, resume: bool, whole: bool) -> None:
+    """Refuse what would lose or mix work, before anything is written: resuming a run
+    that holds no checkpoint, or with a config that changes the result; training a whole
+    run (``whole``) from the start over one that holds checkpoints or is finished."""
+    layout = RunLayout(run_dir)
+    checkpoints = list_checkpoints(layout.checkpoints)
+    if resume:
+        if not checkpoints:
+            raise RunDirectoryError(
+                f"nothing to resume in {layout.root}: it holds no checkpoint; start the run "
+                "without --resume"
+            )
+        if layout.config.is_file():
+            stored = TrainConfig.from_dict(yaml.safe_load(layout.config.read_text()))
+            diffs = config_differences(stored, config)
+            if diffs:
+                raise ConfigError(
+                    f"{layout.root} was trained with another config; resuming with this one "
+                    f"would not continue it: {'; '.join(diffs)} (only "
+                    f"{', '.join(SAFE_TO_CHANGE)} may change on resume)"
+                )
+    elif whole and (checkpoints or layout.training_done.is_file()):
+        state = "a finished training" if layout.training_done.is_file() else "checkpoints"
+        raise RunDirectoryError(
+            f"{layout.root} already holds {state}: continue it with --resume, or start over "
+            "with --fresh (which deletes it)"
+        )

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import data as datamod
 from ..arch import Arch, MBConvSpace
-from ..errors import RunDirectoryError
+from ..errors import ConfigError, RunDirectoryError
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
 from ..storage.checkpoint import load_latest_checkpoint
@@ -39,8 +39,8 @@ from .epoch import EpochRunner, EpochStats, StagePlan, StepResult, TrainingDiver
 from .forecast import Forecast, PlannedWork, TrainingForecaster, TrainingWork
 from .reporting import Reporter
 from .rng_state import restore_rng_state
-from .run_dir import build_supernet, write_run_config, write_training_done
-from .schedule import Position, SkipBatches, peak_lr
+from .run_dir import build_supernet, check_can_train, write_run_config, write_training_done
+from .schedule import Position, SkipBatches, peak_lr, stage_space
 
 __all__ = ["Trainer", "TrainingDiverged", "train"]
 
@@ -75,9 +75,17 @@ class Trainer:
         splits = config.open_splits(data)
         self.train_set, self.holdout_set, self.test_set = splits.train, splits.holdout, splits.test
         self.num_classes = len(splits.classes)
+        if self.num_classes < 2:
+            raise ConfigError(
+                f"the dataset {data} has {self.num_classes} class(es) "
+                f"({', '.join(map(str, splits.classes)) or 'none'}): classification needs two "
+                "or more"
+            )
         self.net: Supernet = build_supernet(config, self.num_classes).to(
             self.device, memory_format=self.memory_format
         )
+        for stage in config.stages:  # every stage's choices exist in this supernet
+            stage_space(self.net.space, stage)
         if config.zero_init_residual:  # a resumed run loads its weights over this
             self.net.zero_init_residual()
         self.evaluator = SubnetEvaluator(
@@ -237,14 +245,21 @@ class Trainer:
             return self._run(stages, resume)
 
     def _run(self, stages: list[str] | None, resume: bool) -> dict[str, Any]:
-        if self.env.is_main:
-            write_run_config(self.run_dir, self.config)
         names = [s.name for s in self.config.stages]
         wanted = names if stages is None else stages
         for name in wanted:
             self.config.stage(name)  # raises with the list of stages
+        check_can_train(self.run_dir, self.config, resume=resume, whole=stages is None)
+        if self.env.is_main:
+            write_run_config(self.run_dir, self.config)
         try:
             resumed = self._resume() if resume else None
+            if resumed is not None and self.max_steps is not None:
+                if self.max_steps <= self.position.global_step:
+                    raise ConfigError(
+                        f"--max-steps {self.max_steps} is not beyond the step the run "
+                        f"resumes at ({self.position.global_step})"
+                    )
             if resumed is None:
                 first = names.index(wanted[0])
                 self.position = Position(stage=first)
