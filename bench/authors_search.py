@@ -43,9 +43,18 @@ import onceforall  # noqa: E402
 from onceforall.compat.latency_tables import open_latency_table  # noqa: E402
 from onceforall.compat.predictors import open_predictor  # noqa: E402
 from onceforall.deploy.specialize import parse_target, search_costs, search_space  # noqa: E402
-from onceforall.search import evolutionary_search  # noqa: E402
+from onceforall.search import evolution, evolutionary_search  # noqa: E402
 
 AUTHORS = Path(__file__).resolve().parents[2] / "shared" / "authors"
+
+
+def _rank_cut(layout, genes: np.ndarray, acc: np.ndarray, n: int) -> np.ndarray:
+    """The parents by rank alone, as their finder (and ours before issue 14) takes them."""
+    return np.argsort(-acc, kind="stable")[:n]
+
+
+def _distinct(space, genes: np.ndarray) -> int:
+    return len(np.unique(space.genome().network_keys(genes)))
 
 
 def their_side(folder: Path):
@@ -81,6 +90,12 @@ def main() -> None:
     )
     parser.add_argument("--generations", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--rank-parents",
+        action="store_true",
+        help="also run ours with population 100 and the parents cut by rank alone (the "
+        "selection before issue 14: copies of one network may fill the parent pool)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -101,6 +116,7 @@ def main() -> None:
     )
 
     rows = []
+    distinct_parents = evolution._distinct_best  # the selection ours makes
     load_before = os.getloadavg()[0]
     for seed in range(args.seeds):
         random.seed(seed)
@@ -122,13 +138,17 @@ def main() -> None:
         assert abs(their_table.predict_efficiency(their_arch) - their_ms) < 1e-9
         assert their_ms <= args.budget
         print(f"seed {seed}: theirs {their_s:.2f} s, best {their_acc:.6f} at {their_ms:.2f} ms")
-        for population in args.our_populations:
+        variants = [(p, distinct_parents) for p in args.our_populations]
+        if args.rank_parents:
+            variants.append(("100 by rank", _rank_cut))
+        for population, selection in variants:
+            evolution._distinct_best = selection
             start = time.perf_counter()
             found = evolutionary_search(
                 space,
                 predictor,
                 constraints,
-                population=population,
+                population=int(str(population).split()[0]),
                 generations=args.generations,
                 mutation_prob=0.1,
                 resolution_mutation_prob=0.1,
@@ -157,12 +177,15 @@ def main() -> None:
                 }
             )
             print(
-                f"  ours, population {population}: {our_s:.3f} s, best "
+                f"  ours, population {population}: {our_s:.3f} s ({found.predicted} networks "
+                f"predicted; {_distinct(space, found.population.genes[:25])} distinct among the "
+                "25 best at the end), best "
                 f"{found.accuracy / 100:.6f} at {our_ms[0]:.2f} ms (final pool of {len(pool)} "
                 f"all <= {max(our_ms):.2f} ms) | speed-up {their_s / our_s:.1f}x | re-scored "
                 f"together: theirs {rescored[0]:.6f}, ours {rescored[1]:.6f}",
                 flush=True,
             )
+    evolution._distinct_best = distinct_parents
     load_after = os.getloadavg()[0]
 
     print(f"\n1-minute load average {load_before:.2f} -> {load_after:.2f}")
@@ -179,7 +202,7 @@ def main() -> None:
             f"{ours:.3f} % | {row['their_ms']:.2f} / {row['our_ms']:.2f} "
             f"({row['our_max_ms']:.2f}) |"
         )
-    for population in args.our_populations:
+    for population in [*args.our_populations, *(["100 by rank"] if args.rank_parents else [])]:
         mine = [row for row in rows if row["population"] == population]
         worst = min(row["their_s"] / row["our_s"] for row in mine)
         wins = sum(row["rescored"][1] >= row["rescored"][0] for row in mine)
