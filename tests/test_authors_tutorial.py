@@ -64,7 +64,7 @@ def test_their_tutorial_search_and_export_with_our_commands(
     files = ["--predictor", str(MBV3_PREDICTOR), "--latency-table", str(NOTE10)]
     found_path = run / "found.json"
     args = ["search", "--run", str(run / "run"), *files, "--target", "latency_ms<=25"]
-    assert main([*args, "--out", str(found_path)]) == 0
+    assert main([*args, "--generations", "100", "--out", str(found_path)]) == 0
     assert "searched resolutions 160, 176, 192, 208, 224" in capsys.readouterr().out
     [found] = json.loads(found_path.read_text())
     assert found["latency_ms"] <= 25 and found["searched_resolutions"] == list(NOTE10_RESOLUTIONS)
