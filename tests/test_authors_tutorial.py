@@ -133,3 +133,36 @@ def test_bad_files_fail_the_commands_in_one_line(run, capsys, tmp_path) -> None:
     files = ["--predictor", str(MBV3_PREDICTOR), "--latency-table", str(NOTE10)]
     assert main(["predict", "--run", str(run / "run"), "--arch", other, *files]) == 2
     assert "has 160, 176, 192, 208, 224" in capsys.readouterr().err
+
+
+def test_ofa_run_takes_their_predictor_and_tables_as_they_are(run, capsys, tmp_path) -> None:
+    """ofa run on the imported run: no training (the supernet is imported), no accuracy
+    dataset or table of ours (their files replace them); it specialises under their
+    Note10 table and exports the winner, which loads."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run / "run", copy)
+    config = tmp_path / "config.yaml"
+    settings = yaml.safe_load((copy / "config.yaml").read_text())
+    settings["specialize"] = {
+        "targets": ["latency_ms<=25"],
+        "random_baseline": 0,
+        "generations": 20,
+    }
+    config.write_text(yaml.safe_dump(settings))
+    args = ["run", "--config", str(config), "--out", str(copy), "--data", str(run / "images")]
+    files = ["--predictor", str(MBV3_PREDICTOR), "--latency-table", str(NOTE10)]
+    assert main([*args, *files]) == 0
+    printed = capsys.readouterr().out
+    assert "supernet: reusing" in printed and "(imported)" in printed
+    assert "accuracy dataset: not needed" in printed
+    assert not (copy / "accuracy_dataset.jsonl").exists()
+    assert not (copy / "latency_table.json").exists()
+    [row] = json.loads((copy / "specialized.json").read_text())
+    assert row["predicted_latency_ms"] <= 25 and row["measured_latency_ms"] is None
+    assert row["arch"]["r"][0] in NOTE10_RESOLUTIONS
+    model = load_exported(copy / "exports" / "latency_ms_25")
+    r = row["arch"]["r"][0]
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, r, r)).shape == (1, 1000)

@@ -192,7 +192,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .train import _parse_overrides
 
     config = load_config(args.config, _parse_overrides(args.set))
-    summary = run_pipeline(config, args.data, args.out, fresh=args.fresh, device=args.device)
+    summary = run_pipeline(
+        config,
+        args.data,
+        args.out,
+        fresh=args.fresh,
+        device=args.device,
+        predictor=args.predictor,
+        latency_table=args.latency_table,
+    )
     print()
     print(format_specialized(summary.space, summary.chosen))
     print(
@@ -350,6 +358,16 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--fresh", action="store_true", help="delete --out and start over")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument(
+        "--predictor",
+        help="use this accuracy predictor (ours, or the authors' .pth as it ships) instead of "
+        "measuring an accuracy dataset and fitting one",
+    )
+    p.add_argument(
+        "--latency-table",
+        help="use this latency table (ours, or a folder of the authors' YAML tables) instead "
+        "of timing one on this device",
+    )
     p.add_argument(
         "--set",
         action="append",

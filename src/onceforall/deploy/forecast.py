@@ -23,10 +23,17 @@ SAMPLED_ARCHS = 400  # archs of the accuracy dataset costed (all of them when fe
 
 
 def later_steps(
-    config: TrainConfig, supernet: Supernet, layout: RunLayout, test_images: int
+    config: TrainConfig,
+    supernet: Supernet,
+    layout: RunLayout,
+    test_images: int,
+    *,
+    accuracy_dataset: bool = True,
+    latency_table: bool = True,
 ) -> list[PlannedWork]:
     """The planned work of the steps after training that ``layout`` does not hold yet
-    (``test_images``: the size of the run's test split)."""
+    (``test_images``: the size of the run's test split; without ``accuracy_dataset`` or
+    ``latency_table``, a given predictor or table replaces that step)."""
     settings = config.specialize
     space = supernet.space
     calibration = config.bn_recal_images
@@ -37,13 +44,12 @@ def later_steps(
     measured = max(0, config.holdout_size - calibration)
     if settings.acc_eval_images:
         measured = min(measured, settings.acc_eval_images)
-    work = [
-        PlannedWork(
-            ACCURACY_DATASET, forward_units=len(todo) * (calibration + measured) * mean_macs
-        )
-    ]
+    work = []
+    if accuracy_dataset:
+        units = len(todo) * (calibration + measured) * mean_macs
+        work.append(PlannedWork(ACCURACY_DATASET, forward_units=units))
 
-    if supernet.family.additive_costs and not layout.latency_table.is_file():
+    if latency_table and supernet.family.additive_costs and not layout.latency_table.is_file():
         table = probe_table_time(
             supernet,
             backend=settings.latency_backend,

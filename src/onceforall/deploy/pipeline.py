@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..compat.latency_tables import open_latency_table
+from ..compat.predictors import open_predictor
 from ..search import pareto_search
 from ..storage.checkpoint import list_checkpoints
 from ..storage.run_guard import claim_run_directory, remove_run_directory, run_lock
@@ -29,7 +31,7 @@ from ..training import TrainConfig, load_run, train
 from ..training.config import SpecializeConfig
 from ..training.forecast import Forecast
 from . import forecast as later
-from .specialize import Specialized, search_costs, spread_latency_targets
+from .specialize import Specialized, search_costs, search_space, spread_latency_targets
 from .steps import (
     accuracy_dataset_step,
     export_step,
@@ -75,16 +77,22 @@ def run_pipeline(
     fresh: bool = False,
     device: str | None = None,
     progress: bool = True,
+    predictor: str | os.PathLike | None = None,
+    latency_table: str | os.PathLike | None = None,
 ) -> RunSummary:
-    """Run (or continue) every step for ``config`` on ``data`` in ``run_dir``."""
+    """Run (or continue) every step for ``config`` on ``data`` in ``run_dir``. A given
+    ``predictor`` file replaces the accuracy dataset and the fitted predictor, a given
+    ``latency_table`` (file or folder) the table timed here; either may be ours or the
+    authors' files as they ship them."""
     started = time.perf_counter()
     layout = RunLayout(run_dir)
     say = _say(progress)
     if fresh:
         config.open_splits(data)  # a missing dataset is reported before anything is deleted
         remove_run_directory(layout.root)
+    given = (predictor, latency_table)
     with run_lock(claim_run_directory(layout.root).root):
-        return _run_steps(config, data, layout, say, started, device, progress)
+        return _run_steps(config, data, layout, say, started, device, progress, given)
 
 
 def _run_steps(
@@ -95,15 +103,18 @@ def _run_steps(
     started: float,
     device: str | None,
     progress: bool,
+    given: tuple[str | os.PathLike | None, str | os.PathLike | None],
 ) -> RunSummary:
     """The steps of :func:`run_pipeline`, under the run directory's lock."""
     settings = config.specialize
+    given_predictor, given_table = given
 
     # 1. Train (resumes from the last complete checkpoint when there is one). The
     # trainer forecasts the whole job: its stages and the steps below.
     forecast = Forecast()
-    if layout.training_done.is_file():
-        say(f"[1/6] supernet: reusing {layout.supernet}")
+    imported = list_checkpoints(layout.supernet) and not list_checkpoints(layout.checkpoints)
+    if layout.training_done.is_file() or imported:
+        say(f"[1/6] supernet: reusing {layout.supernet}{' (imported)' if imported else ''}")
     else:
         say("[1/6] training the supernet (progressive shrinking)")
         train(
@@ -115,14 +126,91 @@ def _run_steps(
             progress=progress,
             forecast=forecast,
             forecast_later=lambda net, test_images: later.later_steps(
-                config, net, layout, test_images
+                config,
+                net,
+                layout,
+                test_images,
+                accuracy_dataset=given_predictor is None,
+                latency_table=given_table is None,
             ),
         )
         if forecast.measured and forecast.later:
             say(forecast.line())
     _, supernet = load_run(layout.root)
 
-    # 2. Accuracy dataset (resumable row by row).
+    if given_predictor is not None:  # 2-3. the predictor given replaces them
+        accuracy, report, rows = open_predictor(given_predictor, supernet), None, []
+        say("[2/6] accuracy dataset: not needed, the predictor is given")
+        say(f"[3/6] accuracy predictor: {accuracy.describe()}")
+    else:
+        accuracy, report, rows = _measure_accuracy(
+            config, data, layout, supernet, forecast, say, device, progress
+        )
+    if given_table is not None:  # 4. the table given replaces the one timed here
+        table, table_path = open_latency_table(given_table, supernet), Path(given_table)
+        say(f"[4/6] latency table: {table.describe()}")
+    else:
+        table, table_path = _time_latency_table(config, layout, supernet, forecast, say, progress)
+
+    # 5. Specialise and measure (the search runs on the resolutions the predictor and
+    # the table both cover).
+    space = search_space(supernet, accuracy, table)
+    costs = search_costs(supernet, table, space)
+    metric = "macs" if table is None else "latency_ms"
+    targets = settings.targets or spread_latency_targets(costs[metric], settings.num_targets)
+    say(f"[5/6] specialising for {', '.join(targets)}")
+    evaluator = test_evaluator(config, data)
+    with _timed(forecast, later.SPECIALISE):
+        chosen = specialize_step(
+            layout,
+            supernet,
+            accuracy,
+            targets,
+            evaluator=evaluator,
+            latency_table=table,
+            random_baseline=settings.random_baseline,
+            seed=config.seed,
+            generations=settings.generations,
+            progress=progress,
+        ).chosen
+    plot = _plot(layout.pareto_plot, space, accuracy, costs, table, rows, chosen)
+    threads = (getattr(table, "threads", None) if table is not None else None) or (
+        settings.latency_threads or None
+    )
+
+    # 6. Export.
+    exports: list[Path] = []
+    if settings.export:
+        say("[6/6] exporting the chosen sub-networks (safetensors + ONNX, checked)")
+        start = time.perf_counter()
+        for row in chosen:
+            result = export_step(
+                supernet,
+                row.arch,
+                layout.export(row.target),
+                evaluator=evaluator,
+                threads=threads,
+                extra_metadata={"source_run": str(layout.root), "target": row.target},
+            )
+            exports.append(result.out_dir)
+        forecast.finish(later.EXPORT, time.perf_counter() - start)
+    return RunSummary(
+        layout.root,
+        supernet.space,
+        chosen,
+        exports,
+        plot,
+        report,
+        table_path,
+        took=dict(forecast.done),
+        took_line=forecast.summary(total_s=time.perf_counter() - started),
+    )
+
+
+def _measure_accuracy(config, data, layout, supernet, forecast, say, device, progress):
+    """Steps 2 and 3: the accuracy dataset (resumable row by row) and the predictor fitted
+    on it (a saved one is reused); returns the predictor, its report and the rows."""
+    settings = config.specialize
     say(f"[2/6] accuracy dataset: {settings.acc_dataset_archs} sub-networks")
     planned = {w.name: w for w in forecast.later}
     start = time.perf_counter()
@@ -159,90 +247,43 @@ def _run_steps(
     report = None if fitted.report is None else str(fitted.report)
     if report is not None:
         say(f"[3/6] accuracy predictor: {report}")
+    return fitted.predictor, report, dataset.rows
 
-    # 4. Latency table on this device, for families whose costs are additive per block
-    # choice (a per-block table); the others are specialised for MACs targets.
-    table = None
-    table_path: Path | None = layout.latency_table
+
+def _time_latency_table(config, layout, supernet, forecast, say, progress):
+    """Step 4: the latency table timed on this device (a saved one is reused), for
+    families whose costs are additive per block choice; the others are specialised for
+    MACs targets (None). Returns the table and its path."""
+    settings = config.specialize
     if not supernet.family.additive_costs:
-        table_path = None
         say("[4/6] latency table: not available for this family; targets are on MACs")
+        return None, None
+    if layout.latency_table.is_file():
+        say(f"[4/6] latency table: reusing {layout.latency_table}")
     else:
-        if layout.latency_table.is_file():
-            say(f"[4/6] latency table: reusing {layout.latency_table}")
-        else:
-            say(f"[4/6] latency table ({settings.latency_backend}, this device)")
-        with _timed(forecast, later.LATENCY_TABLE):
-            table = latency_table_step(
-                supernet,
-                layout.latency_table,
-                reuse=True,
-                backend=settings.latency_backend,
-                threads=settings.latency_threads,
-                repeats=settings.latency_repeats,
-                progress=progress,
-            ).table
-
-    # 5. Specialise and measure.
-    costs = search_costs(supernet, table)
-    metric = "macs" if table is None else "latency_ms"
-    targets = settings.targets or spread_latency_targets(costs[metric], settings.num_targets)
-    say(f"[5/6] specialising for {', '.join(targets)}")
-    evaluator = test_evaluator(config, data)
-    with _timed(forecast, later.SPECIALISE):
-        chosen = specialize_step(
-            layout,
+        say(f"[4/6] latency table ({settings.latency_backend}, this device)")
+    with _timed(forecast, later.LATENCY_TABLE):
+        table = latency_table_step(
             supernet,
-            fitted.predictor,
-            targets,
-            evaluator=evaluator,
-            latency_table=table,
-            random_baseline=settings.random_baseline,
-            seed=config.seed,
-            generations=settings.generations,
+            layout.latency_table,
+            reuse=True,
+            backend=settings.latency_backend,
+            threads=settings.latency_threads,
+            repeats=settings.latency_repeats,
             progress=progress,
-        ).chosen
-    plot = _plot(layout.pareto_plot, supernet, fitted.predictor, costs, table, dataset.rows, chosen)
-    threads = (table.threads if table is not None else settings.latency_threads) or None
-
-    # 6. Export.
-    exports: list[Path] = []
-    if settings.export:
-        say("[6/6] exporting the chosen sub-networks (safetensors + ONNX, checked)")
-        start = time.perf_counter()
-        for row in chosen:
-            result = export_step(
-                supernet,
-                row.arch,
-                layout.export(row.target),
-                evaluator=evaluator,
-                threads=threads,
-                extra_metadata={"source_run": str(layout.root), "target": row.target},
-            )
-            exports.append(result.out_dir)
-        forecast.finish(later.EXPORT, time.perf_counter() - start)
-    return RunSummary(
-        layout.root,
-        supernet.space,
-        chosen,
-        exports,
-        plot,
-        report,
-        table_path,
-        took=dict(forecast.done),
-        took_line=forecast.summary(total_s=time.perf_counter() - started),
-    )
+        ).table
+    return table, layout.latency_table
 
 
-def _plot(path, supernet, predictor, costs, table, rows, chosen) -> Path | None:
-    """Pareto plot against table latency (MACs without a table); skipped (None) when
-    matplotlib is missing."""
+def _plot(path, space, predictor, costs, table, rows, chosen) -> Path | None:
+    """Pareto plot over the searched ``space`` against table latency (MACs without a
+    table); skipped (None) when matplotlib is missing."""
     from .export import MissingDependencyError
     from .plot import ChosenPoint, plot_pareto
 
     metric = "macs" if table is None else "latency_ms"
     front = pareto_search(
-        supernet.space,
+        space,
         predictor,
         costs[metric],
         generations=200,
@@ -270,6 +311,8 @@ def _plot(path, supernet, predictor, costs, table, rows, chosen) -> Path | None:
                 "MACs"
                 if table is None
                 else f"latency measured on this device (ms, {table.backend})"
+                if table.measurable_here
+                else "latency predicted by the table (ms, another device)"
             ),
             title="sampled (held-out top-1), predicted front, chosen (test top-1)",
         )

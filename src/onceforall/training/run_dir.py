@@ -119,6 +119,7 @@ def check_can_train(run_dir: str | Path, config: TrainConfig, *, resume: bool, w
     run (``whole``) from the start over one that holds checkpoints or is finished."""
     layout = RunLayout(run_dir)
     checkpoints = list_checkpoints(layout.checkpoints)
+    supernet = list_checkpoints(layout.supernet)
     if resume:
         if not checkpoints:
             raise RunDirectoryError(
@@ -134,8 +135,14 @@ def check_can_train(run_dir: str | Path, config: TrainConfig, *, resume: bool, w
                     f"would not continue it: {'; '.join(diffs)} (only "
                     f"{', '.join(SAFE_TO_CHANGE)} may change on resume)"
                 )
-    elif whole and (checkpoints or layout.training_done.is_file()):
-        state = "a finished training" if layout.training_done.is_file() else "checkpoints"
+    elif whole and (checkpoints or layout.training_done.is_file() or supernet):
+        state = (
+            "a finished training"
+            if layout.training_done.is_file()
+            else "checkpoints"
+            if checkpoints
+            else "a supernet (imported?)"
+        )
         raise RunDirectoryError(
             f"{layout.root} already holds {state}: continue it with --resume, or start over "
             "with --fresh (which deletes it)"
