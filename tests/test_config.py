@@ -140,7 +140,8 @@ def test_a_nonsense_value_is_refused_naming_its_field(change: dict, message: str
     [
         ("epochs", -1, r"stages\[1\] \(kernel\)\.epochs must be a number > 0, not -1"),
         ("epochs", 0, r"\.epochs must be a number > 0"),
-        ("lr", "fast", r"\.lr must be a number > 0, not 'fast'"),
+        ("lr", "fast", r"\.lr must be a number >= 0, not 'fast'"),
+        ("lr", -0.1, r"\.lr must be a number >= 0, not -0.1"),
         ("subnets_per_step", 0, r"\.subnets_per_step must be an integer >= 1"),
         ("warmup_epochs", 2, r"\.warmup_epochs \(2\) exceeds its epochs \(1\)"),
         ("kernel_sizes", [], r"\.kernel_sizes must be a non-empty list"),

@@ -62,7 +62,7 @@ TRAIN_RULES: dict[str, Rule] = {
 OPTIONAL_COUNTS = ("train_subset", "test_subset")  # None, or at least 1
 STAGE_RULES: dict[str, Rule] = {
     "epochs": _number("> 0", lambda v: v > 0),
-    "lr": _number("> 0", lambda v: v > 0),
+    "lr": _number(">= 0", lambda v: v >= 0),  # 0: a stage that only moves BN statistics
     "warmup_epochs": _number(">= 0", lambda v: v >= 0),
     "subnets_per_step": _int(1),
     "sort_channels": BOOL,
