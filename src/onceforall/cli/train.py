@@ -31,10 +31,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.fresh and args.resume:
         raise ConfigError("--fresh starts over and --resume continues: choose one")
     if args.fresh and int(os.environ.get("RANK", "0")) == 0:
-        from ..storage.run_guard import remove_run_directory
+        from ..training.run_dir import start_over
 
-        config.open_splits(args.data)  # a missing dataset is reported before deleting
-        remove_run_directory(args.out)
+        start_over(config, args.data, args.out)
     try:
         results = train(
             config,

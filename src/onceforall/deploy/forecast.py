@@ -35,36 +35,31 @@ def later_steps(
     (``test_images``: the size of the run's test split; without ``accuracy_dataset`` or
     ``latency_table``, a given predictor or table replaces that step)."""
     settings = config.specialize
-    space = supernet.space
     calibration = config.bn_recal_images
-    archs = dataset_archs(space, settings.acc_dataset_archs, config.seed)
-    todo = pending_archs(archs, layout.accuracy_dataset)
+    archs = dataset_archs(supernet.space, settings.acc_dataset_archs, config.seed)
     sample = archs[:: max(1, len(archs) // SAMPLED_ARCHS)]
     mean_macs = sum(supernet.macs(a) for a in sample) / max(1, len(sample))
-    measured = max(0, config.holdout_size - calibration)
-    if settings.acc_eval_images:
-        measured = min(measured, settings.acc_eval_images)
     work = []
     if accuracy_dataset:
+        measured = max(0, config.holdout_size - calibration)
+        if settings.acc_eval_images:
+            measured = min(measured, settings.acc_eval_images)
+        todo = pending_archs(archs, layout.accuracy_dataset)
         units = len(todo) * (calibration + measured) * mean_macs
         work.append(PlannedWork(ACCURACY_DATASET, forward_units=units))
 
+    backend, threads = settings.latency_backend, settings.latency_threads
+    net = probe_network(supernet, backend=backend, threads=threads)
     if latency_table and supernet.family.additive_costs and not layout.latency_table.is_file():
-        table = probe_table_time(
-            supernet,
-            backend=settings.latency_backend,
-            threads=settings.latency_threads,
-            repeats=settings.latency_repeats,
+        seconds = probe_table_time(
+            supernet, net, backend=backend, threads=threads, repeats=settings.latency_repeats
         )
-        work.append(PlannedWork(LATENCY_TABLE, fixed_s=table.seconds))
+        work.append(PlannedWork(LATENCY_TABLE, fixed_s=seconds))
 
     # Each target: its winner and the random baseline measured on the test split, the
     # winner timed on the table's backend; each export: ONNX export and check, timing.
     targets = len(settings.targets) if settings.targets else settings.num_targets
     per_net = (calibration + test_images) * mean_macs  # BN recalibration, then the test split
-    net = probe_network(
-        supernet, backend=settings.latency_backend, threads=settings.latency_threads
-    )
     timing = TIMED_CALLS * net.call_s + net.prepare_s
     work.append(
         PlannedWork(

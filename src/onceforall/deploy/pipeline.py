@@ -23,13 +23,17 @@ from typing import Any, Callable
 
 from ..compat.latency_tables import open_latency_table
 from ..compat.predictors import open_predictor
+from ..latency.base import LatencyModel
+from ..models import Supernet
+from ..predictors.base import ArchPredictor
 from ..search import pareto_search
 from ..storage.checkpoint import list_checkpoints
-from ..storage.run_guard import claim_run_directory, remove_run_directory, run_lock
+from ..storage.run_guard import claim_run_directory, run_lock
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
 from ..training.config import SpecializeConfig
 from ..training.forecast import Forecast
+from ..training.run_dir import start_over
 from . import forecast as later
 from .specialize import Specialized, search_costs, search_space, spread_latency_targets
 from .steps import (
@@ -88,8 +92,7 @@ def run_pipeline(
     layout = RunLayout(run_dir)
     say = _say(progress)
     if fresh:
-        config.open_splits(data)  # a missing dataset is reported before anything is deleted
-        remove_run_directory(layout.root)
+        start_over(config, data, layout.root)
     given = (predictor, latency_table)
     with run_lock(claim_run_directory(layout.root).root):
         return _run_steps(config, data, layout, say, started, device, progress, given)
@@ -174,26 +177,24 @@ def _run_steps(
             progress=progress,
         ).chosen
     plot = _plot(layout.pareto_plot, space, accuracy, costs, table, rows, chosen)
-    threads = (getattr(table, "threads", None) if table is not None else None) or (
-        settings.latency_threads or None
-    )
+    # Exports are timed with the table's threads (the authors' tables have none).
+    threads = getattr(table, "threads", None) or settings.latency_threads or None
 
     # 6. Export.
     exports: list[Path] = []
     if settings.export:
         say("[6/6] exporting the chosen sub-networks (safetensors + ONNX, checked)")
-        start = time.perf_counter()
-        for row in chosen:
-            result = export_step(
-                supernet,
-                row.arch,
-                layout.export(row.target),
-                evaluator=evaluator,
-                threads=threads,
-                extra_metadata={"source_run": str(layout.root), "target": row.target},
-            )
-            exports.append(result.out_dir)
-        forecast.finish(later.EXPORT, time.perf_counter() - start)
+        with _timed(forecast, later.EXPORT):
+            for row in chosen:
+                result = export_step(
+                    supernet,
+                    row.arch,
+                    layout.export(row.target),
+                    evaluator=evaluator,
+                    threads=threads,
+                    extra_metadata={"source_run": str(layout.root), "target": row.target},
+                )
+                exports.append(result.out_dir)
     return RunSummary(
         layout.root,
         supernet.space,
@@ -207,7 +208,16 @@ def _run_steps(
     )
 
 
-def _measure_accuracy(config, data, layout, supernet, forecast, say, device, progress):
+def _measure_accuracy(
+    config: TrainConfig,
+    data: str | os.PathLike,
+    layout: RunLayout,
+    supernet: Supernet,
+    forecast: Forecast,
+    say: Callable[[str], None],
+    device: str | None,
+    progress: bool,
+) -> tuple[ArchPredictor, str | None, list[dict[str, Any]]]:
     """Steps 2 and 3: the accuracy dataset (resumable row by row) and the predictor fitted
     on it (a saved one is reused); returns the predictor, its report and the rows."""
     settings = config.specialize
@@ -250,7 +260,14 @@ def _measure_accuracy(config, data, layout, supernet, forecast, say, device, pro
     return fitted.predictor, report, dataset.rows
 
 
-def _time_latency_table(config, layout, supernet, forecast, say, progress):
+def _time_latency_table(
+    config: TrainConfig,
+    layout: RunLayout,
+    supernet: Supernet,
+    forecast: Forecast,
+    say: Callable[[str], None],
+    progress: bool,
+) -> tuple[LatencyModel | None, Path | None]:
     """Step 4: the latency table timed on this device (a saved one is reused), for
     families whose costs are additive per block choice; the others are specialised for
     MACs targets (None). Returns the table and its path."""

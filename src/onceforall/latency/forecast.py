@@ -11,11 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from torch import nn
+
 from ..models import Supernet
 from . import parts as lp
 from .measure import make_runner, timing_scope
 
-__all__ = ["NetworkProbe", "TableForecast", "probe_network", "probe_table_time"]
+__all__ = ["NetworkProbe", "probe_network", "probe_table_time"]
 
 PROBE_CALLS = 10
 SETTLE = 3  # untimed calls before each timed one (time_interleaved's default)
@@ -25,13 +27,17 @@ SETTLE = 3  # untimed calls before each timed one (time_interleaved's default)
 class NetworkProbe:
     """What one typical sub-network costs here outside its forward passes' MACs."""
 
+    resolution: int  # the middle one of the supernet's, where it was probed
     prepare_s: float  # preparing it for the backend (ONNX export and session, if ONNX)
     call_s: float  # one batch-1 call on the backend
     onnx_s: float  # exporting it to ONNX and loading it in ONNX Runtime (0 without them)
     torch_call_s: float  # one batch-1 call in eager PyTorch
 
 
-def _prepare_and_time(module, shape, backend: str, threads: int | None) -> tuple[float, float]:
+def _prepare_and_time(
+    module: nn.Module, shape: tuple[int, ...], backend: str, threads: int | None
+) -> tuple[float, float]:
+    """Seconds to prepare ``module`` for ``backend``, and seconds per call after one."""
     start = time.perf_counter()
     runner = make_runner(module, shape, backend=backend, threads=threads)
     prepare = time.perf_counter() - start
@@ -41,11 +47,13 @@ def _prepare_and_time(module, shape, backend: str, threads: int | None) -> tuple
 
 
 def probe_network(supernet: Supernet, *, backend: str, threads: int | None) -> NetworkProbe:
-    """Prepare and time one typical (random, middle-resolution) sub-network."""
+    """Prepare and time one typical (random, middle-resolution) sub-network, after one
+    untimed preparation that takes the backend's first-use costs."""
     space = supernet.space
     r = sorted(space.resolutions)[len(space.resolutions) // 2]
     net = lp.static_net(supernet, lp.calibration_archs(space, r, 3)[-1])
     shape = (1, 3, r, r)
+    make_runner(net, shape, backend=backend, threads=threads)
     prepare, call = _prepare_and_time(net, shape, backend, threads)
     torch_call = call if backend == "torch" else _prepare_and_time(net, shape, "torch", threads)[1]
     if backend == "onnxruntime":
@@ -55,48 +63,29 @@ def probe_network(supernet: Supernet, *, backend: str, threads: int | None) -> N
             onnx = _prepare_and_time(net, shape, "onnxruntime", threads)[0]
         except ImportError:
             onnx = 0.0
-    return NetworkProbe(prepare, call, onnx, torch_call)
-
-
-@dataclass(frozen=True)
-class TableForecast:
-    models: int  # models to prepare and time (block shapes, stem, head, calibration nets)
-    calls: int  # calls to run, warm-up included
-    seconds: float  # forecast on this machine
+    return NetworkProbe(r, prepare, call, onnx, torch_call)
 
 
 def probe_table_time(
     supernet: Supernet,
+    network: NetworkProbe,
     *,
     backend: str,
     threads: int | None,
     repeats: int,
     warmup: int = 3,
     calibration_archs: int = 12,
-) -> TableForecast:
-    """Forecast :meth:`.LatencyTable.build` with these settings at every resolution of
-    ``supernet``: count its models, then prepare and time three block parts and one
-    whole network at the middle resolution."""
-    space = supernet.space
-    subnets = lp.block_subnets(supernet)
-    resolutions = sorted(space.resolutions)
-    r = resolutions[len(resolutions) // 2]
-    _, parts = lp.timed_parts(supernet, r, 1, subnets)  # as many at every resolution
-    blocks = len(parts)
-    models = (blocks + calibration_archs) * len(resolutions)
+) -> float:
+    """Forecast seconds of :meth:`.LatencyTable.build` with these settings at every
+    resolution of ``supernet``: count its models, prepare and time three block parts at
+    the middle resolution, and take the whole networks' cost from ``network``
+    (:func:`probe_network`, run first on the same ``backend``)."""
+    resolutions = sorted(supernet.space.resolutions)
+    _, parts = lp.timed_parts(supernet, network.resolution, 1, lp.block_subnets(supernet))
     calls_per_model = warmup + repeats * (SETTLE + 1)
-
     probes = [parts[0], parts[len(parts) // 2], parts[-3]]
-    typical = lp.calibration_archs(space, r, 3)[-1]  # a random one, as most of them are
-    whole = lp.static_net(supernet, typical)
-    timed = [(p.module, p.input_shape) for p in probes] + [(whole, (1, 3, r, r))]
-    make_runner(parts[-1].module, parts[-1].input_shape, backend=backend, threads=threads)
-    prep, call = [], []  # (the head's runner above took the backend's first-use costs)
-    for module, shape in timed:
-        prepare, one_call = _prepare_and_time(module, shape, backend, threads)
-        prep.append(prepare)
-        call.append(one_call)
-    block_s = sum(prep[:3]) / 3 + calls_per_model * sum(call[:3]) / 3
-    net_s = prep[3] + calls_per_model * call[3]
-    seconds = len(resolutions) * (blocks * block_s + calibration_archs * net_s)
-    return TableForecast(models, models * calls_per_model, seconds)
+    timed = [_prepare_and_time(p.module, p.input_shape, backend, threads) for p in probes]
+    block_s = sum(prepare + calls_per_model * call for prepare, call in timed) / len(timed)
+    net_s = network.prepare_s + calls_per_model * network.call_s
+    # As many block parts at every resolution as at the middle one.
+    return len(resolutions) * (len(parts) * block_s + calibration_archs * net_s)

@@ -72,14 +72,16 @@ STAGE_RULES: dict[str, Rule] = {
 STAGE_CHOICES = ("kernel_sizes", "expand_ratios", "depths", "width_mults")
 
 
+KINDS: dict[str, Callable[[Any], bool]] = {
+    "an integer": _is_int,
+    "a number": _is_number,
+    "true or false": lambda v: isinstance(v, bool),
+}
+
+
 def _check(where: str, value: Any, rule: Rule) -> None:
     kind, allowed, ok = rule
-    typed = {
-        "an integer": _is_int,
-        "a number": _is_number,
-        "true or false": lambda v: isinstance(v, bool),
-    }[kind](value)
-    if not typed or not ok(value):
+    if not KINDS[kind](value) or not ok(value):
         must = f"{kind} {allowed}".strip()
         raise ConfigError(f"{where} must be {must}, not {value!r}")
 

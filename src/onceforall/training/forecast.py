@@ -19,13 +19,13 @@ its forecasts with what the demo took.
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from .config import StageConfig, TrainConfig
-from .schedule import stage_space, step_archs
+from .epoch import StagePlan
+from .schedule import step_archs
 
 __all__ = [
     "Forecast",
@@ -54,10 +54,9 @@ class PlannedWork:
 
 def _macs_at(supernet: Any, arch: Any, resolutions: Sequence[int]) -> float:
     """Mean MACs of ``arch`` over ``resolutions`` (a batch's resolution is drawn
-    uniformly from them)."""
-    return sum(supernet.macs(dataclasses.replace(arch, r=r)) for r in resolutions) / len(
-        resolutions
-    )
+    uniformly from them; a validation runs each)."""
+    macs = [supernet.macs(dataclasses.replace(arch, r=r)) for r in resolutions]
+    return sum(macs) / len(macs)
 
 
 def stage_step_units(
@@ -98,11 +97,8 @@ def validation_units(supernet: Any, archs: Iterable[Any], config: TrainConfig, t
     """The work of one validation: each arch at each evaluation resolution, BN
     recalibrated on ``bn_recal_images`` then run on ``test_images``."""
     images = config.bn_recal_images + test_images
-    return sum(
-        images * supernet.macs(dataclasses.replace(arch, r=r))
-        for arch in archs
-        for r in config.eval_resolutions
-    )
+    resolutions = config.eval_resolutions
+    return sum(images * len(resolutions) * _macs_at(supernet, a, resolutions) for a in archs)
 
 
 def format_minutes(seconds: float) -> str:
@@ -212,28 +208,29 @@ class TrainingWork:
         self.supernet, self.config = supernet, config
         self.steps_per_epoch, self.test_images = steps_per_epoch, test_images
         self.test_archs = test_archs
+        self._plans: dict[int, StagePlan] = {}
         self._step: dict[int, float] = {}
         self._validation: dict[int, float] = {}
 
-    def _space(self, index: int) -> Any:
-        return stage_space(self.supernet.space, self.config.stages[index])
-
-    def _total_steps(self, index: int) -> int:
-        stage = self.config.stages[index]
-        return max(1, math.ceil(stage.epochs * self.steps_per_epoch))
+    def _plan(self, index: int) -> StagePlan:
+        """The stage's space and length, as the trainer plans it (its lr is not needed)."""
+        if index not in self._plans:
+            stage = self.config.stages[index]
+            self._plans[index] = StagePlan.of(stage, self.supernet.space, 0.0, self.steps_per_epoch)
+        return self._plans[index]
 
     def step_units(self, index: int) -> float:
         if index not in self._step:
-            steps = sampled_steps(self._total_steps(index), self.config.seed, index)
+            plan = self._plan(index)
+            steps = sampled_steps(plan.total_steps, self.config.seed, index)
             self._step[index] = stage_step_units(
-                self.supernet, self._space(index), self.config.stages[index], index,
-                self.config, steps,
-            )  # fmt: skip
+                self.supernet, plan.space, plan.stage, index, self.config, steps
+            )
         return self._step[index]
 
     def validation_units(self, index: int) -> float:
         if index not in self._validation:
-            archs = self.test_archs(self._space(index)).values()
+            archs = self.test_archs(self._plan(index).space).values()
             self._validation[index] = validation_units(
                 self.supernet, archs, self.config, self.test_images
             )
@@ -247,10 +244,9 @@ class TrainingWork:
             name = self.config.stages[index].name
             if name not in wanted:
                 continue
-            total = self._total_steps(index)
-            epochs = math.ceil(total / self.steps_per_epoch)
-            steps_left = total - (stage_step if index == stage else 0)
-            epochs_left = epochs - (epoch if index == stage else 0)
+            plan = self._plan(index)
+            steps_left = plan.total_steps - (stage_step if index == stage else 0)
+            epochs_left = plan.num_epochs - (epoch if index == stage else 0)
             out.append(
                 PlannedWork(
                     name,

@@ -16,6 +16,7 @@ Everything else there is written by the steps after training (``ofa run``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ..errors import ConfigError, RunDirectoryError
 from ..models import Supernet, create_supernet
 from ..storage.atomic import write_text_atomic
 from ..storage.checkpoint import list_checkpoints, load_latest_checkpoint
+from ..storage.run_guard import remove_run_directory
 from ..storage.run_layout import RunLayout
 from .config import TrainConfig
 
@@ -35,6 +37,7 @@ __all__ = [
     "check_can_train",
     "config_differences",
     "load_run",
+    "start_over",
     "write_run_config",
     "write_training_done",
 ]
@@ -68,6 +71,18 @@ def write_training_done(run_dir: str | Path, results: dict[str, Any]) -> Path:
     return write_text_atomic(RunLayout(run_dir).training_done, text)
 
 
+def _read_config(layout: RunLayout) -> TrainConfig:
+    return TrainConfig.from_dict(yaml.safe_load(layout.config.read_text()))
+
+
+def start_over(config: TrainConfig, data: str | os.PathLike, run_dir: str | Path) -> None:
+    """``--fresh``: delete the run directory (only one; see
+    :func:`~onceforall.storage.run_guard.remove_run_directory`), once the dataset it
+    will train on is found, so a mistyped ``--data`` costs nothing."""
+    config.open_splits(data)
+    remove_run_directory(run_dir)
+
+
 def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfig, Supernet]:
     """The config and trained supernet of a run directory (``weights``: ``supernet`` after
     the last finished stage, ``teacher`` after the first, or ``checkpoints`` for the
@@ -77,7 +92,7 @@ def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfi
         raise RunDirectoryError(
             f"{layout.config} not found: is {layout.root} a training run directory?"
         )
-    config = TrainConfig.from_dict(yaml.safe_load(layout.config.read_text()))
+    config = _read_config(layout)
     folder = layout.weights(weights)
     found = load_latest_checkpoint(folder)
     if found is None:
@@ -127,8 +142,7 @@ def check_can_train(run_dir: str | Path, config: TrainConfig, *, resume: bool, w
                 "without --resume"
             )
         if layout.config.is_file():
-            stored = TrainConfig.from_dict(yaml.safe_load(layout.config.read_text()))
-            diffs = config_differences(stored, config)
+            diffs = config_differences(_read_config(layout), config)
             if diffs:
                 raise ConfigError(
                     f"{layout.root} was trained with another config; resuming with this one "
