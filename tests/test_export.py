@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from datetime import datetime
@@ -111,14 +112,9 @@ def test_loaded_model_computes_the_recalibrated_subnet(
     assert not any(isinstance(m, (onceforall.Supernet, ElasticMBConv)) for m in loaded.modules())
     torch.testing.assert_close(loaded(images), expected, atol=1e-5, rtol=0)
 
-    # spec.json + weights alone suffice, and so do the weights alone (spec in the header).
-    for names in ([export_module.SPEC, export_module.WEIGHTS], [export_module.WEIGHTS]):
-        alone = tmp_path / "-".join(names)
-        alone.mkdir()
-        for name in names:
-            shutil.copy(result.out_dir / name, alone / name)
-        rebuilt = load_exported(alone / export_module.WEIGHTS)
-        torch.testing.assert_close(rebuilt(images), expected, atol=1e-5, rtol=0)
+    # A file in the folder names the export too; a copy of the folder loads the same.
+    rebuilt = load_exported(copy_export(result, tmp_path) / export_module.WEIGHTS)
+    torch.testing.assert_close(rebuilt(images), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("index", range(3))
@@ -187,11 +183,38 @@ def copy_export(result, tmp_path: Path, without: tuple[str, ...] = ()) -> Path:
     return target
 
 
-def test_missing_files_give_clear_errors(exports, tmp_path) -> None:
+def rehash(target: Path) -> None:
+    """Record the folder's files as they now are in its metadata.json: an export that
+    is consistent by its hashes but whose files disagree with each other."""
+    metadata = json.loads((target / "metadata.json").read_text())
+    for name in metadata["files"]:
+        data = (target / name).read_bytes()
+        metadata["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (target / "metadata.json").write_text(json.dumps(metadata))
+
+
+@pytest.mark.parametrize(
+    "missing", ["model.safetensors", "spec.json", "arch.json", "model.onnx", "metadata.json"]
+)
+def test_an_incomplete_export_is_refused_naming_the_file(exports, tmp_path, missing) -> None:
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_exported(tmp_path / "nowhere")
-    target = copy_export(exports[0], tmp_path, without=("model.safetensors",))
-    with pytest.raises(FileNotFoundError, match=r"model\.safetensors not found"):
+    target = copy_export(exports[0], tmp_path, without=(missing,))
+    with pytest.raises(ExportError, match=rf"{re.escape(missing)} not found.*complete"):
+        load_exported(target)
+
+
+@pytest.mark.parametrize("name", ["spec.json", "arch.json", "model.onnx"])
+def test_an_edited_file_of_the_export_is_refused(exports, archs, tmp_path, name) -> None:
+    target = copy_export(exports[0], tmp_path)
+    if name == "model.onnx":
+        (target / name).write_bytes((target / name).read_bytes()[:-10])
+    else:  # a valid JSON of another arch: builds another network without the hash check
+        value = json.loads((target / name).read_text())
+        other = archs[2].to_dict()
+        value = {**value, "arch": other} if name == "spec.json" else other
+        (target / name).write_text(json.dumps(value))
+    with pytest.raises(ExportError, match=rf"{re.escape(name)} is corrupted or was changed"):
         load_exported(target)
 
 
@@ -201,12 +224,12 @@ def test_corrupted_weights_are_refused(exports, tmp_path) -> None:
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF  # one flipped bit pattern in the tensor data: still parses
     weights.write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="corrupted: its SHA-256"):
+    with pytest.raises(ExportError, match="corrupted or was changed: its SHA-256"):
         load_exported(target)
 
-    # Without metadata.json (no recorded hash) a truncated file is caught by safetensors.
-    (target / "metadata.json").unlink()
+    # A truncated file whose hash was recorded anyway is caught by safetensors.
     weights.write_bytes(bytes(data[: len(data) // 2]))
+    rehash(target)
     with pytest.raises(ExportError, match="not a readable safetensors file"):
         load_exported(target)
 
@@ -214,11 +237,12 @@ def test_corrupted_weights_are_refused(exports, tmp_path) -> None:
 def test_mismatching_weights_name_the_keys(exports, archs, tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
-    target = copy_export(exports[0], tmp_path, without=("metadata.json",))
+    target = copy_export(exports[0], tmp_path)
     weights = target / "model.safetensors"
     tensors = load_file(weights)
     tensors["extra.weight"] = tensors.pop("classifier.weight")
     save_file(tensors, weights)
+    rehash(target)
     with pytest.raises(ExportError) as info:
         load_exported(target)
     message = str(info.value)
@@ -226,13 +250,16 @@ def test_mismatching_weights_name_the_keys(exports, archs, tmp_path) -> None:
     assert "unexpected keys (1): extra.weight" in message
 
     # Weights of the smallest arch with the spec of the largest: other shapes and keys.
-    target = copy_export(exports[0], tmp_path / "b", without=("metadata.json", "arch.json"))
+    target = copy_export(exports[0], tmp_path / "b")
     spec = json.loads((target / "spec.json").read_text())
     spec["arch"] = archs[2].to_dict()
     (target / "spec.json").write_text(json.dumps(spec))
+    (target / "arch.json").write_text(archs[2].to_json())
+    rehash(target)
     with pytest.raises(ExportError, match="shape mismatches"):
         load_exported(target)
     (target / "arch.json").write_text(archs[0].to_json())
+    rehash(target)
     with pytest.raises(ExportError, match="another arch"):
         load_exported(target)
 
@@ -294,6 +321,70 @@ def test_export_without_onnx_or_test_set(supernet, datasets, archs, exports, tmp
         )
 
 
+def _never_read():
+    raise AssertionError("the export went on to recalibrate before refusing its --out")
+    yield
+
+
+def test_an_out_that_is_not_an_export_is_refused_before_any_work(
+    supernet, archs, exports, tmp_path
+) -> None:
+    arch = archs[0]
+    a_file = tmp_path / "model.bin"
+    a_file.write_bytes(b"mine")
+    with pytest.raises(ExportError, match="is a file; an export is a folder"):
+        export_subnet(supernet, arch, a_file, calibration_loader=_never_read())
+    assert a_file.read_bytes() == b"mine"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    with pytest.raises(ExportError, match="not empty and is not an export"):
+        export_subnet(supernet, arch, home, calibration_loader=_never_read())
+    assert os.listdir(home) == ["thesis.tex"]
+
+
+HOLDER = """
+import sys, time
+from onceforall.storage.run_guard import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_export_into_one_folder_is_refused_at_once(supernet, archs, tmp_path) -> None:
+    import subprocess
+
+    out = tmp_path / "export"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(onceforall.OnceForAllError, match=f"in use by process {holder.pid}"):
+            export_subnet(supernet, archs[0], out, calibration_loader=_never_read())
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_what_a_killed_export_left_is_cleared_and_none_is_left_inside(
+    supernet, datasets, archs, exports, tmp_path
+) -> None:
+    arch = archs[0]
+    target = copy_export(exports[1], tmp_path)
+    # What a killed export left beside the folder: its half-built folder and, from a
+    # system without the atomic exchange, the old folder moved aside.
+    for kind in ("tmp", "old"):
+        left = tmp_path / f".copy.4242.0123abcd.{kind}"
+        left.mkdir()
+        (left / "model.safetensors").write_bytes(b"half" * 1000)
+    export_subnet(supernet, arch, target, calibration_loader=loader(datasets[0], arch.r))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".copy.lock", "copy"]
+    assert sorted(os.listdir(target)) == sorted([*exports[0].metadata["files"], "metadata.json"])
+    assert load_exported(target).arch == arch
+
+
 def test_missing_optional_packages_name_the_extra(supernet, datasets, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(MissingDependencyError, match=r"pip install 'onceforall\[deploy\]'"):
@@ -316,6 +407,29 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
         write_bytes_atomic(path, b"new contents")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["spec.json"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_atomic_directory_replaces_a_folder_as_a_whole(tmp_path, monkeypatch, exchange) -> None:
+    from onceforall.storage import atomic
+
+    if not exchange:
+        monkeypatch.setattr(atomic, "_RENAMEAT2", None)
+    elif atomic._RENAMEAT2 is None:
+        pytest.skip("no renameat2 on this system")
+    folder = tmp_path / "export"
+    for contents in (b"first", b"second"):
+        with atomic.atomic_directory(folder) as temp:
+            assert temp.parent == tmp_path and temp.name.startswith(".export.")
+            (temp / "a").write_bytes(contents)
+            (temp / "b").write_bytes(contents)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"a": contents, "b": contents}
+        assert os.listdir(tmp_path) == ["export"]
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_directory(folder) as temp:
+            (temp / "a").write_bytes(b"third")
+            raise KeyboardInterrupt
+    assert (folder / "a").read_bytes() == b"second" and os.listdir(tmp_path) == ["export"]
 
 
 def test_plot_pareto_writes_a_png(tmp_path) -> None:

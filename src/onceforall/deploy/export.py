@@ -9,10 +9,14 @@ An export directory holds::
     model.onnx         the same network for onnxruntime (checked against PyTorch first)
     metadata.json      accuracy, MACs, params, latency and its device, versions, hashes
 
-Every file is written to a temporary name, fsync-ed and renamed, so an interrupted export
-never leaves a half-written file; ``metadata.json`` is written last and records the
-SHA-256 of the others, so a directory with it is a complete export. Loading reads JSON
-and safetensors only: nothing from the directory is unpickled or executed.
+An export is all or nothing. The files are written into a hidden folder beside the
+export and swapped in as a whole (:func:`~onceforall.storage.atomic.atomic_directory`),
+so a killed export leaves the previous complete export (or nothing) and no temporary
+files inside it; leftovers beside it are cleared by the next export to the same place.
+One process at a time exports into a folder (a lock beside it). ``metadata.json``
+records the SHA-256 of every other file, and :func:`load_exported` requires it and checks
+them all before it builds anything. Loading reads JSON and safetensors only: nothing from
+the directory is unpickled or executed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,13 +37,14 @@ from ..errors import InputNotFoundError
 from ..evaluation import evaluate, recalibrate_bn
 from ..latency.measure import device_description, measure_latency
 from ..models import Supernet, build_subnet
-from ..storage.atomic import fsync_directory, temporary_name, write_bytes_atomic
+from ..storage.atomic import atomic_directory, remove_stale_directories
 from ..storage.onnx_export import (
     ExportError,
     MissingDependencyError,
     export_and_check_onnx,
     require,
 )
+from ..storage.run_guard import folder_lock
 from ..storage.state_dicts import state_dict_problems
 
 __all__ = [
@@ -133,8 +137,36 @@ def export_subnet(
     :class:`ExportError` and leaves no ``model.onnx``. ``extra_metadata`` (e.g.
     ``{"source_run": "runs/fmnist"}``) is merged into ``metadata.json``.
     """
-    _check_inputs(onnx, extra_metadata)  # before the expensive steps
+    _check_inputs(out_dir, onnx, extra_metadata)  # before the expensive steps
     arch = supernet.parse_arch(arch)
+    with folder_lock(out_dir):  # a second export into out_dir is refused at once
+        return _export_locked(
+            supernet,
+            arch,
+            out_dir,
+            calibration_loader=calibration_loader,
+            test_loader=test_loader,
+            n_calibration=n_calibration,
+            onnx=onnx,
+            latency_resolution=latency_resolution,
+            threads=threads,
+            extra_metadata=extra_metadata,
+        )
+
+
+def _export_locked(
+    supernet: Supernet,
+    arch: ArchValue,
+    out_dir: PathLike,
+    *,
+    calibration_loader: Iterable,
+    test_loader: Iterable | None,
+    n_calibration: int,
+    onnx: bool,
+    latency_resolution: int | None,
+    threads: int | None,
+    extra_metadata: Mapping[str, Any] | None,
+) -> ExportResult:
     counted = [0]
 
     def calibration_batches() -> Iterator:
@@ -161,9 +193,33 @@ def export_subnet(
     )
 
 
-def _check_inputs(onnx: bool, extra_metadata: Mapping[str, Any] | None) -> tuple[Any, dict]:
-    """The safetensors module and ``extra_metadata`` as a dict, or a clear error when an
-    optional package is missing or the metadata cannot be written as JSON."""
+def _is_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / METADATA).read_text()).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def _check_out_dir(out_dir: PathLike) -> None:
+    """Refuse an ``out_dir`` that an export may not replace: a file, or a folder holding
+    anything but an export (replacing it would delete the files)."""
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"{folder} is a file; an export is a folder: choose another --out")
+    if folder.is_dir() and any(folder.iterdir()) and not _is_export(folder):
+        raise ExportError(
+            f"{folder} is not empty and is not an export (no {METADATA} of one): an export "
+            "replaces its folder as a whole, so choose a new or empty folder"
+        )
+
+
+def _check_inputs(
+    out_dir: PathLike, onnx: bool, extra_metadata: Mapping[str, Any] | None
+) -> tuple[Any, dict]:
+    """The safetensors module and ``extra_metadata`` as a dict, or a clear error when
+    ``out_dir`` may not be written, an optional package is missing or the metadata cannot
+    be written as JSON."""
+    _check_out_dir(out_dir)
     safetensors_torch = require("safetensors.torch", "saving the weights")
     if onnx:
         require("onnx", "ONNX export")
@@ -194,7 +250,7 @@ def write_export(
     statistics final) to ``out_dir``: time it on this CPU, then write the files of the
     module docstring atomically. ``accuracy`` is :func:`evaluate`'s result, if measured.
     Used by :func:`export_subnet` and by the import of the authors' specialised nets."""
-    safetensors_torch, extra = _check_inputs(onnx, extra_metadata)
+    safetensors_torch, extra = _check_inputs(out_dir, onnx, extra_metadata)
     subnet = subnet.eval()
     arch: ArchValue = subnet.arch
     out_dir = Path(out_dir)
@@ -241,29 +297,18 @@ def write_export(
         raise ValueError(f"extra_metadata may not overwrite {', '.join(clashes)}")
     metadata.update(extra)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_temp = temporary_name(out_dir / ONNX) if onnx else None
-    try:
-        if onnx_temp is not None:
-            metadata["onnx"] = export_and_check_onnx(subnet, arch.r, onnx_temp, threads)
-            files[ONNX] = onnx_temp.read_bytes()
-        # The directory no longer describes a complete export until metadata.json is back.
-        for name in (METADATA, ONNX):
-            (out_dir / name).unlink(missing_ok=True)
-        metadata["files"] = {
-            name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()
-        }
-        for name in (WEIGHTS, ARCH, SPEC):
-            write_bytes_atomic(out_dir / name, files[name])
-        if onnx_temp is not None:
-            with open(onnx_temp, "rb+") as file:
-                os.fsync(file.fileno())
-            os.replace(onnx_temp, out_dir / ONNX)
-        write_bytes_atomic(out_dir / METADATA, _json_bytes(metadata))
-        fsync_directory(out_dir)
-    finally:
-        if onnx_temp is not None:
-            onnx_temp.unlink(missing_ok=True)
+    with folder_lock(out_dir):
+        remove_stale_directories(out_dir)  # what killed exports to out_dir left
+        with atomic_directory(out_dir) as folder:
+            if onnx:
+                metadata["onnx"] = export_and_check_onnx(subnet, arch.r, folder / ONNX, threads)
+                files[ONNX] = (folder / ONNX).read_bytes()
+            metadata["files"] = {
+                name: {"sha256": _sha256(data), "bytes": len(data)} for name, data in files.items()
+            }
+            for name in (WEIGHTS, ARCH, SPEC):
+                (folder / name).write_bytes(files[name])
+            (folder / METADATA).write_bytes(_json_bytes(metadata))
 
     return ExportResult(
         out_dir=out_dir,
@@ -287,18 +332,54 @@ def write_export(
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ExportError(f"{path} is not readable JSON: {exc}") from exc
 
 
-def _header_spec(data: bytes) -> dict[str, Any] | None:
-    """The spec stored in a safetensors header's metadata by :func:`export_subnet`."""
+def _json_from(data: bytes, path: Path) -> Any:
     try:
-        (length,) = struct.unpack_from("<Q", data)
-        header = json.loads(data[8 : 8 + length])
-        return json.loads(header["__metadata__"]["onceforall_spec"])
-    except (struct.error, ValueError, KeyError, TypeError):
-        return None
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ExportError(f"{path} is not readable JSON: {exc}") from exc
+
+
+def _verified_files(directory: Path) -> dict[str, bytes]:
+    """Every file ``metadata.json`` lists, read and checked against its SHA-256 and size;
+    the weights and the spec must be among them."""
+    metadata_path = directory / METADATA
+    if not metadata_path.is_file():
+        raise ExportError(
+            f"{metadata_path} not found: {directory} is not a complete export (an export "
+            f"records the hash of each of its files in {METADATA})"
+        )
+    metadata = _read_json(metadata_path)
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ExportError(f"{metadata_path} is not the metadata of an onceforall export")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ExportError(
+            f"{metadata_path}: export format version {version!r}; this version of "
+            f"onceforall reads {FORMAT_VERSION} and older: upgrade onceforall"
+        )
+    listed = metadata.get("files")
+    if not isinstance(listed, dict) or not {WEIGHTS, SPEC} <= set(listed):
+        raise ExportError(f"{metadata_path} does not list {WEIGHTS} and {SPEC} with their hashes")
+    contents = {}
+    for name, record in listed.items():
+        path = directory / name
+        if Path(name).name != name or not isinstance(record, dict):
+            raise ExportError(f"{metadata_path} lists {name!r} in an unknown form")
+        if not path.is_file():
+            raise ExportError(f"{path} not found: the export is incomplete ({METADATA} lists it)")
+        data = path.read_bytes()
+        if record.get("sha256") != _sha256(data) or record.get("bytes") != len(data):
+            raise ExportError(
+                f"{path} is corrupted or was changed: its SHA-256 is {_sha256(data)[:16]}..., "
+                f"{METADATA} records {str(record.get('sha256'))[:16]}... "
+                f"({len(data)} bytes, recorded {record.get('bytes')})"
+            )
+        contents[name] = data
+    return contents
 
 
 def _load_weights(net: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -314,61 +395,35 @@ def _load_weights(net: nn.Module, tensors: Mapping[str, torch.Tensor], path: Pat
 
 
 def load_exported(path: PathLike) -> nn.Module:
-    """The exported network in eval mode, rebuilt from ``spec.json`` (or, without it, the
-    spec in the weights file's header) and ``model.safetensors``; ``path`` is the export
-    directory or a file in it. Needs no supernet and executes nothing from
-    the files. Where ``metadata.json`` records hashes, the weights are verified first.
-    """
+    """The exported network in eval mode, rebuilt from ``spec.json`` and
+    ``model.safetensors``; ``path`` is the export directory or a file in it. Every file
+    is first checked against the hashes ``metadata.json`` records (a folder without it,
+    or with a file changed, missing or cut short, is refused). Needs no supernet and
+    executes nothing from the files."""
     path = Path(path)
-    directory = path.parent if path.suffix == ".safetensors" or path.is_file() else path
-    weights_path = path if path.suffix == ".safetensors" else directory / WEIGHTS
+    directory = path.parent if path.is_file() else path
     if not directory.is_dir():
         raise InputNotFoundError(f"{directory} is not a directory (expected an export directory)")
-    if not weights_path.is_file():
-        raise InputNotFoundError(
-            f"{weights_path} not found: an exported sub-network needs its weights "
-            f"({WEIGHTS}) and {SPEC}"
-        )
     safetensors_torch = require("safetensors.torch", "loading the weights")
-    data = weights_path.read_bytes()
-
-    metadata_path = directory / METADATA
-    if metadata_path.is_file():
-        files = _read_json(metadata_path)
-        files = files.get("files") if isinstance(files, dict) else None
-        recorded = files.get(weights_path.name) if isinstance(files, dict) else None
-        if isinstance(recorded, dict) and recorded.get("sha256") != _sha256(data):
-            raise ExportError(
-                f"{weights_path} is corrupted: its SHA-256 is {_sha256(data)[:16]}..., "
-                f"{METADATA} records {str(recorded.get('sha256'))[:16]}... "
-                f"({len(data)} bytes, recorded {recorded.get('bytes')})"
-            )
+    files = _verified_files(directory)
+    weights_path = directory / WEIGHTS
     try:
-        tensors = safetensors_torch.load(data)
+        tensors = safetensors_torch.load(files[WEIGHTS])
     except Exception as exc:  # SafetensorError and friends: truncated, garbled header
         raise ExportError(
             f"{weights_path} is not a readable safetensors file (corrupted or truncated?): {exc}"
         ) from exc
-
     spec_path = directory / SPEC
-    if spec_path.is_file():
-        spec = _read_json(spec_path)
-    else:
-        spec = _header_spec(data)
-        if spec is None:
-            raise InputNotFoundError(
-                f"{spec_path} not found and {weights_path.name} carries no spec in its "
-                "header: cannot tell which network the weights belong to"
-            )
+    spec = _json_from(files[SPEC], spec_path)
     try:
         net = build_subnet(spec)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ExportError(f"cannot rebuild the network from {spec_path}: {exc}") from exc
-    arch_path = directory / ARCH
     space = getattr(getattr(net, "config", None), "space", None)
-    if arch_path.is_file() and space is not None:
+    if ARCH in files and space is not None:
+        arch_path = directory / ARCH
         try:
-            written = space.canonical(_read_json(arch_path))
+            written = space.canonical(_json_from(files[ARCH], arch_path))
         except ValueError as exc:
             raise ExportError(f"{arch_path}: {exc}") from exc
         if written != space.canonical(net.arch):

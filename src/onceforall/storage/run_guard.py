@@ -14,6 +14,10 @@ A run directory holds days of work, so two rules guard it:
   second writer is refused at once, naming the process that holds the lock. Readers
   (search, predict) take no lock. The lock is re-entrant within a process (``ofa run``
   holds it and the training inside takes it again).
+
+A folder that is replaced as a whole (an export, see
+:func:`onceforall.storage.atomic.atomic_directory`) is locked the same way through a
+hidden ``.NAME.lock`` file beside it (:func:`folder_lock`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import RunDirectoryError
 from .atomic import write_text_atomic
@@ -36,7 +40,14 @@ try:
 except ImportError:  # Windows: no advisory locks here; the marker still guards --fresh
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MARKER_FORMAT", "claim_run_directory", "remove_run_directory", "run_lock"]
+__all__ = [
+    "MARKER_FORMAT",
+    "claim_run_directory",
+    "exclusive_lock",
+    "folder_lock",
+    "remove_run_directory",
+    "run_lock",
+]
 
 MARKER_FORMAT = 1
 _held: dict[Path, tuple[int, int]] = {}  # resolved root -> (file descriptor, depth)
@@ -109,7 +120,24 @@ def run_lock(root: PathLike) -> Iterator[None]:
     the block; raise RunDirectoryError at once if another process holds it."""
     layout = RunLayout(root)
     layout.root.mkdir(parents=True, exist_ok=True)
-    key = layout.root.resolve()
+    with exclusive_lock(layout.lock, str(root)):
+        yield
+
+
+def folder_lock(folder: PathLike) -> Any:
+    """The lock of a folder that is replaced as a whole (an export): a hidden
+    ``.NAME.lock`` file beside it, since the folder itself is swapped."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return exclusive_lock(folder.with_name(f".{folder.name}.lock"), str(folder))
+
+
+@contextmanager
+def exclusive_lock(lock: Path, subject: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``lock`` (created if missing) for the
+    block, re-entrant within this process; raise RunDirectoryError naming ``subject`` and
+    the holder at once if another process holds it."""
+    key = lock.resolve()
     if key in _held:
         fd, depth = _held[key]
         _held[key] = (fd, depth + 1)
@@ -119,15 +147,15 @@ def run_lock(root: PathLike) -> Iterator[None]:
             fd, depth = _held[key]
             _held[key] = (fd, depth - 1)
         return
-    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunDirectoryError(
-                    f"{root} is in use by {_holder(layout.lock)}: one command at a time "
-                    "writes into a run directory; wait for it to finish or stop it"
+                    f"{subject} is in use by {_holder(lock)}: one command at a time "
+                    "writes into it; wait for that one to finish or stop it"
                 ) from None
         os.ftruncate(fd, 0)
         command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
