@@ -16,7 +16,7 @@ Every error a user can cause is an :class:`OnceForAllError` (see :mod:`.errors`)
 
 from .arch import Arch, ArchError, MBConvSpace, ResNetArch, ResNetSpace
 from .compat.checkpoints import NetConfigError, ReferenceCheckpointError
-from .data.base import DatasetNotFoundError
+from .data.base import DatasetNotFoundError, UnreadableImagesError
 from .errors import (
     ConfigError,
     FileFormatError,
@@ -64,6 +64,7 @@ __all__ = [
     "Supernet",
     "TrainingDiverged",
     "UnknownNameError",
+    "UnreadableImagesError",
     "build_subnet",
     "create_supernet",
     "list_supernets",

@@ -15,6 +15,7 @@ re-exported at the package's top level (``onceforall.ArchError``, ...):
 ``InputNotFoundError``         a file or folder the user named that is not there
 ``RunDirectoryError``          a run directory that lacks what a step needs
 ``DatasetNotFoundError``       no dataset where it was looked for
+``UnreadableImagesError``      images that do not decode (too many in a run, --check-data)
 ``CheckpointError``            a checkpoint that is truncated, corrupted or unsafe
 ``ExportError``                an export that fails its checks or cannot be loaded
 ``MissingDependencyError``     an optional package is not installed

@@ -200,6 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         predictor=args.predictor,
         latency_table=args.latency_table,
+        check_data=args.check_data,
     )
     print()
     print(format_specialized(summary.space, summary.chosen))
@@ -269,6 +270,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def add_deploy_commands(sub: Any) -> None:
     from ..latency.measure import BACKENDS
+    from .train import CHECK_DATA_HELP
 
     p = sub.add_parser("latency-table", help="measure per-block latencies on this device")
     p.add_argument(
@@ -358,6 +360,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--fresh", action="store_true", help="delete --out and start over")
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
     p.add_argument(
         "--predictor",
         help="use this accuracy predictor (ours, or the authors' .pth as it ships) instead of "

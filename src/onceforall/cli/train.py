@@ -9,6 +9,12 @@ from typing import Any, Sequence
 
 from ..errors import ConfigError
 
+CHECK_DATA_HELP = (
+    "before anything else, decode every image the run reads and refuse if any does not "
+    "(without it, unreadable images are skipped with a warning, up to "
+    "max_unreadable_images)"
+)
+
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` pairs as a dict, each VALUE read as YAML (the keys are checked
@@ -30,6 +36,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, _parse_overrides(args.set))
     if args.fresh and args.resume:
         raise ConfigError("--fresh starts over and --resume continues: choose one")
+    if args.check_data:  # before anything is deleted or trained
+        checked = config.check_images(args.data)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(checked, flush=True)
     if args.fresh and int(os.environ.get("RANK", "0")) == 0:
         from ..training.run_dir import start_over
 
@@ -132,6 +142,7 @@ def add_training_commands(sub: Any) -> None:
     )
     p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
     p.add_argument(
         "--set",
         action="append",

@@ -1,7 +1,13 @@
 """Data for training and evaluation: datasets (Fashion-MNIST IDX files, ImageNet-style
 folders) and loaders (elastic-resolution batches, held-out split)."""
 
-from .base import DatasetNotFoundError, ElasticImageDataset, ElasticSubset
+from .base import (
+    DatasetNotFoundError,
+    ElasticImageDataset,
+    ElasticSubset,
+    UnreadableImagesError,
+    UnreadableImageWarning,
+)
 from .datasets import open_dataset
 from .fashion_mnist import (
     DEFAULT_FASHION_MNIST_ROOT,
@@ -10,7 +16,13 @@ from .fashion_mnist import (
     FashionMNIST,
     read_idx,
 )
-from .image_folder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset
+from .image_folder import (
+    DEFAULT_MAX_UNREADABLE_IMAGES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageFolderDataset,
+    find_unreadable_images,
+)
 from .loaders import (
     ElasticResolutionBatchSampler,
     Splits,
@@ -22,6 +34,7 @@ from .loaders import (
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_ROOT",
+    "DEFAULT_MAX_UNREADABLE_IMAGES",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "IMAGENET_MEAN",
@@ -33,6 +46,9 @@ __all__ = [
     "FashionMNIST",
     "ImageFolderDataset",
     "Splits",
+    "UnreadableImageWarning",
+    "UnreadableImagesError",
+    "find_unreadable_images",
     "make_loader",
     "open_dataset",
     "open_splits",

@@ -7,19 +7,34 @@ and every distributed worker must draw the same one at the same step. The batch 
 pure function of ``(seed, epoch, batch number)``; the datasets accept such pairs (or a
 plain index, for evaluation at the dataset's own resolution) so that the resizing runs in
 the loader's worker processes, not in the training loop.
+
+An item whose stored image does not decode (an image folder's corrupt or truncated file)
+is replaced by the next readable item of the same dataset or subset, cycling: a pure
+function of the index (given the files), so a resumed run and every distributed worker
+read what the others would have. Subsets replace within themselves, so a held-out image
+never stands in for a training one. The dataset warns about, counts and limits the
+unreadable files (:class:`~.image_folder.ImageFolderDataset`).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Callable, Tuple, TypeVar, Union
 
 import torch
 from torch.utils.data import Dataset, Subset
 
-from ..errors import OnceForAllError
+from ..errors import FileFormatError, OnceForAllError
 
-__all__ = ["DatasetNotFoundError", "ElasticImageDataset", "ElasticSubset", "Item"]
+__all__ = [
+    "DatasetNotFoundError",
+    "ElasticImageDataset",
+    "ElasticSubset",
+    "Item",
+    "UnreadableImageWarning",
+    "UnreadableImagesError",
+]
 
 #: An item of an ElasticImageDataset: an index, or an ``(index, resolution)`` pair.
 Item = Union[int, Tuple[int, int]]
@@ -30,7 +45,41 @@ class DatasetNotFoundError(OnceForAllError, FileNotFoundError):
     how to get them)."""
 
 
+class UnreadableImagesError(FileFormatError):
+    """Images that do not decode: more than ``max_unreadable_images`` met while training,
+    or any found by ``--check-data``; the message names the folder and some of them."""
+
+    def __str__(self) -> str:
+        # Raised in a DataLoader worker, torch raises it again in the main process with
+        # the worker's traceback before the message: keep the message only.
+        text = super().__str__()
+        if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+            last = text.rstrip().rsplit("\n", 1)[-1]
+            text = last.split(f"{type(self).__name__}: ", 1)[-1]
+        return text
+
+
+class UnreadableImageWarning(UserWarning):
+    """An image that does not decode was skipped (the next readable one serves instead)."""
+
+
 _D = TypeVar("_D", bound="ElasticImageDataset")
+
+
+class SkipImage(Exception):
+    """Raised by a dataset's ``_raw`` for an image that does not decode (after noting it):
+    the item is replaced by the next readable one. Internal; never reaches a user."""
+
+
+def _first_readable(load: Callable[[int], tuple], index: int, count: int) -> tuple:
+    """``load(index)``, or where its image does not decode, ``load`` of the next index
+    (cycling through ``count``) whose image does."""
+    for step in range(max(count, 1)):  # an empty dataset: load raises its IndexError
+        try:
+            return load(index if step == 0 else (index + step) % count)
+        except SkipImage:
+            continue
+    raise UnreadableImagesError(f"none of the {count} images of this split decodes")
 
 
 def _check_scale(scale: tuple[float, float]) -> tuple[float, float]:
@@ -89,7 +138,13 @@ class ElasticImageDataset(Dataset):
         if isinstance(item, tuple):
             index, resolution = item
         else:
-            index, resolution = item, self.resolution
+            index, resolution = item, None
+        return _first_readable(lambda i: self._load(i, resolution), index, len(self))
+
+    def _load(self, index: int, resolution: int | None) -> tuple[torch.Tensor, int]:
+        """Item ``index`` at ``resolution`` (None: the dataset's own); raises
+        :class:`SkipImage` where its image does not decode."""
+        resolution = self.resolution if resolution is None else resolution
         transform = self._transforms.get(resolution)
         if transform is None:
             transform = self._transforms[resolution] = self._build_transform(
@@ -98,8 +153,13 @@ class ElasticImageDataset(Dataset):
         return transform(self._raw(index)), int(self.targets[index])
 
     def _raw(self, index: int):
-        """The stored image at ``index``, before any transform."""
+        """The stored image at ``index``, before any transform (raises
+        :class:`SkipImage` for one that does not decode)."""
         raise NotImplementedError
+
+    def image_paths(self) -> list[Path] | None:
+        """The file of each image, in index order; None for a dataset held in memory."""
+        return None
 
     def _build_transform(self, resolution: int) -> Callable:
         """The transform producing ``(3, resolution, resolution)`` tensors."""
@@ -117,11 +177,23 @@ class ElasticSubset(Subset):
     def __getitem__(self, item: Item):
         if isinstance(item, tuple):
             index, resolution = item
-            return self.dataset[(self.indices[index], resolution)]
-        return self.dataset[self.indices[item]]
+        else:
+            index, resolution = item, None
+        return _first_readable(lambda i: self._load(i, resolution), index, len(self))
 
     def __getitems__(self, items: list) -> list:
         return [self[item] for item in items]
+
+    def _load(self, index: int, resolution: int | None):
+        inner = self.indices[index]
+        if hasattr(self.dataset, "_load"):  # ours: the replacement happens here
+            return self.dataset._load(inner, resolution)
+        return self.dataset[inner if resolution is None else (inner, resolution)]
+
+    def image_paths(self) -> list[Path] | None:
+        """The file of each image of the subset, in its order; None when held in memory."""
+        paths = _image_paths(self.dataset)
+        return None if paths is None else [paths[i] for i in self.indices]
 
     def with_transform(self, **options) -> ElasticSubset:
         """The same subset of ``self.dataset.with_transform(**options)``."""
@@ -136,6 +208,16 @@ class ElasticSubset(Subset):
         return torch.as_tensor(self.dataset.targets)[
             torch.as_tensor(self.indices, dtype=torch.long)
         ]
+
+
+def _image_paths(dataset: Dataset) -> list[Path] | None:
+    """``dataset.image_paths()``, also through plain torch Subsets (None: in memory)."""
+    if hasattr(dataset, "image_paths"):
+        return dataset.image_paths()
+    if isinstance(dataset, Subset):
+        paths = _image_paths(dataset.dataset)
+        return None if paths is None else [paths[i] for i in dataset.indices]
+    return None
 
 
 def _with_transform(dataset: Dataset, **options) -> Dataset:

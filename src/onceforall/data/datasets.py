@@ -31,20 +31,23 @@ def open_dataset(
 
     ``split`` is ``"train"``, or ``"val"``/``"test"`` for the evaluation split of either
     layout (Fashion-MNIST's ``test``, an image folder's ``val``). ``options`` go to the
-    dataset's constructor (``augment``, ``resolution``, ``scale``...).
+    dataset's constructor (``augment``, ``resolution``, ``scale``...);
+    ``max_unreadable_images`` only to an image folder's (Fashion-MNIST's images are read
+    and checked whole when it opens).
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
     path = Path(path_or_name)
+    in_memory = {k: v for k, v in options.items() if k != "max_unreadable_images"}
     if path.is_dir():
         names = {n for pair in FASHION_MNIST_FILES.values() for n in pair}
         if any((path / n).is_file() or (path / f"{n}.gz").is_file() for n in names):
-            return FashionMNIST(path, "train" if split == "train" else "test", **options)
+            return FashionMNIST(path, "train" if split == "train" else "test", **in_memory)
         if (path / "train").is_dir() or (path / "val").is_dir():
             return ImageFolderDataset(path, "train" if split == "train" else "val", **options)
         problem = f"{path} holds neither Fashion-MNIST IDX files nor train/ and val/ folders"
     elif str(path_or_name).lower() in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
-        return FashionMNIST(split="train" if split == "train" else "test", **options)
+        return FashionMNIST(split="train" if split == "train" else "test", **in_memory)
     else:
         problem = f"{path} is not a folder nor a known dataset name"
     raise DatasetNotFoundError(f"{problem}. Accepted:\n{_LAYOUTS}")

@@ -21,8 +21,20 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
-from .base import ElasticSubset, _check_resolution, _with_transform
+from .base import (
+    ElasticSubset,
+    UnreadableImagesError,
+    _check_resolution,
+    _image_paths,
+    _with_transform,
+)
 from .datasets import open_dataset
+from .image_folder import (
+    DEFAULT_MAX_UNREADABLE_IMAGES,
+    _images_do_not_decode,
+    describe_unreadable,
+    find_unreadable_images,
+)
 
 __all__ = [
     "ElasticResolutionBatchSampler",
@@ -203,6 +215,26 @@ class Splits:
     test: Dataset
     classes: list[str]
 
+    def check_images(self, *, progress: bool = False, rank: int = 0, world_size: int = 1) -> int:
+        """Decode every image the three splits hold (with ``world_size`` > 1, this
+        worker's share: every ``world_size``-th from ``rank``) and raise
+        :class:`UnreadableImagesError` naming how many and which do not decode. Returns how
+        many were decoded: 0 for images held in memory (Fashion-MNIST, whose IDX files are
+        read and checked whole when opened)."""
+        paths = []
+        for split in (self.train, self.holdout, self.test):
+            paths += _image_paths(split) or []
+        paths = paths[rank::world_size]
+        bad = find_unreadable_images(paths, progress=progress)
+        if bad:
+            share = f" (worker {rank}'s share of {world_size})" if world_size > 1 else ""
+            raise UnreadableImagesError(
+                f"{_images_do_not_decode(len(bad), f'of the {len(paths)} checked{share}')}: "
+                f"{describe_unreadable(bad)}; repair or remove them (an image folder reads "
+                "every file with an image extension)"
+            )
+        return len(paths)
+
 
 def open_splits(
     data: str | os.PathLike,
@@ -212,12 +244,16 @@ def open_splits(
     train_subset: int | None = None,
     test_subset: int | None = None,
     crop_scale_min: float = 0.08,
+    max_unreadable_images: int = DEFAULT_MAX_UNREADABLE_IMAGES,
 ) -> Splits:
     """Open ``data`` (see :func:`open_dataset`) and split it as a training run does;
     the same arguments give the same splits, so later steps (accuracy dataset, export)
-    never measure on images the supernet was trained on."""
-    full_train = open_dataset(data, "train", augment=True, scale=(crop_scale_min, 1.0))
-    test = open_dataset(data, "test")
+    never measure on images the supernet was trained on. An image folder skips up to
+    ``max_unreadable_images`` images that do not decode per split (and process)."""
+    limit = {"max_unreadable_images": max_unreadable_images}
+    scale = (crop_scale_min, 1.0)
+    full_train = open_dataset(data, "train", augment=True, scale=scale, **limit)
+    test = open_dataset(data, "test", **limit)
     if train_subset:
         full_train = subset_for_budget(full_train, train_subset + holdout_size, seed)
     train, holdout = split_holdout(full_train, holdout_size, seed)

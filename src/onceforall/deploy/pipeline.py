@@ -83,14 +83,18 @@ def run_pipeline(
     progress: bool = True,
     predictor: str | os.PathLike | None = None,
     latency_table: str | os.PathLike | None = None,
+    check_data: bool = False,
 ) -> RunSummary:
     """Run (or continue) every step for ``config`` on ``data`` in ``run_dir``. A given
     ``predictor`` file replaces the accuracy dataset and the fitted predictor, a given
     ``latency_table`` (file or folder) the table timed here; either may be ours or the
-    authors' files as they ship them."""
+    authors' files as they ship them. ``check_data`` first decodes every image the run
+    reads (:meth:`TrainConfig.check_images`), before anything is deleted or trained."""
     started = time.perf_counter()
     layout = RunLayout(run_dir)
     say = _say(progress)
+    if check_data:
+        say(config.check_images(data, progress=progress))
     if fresh:
         start_over(config, data, layout.root)
     given = (predictor, latency_table)

@@ -154,6 +154,10 @@ class TrainConfig:
     train_subset: int | None = None  # use only this many training images (quick runs)
     test_subset: int | None = None  # report on this many test images (quick runs)
     num_workers: int = 2
+    # Images that do not decode are skipped (with a warning) up to this many per split, as
+    # counted by each process reading them (main process, each loader worker); one more
+    # stops the run. --check-data decodes them all before training.
+    max_unreadable_images: int = 100
     # validation and checkpoints
     num_random_val_archs: int = 2
     bn_recal_images: int = 2000
@@ -191,7 +195,24 @@ class TrainConfig:
             train_subset=self.train_subset,
             test_subset=self.test_subset,
             crop_scale_min=self.crop_scale_min,
+            max_unreadable_images=self.max_unreadable_images,
         )
+
+    def check_images(self, data: str | os.PathLike, *, progress: bool = True) -> str:
+        """``--check-data``: decode every image of the run's splits of ``data`` (under
+        torchrun, this worker's share: RANK of WORLD_SIZE) before anything is trained or
+        deleted; raise :class:`~onceforall.data.UnreadableImagesError` naming how many and
+        which do not decode. Returns a line saying what was checked."""
+        rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        splits = self.open_splits(data)
+        count = splits.check_images(progress=progress, rank=rank, world_size=world_size)
+        if count == 0:
+            return (
+                f"--check-data: {data} holds its images in memory, read and checked whole "
+                "when opened (IDX headers and sizes); nothing to decode"
+            )
+        share = f" (worker {rank}'s share of {world_size})" if world_size > 1 else ""
+        return f"--check-data: all {count} images of {data} the run reads decode{share}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (the ``specialize:`` section a mapping), for YAML."""

@@ -52,6 +52,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "crop_scale_min": _number("in (0, 1]", lambda v: 0 < v <= 1),
     "holdout_size": _int(1),
     "num_workers": _int(0),
+    "max_unreadable_images": _int(0),
     "num_random_val_archs": _int(0),
     "bn_recal_images": _int(1),
     "checkpoint_every_steps": _int(0),

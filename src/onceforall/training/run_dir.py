@@ -104,7 +104,13 @@ def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfi
 
 
 # Config fields a resumed run may change: they do not change what it computes.
-SAFE_TO_CHANGE = ("num_workers", "checkpoint_every_steps", "keep_checkpoints", "specialize")
+SAFE_TO_CHANGE = (
+    "num_workers",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "max_unreadable_images",
+    "specialize",
+)
 
 
 def config_differences(stored: TrainConfig, now: TrainConfig) -> list[str]:
