@@ -3,6 +3,9 @@ architectures of a space."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import strategies as st
@@ -11,6 +14,7 @@ import onceforall
 from onceforall import Arch, MBConvSpace
 from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
 from onceforall.nn.elastic_mbconv import ElasticDepthwiseConv2d
+from onceforall.training import TrainConfig, train
 
 # Tests that train or evaluate on the real Fashion-MNIST files (make test installs them).
 needs_fashion_mnist = pytest.mark.skipif(
@@ -109,3 +113,31 @@ def mbv3_w12() -> onceforall.Supernet:
 def proxyless() -> onceforall.Supernet:
     torch.manual_seed(0)
     return randomize(onceforall.create_supernet("ofa_proxyless_w1.3", num_classes=10), seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A supernet after a few real training steps on Fashion-MNIST (shared by the whole
+    session: copy it before writing into it)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    config = TrainConfig.from_dict(
+        {
+            "resolutions": [24, 28],
+            "eval_resolutions": [24],
+            "batch_size": 32,
+            "holdout_size": 160,
+            "train_subset": 320,
+            "test_subset": 64,
+            "num_workers": 0,
+            "num_random_val_archs": 0,
+            "bn_recal_images": 64,
+            "stages": [{"name": "full", "epochs": 1, "lr": 0.05, "distill": False}],
+        }
+    )
+    train(config, "fashion-mnist", run, progress=False)
+    return run
+
+
+def copy_run(run: Path, where: Path) -> Path:
+    """A copy of the run directory ``run`` under ``where``, to write into."""
+    return Path(shutil.copytree(run, where / "copy"))

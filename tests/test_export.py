@@ -345,8 +345,8 @@ def test_an_out_that_is_not_an_export_is_refused_before_any_work(
 
 HOLDER = """
 import sys, time
-from onceforall.storage.run_guard import folder_lock
-with folder_lock(sys.argv[1]):
+from onceforall.storage.run_guard import lock_beside
+with lock_beside(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
 """

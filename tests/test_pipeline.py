@@ -96,7 +96,7 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
     # Exported models rebuild without the supernet and ONNX agrees with PyTorch.
     import onnxruntime
 
-    exports = sorted((run / "exports").iterdir())
+    exports = sorted((run / "exports").glob("[!.]*"))  # not the hidden locks
     assert len(exports) == 2
     for folder in exports:
         model = load_exported(folder).eval()
@@ -134,6 +134,28 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
     for path in kept:
         assert path.stat().st_mtime_ns == stamps[path], path
 
+    # Once the supernet changed (here: a newer supernet checkpoint, as resumed training
+    # writes), the accuracy dataset and predictor are measured and fitted again; the
+    # latency table (block shapes, not weights) is kept; exports name the new supernet.
+    from onceforall.training.run_dir import supernet_digest
+    from tests.test_derived_results import _replace_supernet_weights
+
+    _replace_supernet_weights(run)
+    digest = supernet_digest(run)
+    assert main(["run", "--config", str(config), "--out", str(run)]) == 0
+    third = capsys.readouterr().out
+    assert "was measured otherwise (supernet_sha256:" in third
+    rows = read_accuracy_dataset(run / "accuracy_dataset.jsonl")
+    assert len(rows) == 12
+    assert {r["measured_with"]["supernet_sha256"] for r in rows} == {digest}
+    assert AccuracyPredictor.load(run / "accuracy_predictor.pt").supernet_sha256 == digest
+    assert (run / "latency_table.json").stat().st_mtime_ns == stamps[run / "latency_table.json"]
+    for folder in (run / "exports").glob("[!.]*"):
+        assert json.loads((folder / "metadata.json").read_text())["supernet_sha256"] == digest
+    assert {r["supernet_sha256"] for r in json.loads((run / "specialized.json").read_text())} == {
+        digest
+    }
+
 
 def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> None:
     """The same job on the OFA-ProxylessNAS space: six stages, the last one a single
@@ -155,7 +177,7 @@ def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> 
         row["target"].split(","), {"latency_ms": latency_cost(table, supernet.space)}
     ):
         assert constraint.cost.of(arch) <= constraint.limit
-    [folder] = (run / "exports").iterdir()
+    [folder] = (run / "exports").glob("[!.]*")
     model = load_exported(folder).eval()
     x = torch.randn(2, 3, arch.r, arch.r)
     with torch.no_grad():
@@ -184,7 +206,7 @@ def test_ofa_run_trains_and_specialises_resnet50(tmp_path: Path, capsys) -> None
     assert row["target"].startswith("macs<=")
     limit = float(row["target"].split("<=")[1])
     assert supernet.macs(row["arch"]) <= limit
-    [folder] = (run / "exports").iterdir()
+    [folder] = (run / "exports").glob("[!.]*")
     assert (folder / "model.onnx").is_file()
     model = load_exported(folder).eval()
     r = row["arch"]["r"][0]

@@ -25,7 +25,7 @@ from onceforall.predictors import (
     read_accuracy_dataset,
     rmse,
 )
-from onceforall.training import TrainConfig, load_run, train
+from onceforall.training import load_run
 from tests.conftest import needs_fashion_mnist
 
 SPACE = MBConvSpace(resolutions=(24, 28, 32))
@@ -125,28 +125,6 @@ def test_dataset_archs_are_distinct_and_include_the_extremes() -> None:
     assert SPACE.smallest(24) in archs and SPACE.largest(32) in archs
     assert archs == dataset_archs(SPACE, 50, seed=0)
     assert {a.r for a in archs} == {24, 28, 32}
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A supernet after a few real training steps on Fashion-MNIST."""
-    run = tmp_path_factory.mktemp("run")
-    config = TrainConfig.from_dict(
-        {
-            "resolutions": [24, 28],
-            "eval_resolutions": [24],
-            "batch_size": 32,
-            "holdout_size": 160,
-            "train_subset": 320,
-            "test_subset": 64,
-            "num_workers": 0,
-            "num_random_val_archs": 0,
-            "bn_recal_images": 64,
-            "stages": [{"name": "full", "epochs": 1, "lr": 0.05, "distill": False}],
-        }
-    )
-    train(config, "fashion-mnist", run, progress=False)
-    return run
 
 
 @needs_fashion_mnist

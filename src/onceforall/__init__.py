@@ -24,6 +24,7 @@ from .errors import (
     MissingDependencyError,
     OnceForAllError,
     RunDirectoryError,
+    StaleResultError,
     UnknownNameError,
 )
 from .latency.table import LatencyTableError
@@ -61,6 +62,7 @@ __all__ = [
     "ResNetArch",
     "ResNetSpace",
     "RunDirectoryError",
+    "StaleResultError",
     "Supernet",
     "TrainingDiverged",
     "UnknownNameError",

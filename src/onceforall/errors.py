@@ -14,6 +14,7 @@ re-exported at the package's top level (``onceforall.ArchError``, ...):
 ``UnknownNameError``           an unknown supernet, stage or preset name (lists the known)
 ``InputNotFoundError``         a file or folder the user named that is not there
 ``RunDirectoryError``          a run directory that lacks what a step needs
+``StaleResultError``           a result made from another supernet or with other settings
 ``DatasetNotFoundError``       no dataset where it was looked for
 ``UnreadableImagesError``      images that do not decode (too many in a run, --check-data)
 ``CheckpointError``            a checkpoint that is truncated, corrupted or unsafe
@@ -38,6 +39,7 @@ __all__ = [
     "MissingDependencyError",
     "OnceForAllError",
     "RunDirectoryError",
+    "StaleResultError",
     "UnknownNameError",
 ]
 
@@ -72,6 +74,12 @@ class InputNotFoundError(OnceForAllError, FileNotFoundError):
 class RunDirectoryError(InputNotFoundError):
     """A run directory that lacks what a step needs (its config, weights, predictor,
     latency table); the message names the path and the command that makes it."""
+
+
+class StaleResultError(RunDirectoryError):
+    """A file of a run made from another supernet than the run's, or measured with other
+    settings (an accuracy dataset, a predictor); the message names the file, what
+    differs and how to make it again."""
 
 
 class MissingDependencyError(OnceForAllError, ImportError):

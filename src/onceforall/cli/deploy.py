@@ -35,7 +35,7 @@ def load_arch_text(text: str) -> str:
 
 def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, Any]:
     """The run's predictor and latency table (``--predictor``, ``--latency-table``)."""
-    from ..deploy.steps import load_predictor_and_table, targets_need_latency
+    from ..deploy.run_inputs import load_predictor_and_table, targets_need_latency
 
     return load_predictor_and_table(
         RunLayout(args.run),
@@ -75,6 +75,7 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         resolutions=args.resolutions,
         repeats=args.repeats,
+        run=RunLayout(args.run) if args.run else None,
     )
     table = result.table
     smallest, largest = supernet.space.smallest(), supernet.space.largest()
@@ -135,8 +136,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_specialize(args: argparse.Namespace) -> int:
+    from ..deploy.run_inputs import evaluator_for_run
     from ..deploy.specialize import format_specialized
-    from ..deploy.steps import specialize_step, test_evaluator
+    from ..deploy.steps import specialize_step
     from ..training import load_run
 
     config, supernet = load_run(args.run)
@@ -146,7 +148,7 @@ def _cmd_specialize(args: argparse.Namespace) -> int:
         supernet,
         predictor,
         args.target,
-        evaluator=test_evaluator(config, args.data),
+        evaluator=evaluator_for_run(config, args.data),
         latency_table=table,
         random_baseline=args.random_baseline,
         seed=args.seed,
@@ -160,7 +162,8 @@ def _cmd_specialize(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from ..deploy.steps import export_step, test_evaluator
+    from ..deploy.run_inputs import evaluator_for_run
+    from ..deploy.steps import export_step
     from ..training import load_run
 
     config, supernet = load_run(args.run)
@@ -170,10 +173,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         supernet,
         arch,
         args.out,
-        evaluator=test_evaluator(config, args.data),
+        evaluator=evaluator_for_run(config, args.data),
         onnx=not args.no_onnx,
         threads=args.threads,
-        extra_metadata={"source_run": str(args.run)},
+        run=RunLayout(args.run),
     )
     top1 = "-" if result.top1 is None else f"{result.top1:.2f} %"
     print(

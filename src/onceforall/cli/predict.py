@@ -14,7 +14,7 @@ from .deploy import load_arch_text
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..deploy.report import arch_summary
-    from ..deploy.steps import load_predictor_and_table
+    from ..deploy.run_inputs import load_predictor_and_table
     from ..training import load_run
 
     _, supernet = load_run(args.run)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import UnknownNameError
+from ..errors import RunDirectoryError, UnknownNameError
 from ..models import Supernet, create_supernet
 from ..models.family import family_for
 from ..models.registry import supernet_family
+from ..storage.run_layout import RunLayout
 from .base import (
     NetConfigError,
     ReferenceCheckpointError,
@@ -84,26 +85,42 @@ def load_reference_checkpoint(path: str | os.PathLike, name: str, **overrides) -
     return net.eval()
 
 
+def _check_new_run(layout: RunLayout) -> None:
+    if layout.root.exists() and not layout.root.is_dir():
+        raise RunDirectoryError(f"{layout.root} is a file; import-reference writes a folder")
+    if layout.root.is_dir() and any(p != layout.lock for p in layout.root.iterdir()):
+        raise RunDirectoryError(
+            f"{layout.root} is not empty: import-reference writes a new run directory (a "
+            "run's accuracy dataset, predictor and exports belong to its own supernet); "
+            "choose a new folder"
+        )
+
+
 def import_reference(
     path: str | os.PathLike, name: str, run_dir: str | os.PathLike, config: str | None = None
 ) -> Path:
     """Write a run directory holding the authors' supernet, so that ``ofa acc-dataset``,
     ``specialize``, ``export`` and further training work on it as on a supernet trained
     here. ``config`` (a preset or YAML file; default: the family's ImageNet preset)
-    supplies the data settings (resolutions, splits) and the stages."""
+    supplies the data settings (resolutions, splits) and the stages. ``run_dir`` must be
+    new or empty: importing over a run would leave its predictor and tables, made from
+    other weights, beside the new supernet."""
     from ..storage.checkpoint import save_checkpoint
-    from ..storage.run_layout import RunLayout
+    from ..storage.run_guard import claim_run_directory, run_lock
     from ..training import load_config
     from ..training.run_dir import write_run_config
 
+    layout = RunLayout(run_dir)
+    _check_new_run(layout)  # before reading the file, and again under the lock
     net = load_reference_checkpoint(path, name)
     ours = REFERENCE_NAMES.get(name, name)
     if config is None:
         config = family_for(net).default_preset
     settings = load_config(config, {"supernet": ours})
-    layout = RunLayout(run_dir)
-    layout.root.mkdir(parents=True, exist_ok=True)
-    write_run_config(layout.root, settings)
-    state = {"model": net.state_dict(), "stage": f"reference:{Path(path).name}"}
-    save_checkpoint(layout.supernet, "supernet", state, keep=1)
+    with run_lock(layout.root):
+        _check_new_run(layout)
+        claim_run_directory(layout.root)
+        write_run_config(layout.root, settings)
+        state = {"model": net.state_dict(), "stage": f"reference:{Path(path).name}"}
+        save_checkpoint(layout.supernet, "supernet", state, keep=1)
     return layout.root

@@ -44,7 +44,7 @@ from ..storage.onnx_export import (
     export_and_check_onnx,
     require,
 )
-from ..storage.run_guard import folder_lock
+from ..storage.run_guard import lock_beside
 from ..storage.state_dicts import state_dict_problems
 
 __all__ = [
@@ -139,7 +139,7 @@ def export_subnet(
     """
     _check_inputs(out_dir, onnx, extra_metadata)  # before the expensive steps
     arch = supernet.parse_arch(arch)
-    with folder_lock(out_dir):  # a second export into out_dir is refused at once
+    with lock_beside(out_dir):  # a second export into out_dir is refused at once
         return _export_locked(
             supernet,
             arch,
@@ -297,7 +297,7 @@ def write_export(
         raise ValueError(f"extra_metadata may not overwrite {', '.join(clashes)}")
     metadata.update(extra)
 
-    with folder_lock(out_dir):
+    with lock_beside(out_dir):
         remove_stale_directories(out_dir)  # what killed exports to out_dir left
         with atomic_directory(out_dir) as folder:
             if onnx:

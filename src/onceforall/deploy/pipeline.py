@@ -35,6 +35,7 @@ from ..training.config import SpecializeConfig
 from ..training.forecast import Forecast
 from ..training.run_dir import start_over
 from . import forecast as later
+from .run_inputs import evaluator_for_run
 from .specialize import Specialized, search_costs, search_space, spread_latency_targets
 from .steps import (
     accuracy_dataset_step,
@@ -42,10 +43,9 @@ from .steps import (
     latency_table_step,
     predictor_step,
     specialize_step,
-    test_evaluator,
 )
 
-__all__ = ["SpecializeConfig", "RunSummary", "run_pipeline", "test_evaluator"]
+__all__ = ["SpecializeConfig", "RunSummary", "run_pipeline"]
 
 
 @dataclass
@@ -166,7 +166,7 @@ def _run_steps(
     metric = "macs" if table is None else "latency_ms"
     targets = settings.targets or spread_latency_targets(costs[metric], settings.num_targets)
     say(f"[5/6] specialising for {', '.join(targets)}")
-    evaluator = test_evaluator(config, data)
+    evaluator = evaluator_for_run(config, data)
     with _timed(forecast, later.SPECIALISE):
         chosen = specialize_step(
             layout,
@@ -196,7 +196,8 @@ def _run_steps(
                     layout.export(row.target),
                     evaluator=evaluator,
                     threads=threads,
-                    extra_metadata={"source_run": str(layout.root), "target": row.target},
+                    extra_metadata={"target": row.target},
+                    run=layout,
                 )
                 exports.append(result.out_dir)
     return RunSummary(
@@ -226,6 +227,9 @@ def _measure_accuracy(
     on it (a saved one is reused); returns the predictor, its report and the rows."""
     settings = config.specialize
     say(f"[2/6] accuracy dataset: {settings.acc_dataset_archs} sub-networks")
+    stale = _stale_rows(layout, config)
+    if stale:
+        say(f"[2/6] {layout.accuracy_dataset} was measured otherwise ({stale}): measuring again")
     planned = {w.name: w for w in forecast.later}
     start = time.perf_counter()
     dataset = accuracy_dataset_step(
@@ -236,6 +240,7 @@ def _measure_accuracy(
         seed=config.seed,
         device=device,
         progress=progress,
+        start_over=True,  # rows measured otherwise (said above) are measured again
     )
     if later.ACCURACY_DATASET in planned:  # its speed sharpens the forecast of the rest
         seconds = time.perf_counter() - start
@@ -246,8 +251,8 @@ def _measure_accuracy(
         if forecast.later:
             say(forecast.line())
 
-    # 3. Accuracy predictor (a saved one is reused).
-    if layout.accuracy_predictor.is_file():
+    # 3. Accuracy predictor (a saved one is reused unless fitted on another supernet).
+    if layout.accuracy_predictor.is_file() and not stale:
         say(f"[3/6] accuracy predictor: reusing {layout.accuracy_predictor}")
     with _timed(forecast, "predictor"):
         fitted = predictor_step(
@@ -262,6 +267,23 @@ def _measure_accuracy(
     if report is not None:
         say(f"[3/6] accuracy predictor: {report}")
     return fitted.predictor, report, dataset.rows
+
+
+def _stale_rows(layout: RunLayout, config: TrainConfig) -> str:
+    """How the run's accuracy dataset, if any, was measured otherwise than now (another
+    supernet, other numbers of images); empty when it was not."""
+    from ..predictors.dataset import (
+        measurement_settings,
+        read_accuracy_dataset,
+        settings_differences,
+    )
+
+    if not layout.accuracy_dataset.is_file():
+        return ""
+    now = measurement_settings(
+        layout.root, config.bn_recal_images, config.specialize.acc_eval_images
+    )
+    return "; ".join(settings_differences(read_accuracy_dataset(layout.accuracy_dataset), now))
 
 
 def _time_latency_table(
@@ -292,6 +314,7 @@ def _time_latency_table(
             threads=settings.latency_threads,
             repeats=settings.latency_repeats,
             progress=progress,
+            run=layout,
         ).table
     return table, layout.latency_table
 

@@ -5,6 +5,15 @@ commands (``ofa acc-dataset``, ``train-predictor``, ``latency-table``, ``search`
 Each step takes what it works on explicitly (the run's :class:`RunLayout`, its config,
 the supernet, ...), writes its file where the layout says unless told otherwise, and
 returns a typed result. Printing is left to the callers.
+
+A step that writes into a run holds the run's lock
+(:func:`~onceforall.storage.run_guard.run_lock`; ``ofa run`` already holds it, and the
+lock is re-entrant); one that writes elsewhere locks what it writes
+(:func:`~onceforall.storage.run_guard.lock_beside`). What a step makes from the supernet
+records its digest (:func:`~onceforall.training.run_dir.supernet_digest`), and the run's
+own predictor is refused once the supernet changed. A latency table records none: it
+times the blocks' shapes, which the weights do not change, and it is checked against the
+supernet's blocks when it is read.
 """
 
 from __future__ import annotations
@@ -15,11 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
-from ..compat.latency_tables import open_latency_table
-from ..compat.predictors import open_predictor
-from ..errors import RunDirectoryError
 from ..evaluation import SubnetEvaluator
 from ..latency.base import LatencyModel
 from ..latency.table import LatencyTable
@@ -33,8 +37,9 @@ from ..predictors import (
 from ..predictors.base import ArchPredictor
 from ..search import evolutionary_search, random_search
 from ..storage.atomic import write_text_atomic
+from ..storage.run_guard import lock_beside, run_lock
 from ..storage.run_layout import RunLayout
-from ..training import TrainConfig
+from ..training.run_dir import supernet_digest
 from .export import ExportResult, export_subnet
 from .specialize import Specialized, parse_target, search_costs, search_space, specialize
 
@@ -47,62 +52,10 @@ __all__ = [
     "accuracy_dataset_step",
     "export_step",
     "latency_table_step",
-    "load_predictor_and_table",
-    "memory_format",
     "predictor_step",
     "search_step",
     "specialize_step",
-    "targets_need_latency",
-    "test_evaluator",
 ]
-
-
-# ------------------------------------------------------------------ shared helpers
-def memory_format(config: TrainConfig) -> torch.memory_format:
-    """The memory format the run trains and measures in."""
-    return torch.channels_last if config.channels_last else torch.contiguous_format
-
-
-def test_evaluator(config: TrainConfig, data: str | os.PathLike) -> SubnetEvaluator:
-    """Measures sub-networks of a run on its test split, BN-recalibrated on its held-out
-    training images (the same splits the run trained with)."""
-    splits = config.open_splits(data)
-    return SubnetEvaluator(
-        splits.holdout,
-        splits.test,
-        calibration_images=config.bn_recal_images,
-        num_workers=config.num_workers,
-        seed=config.seed,
-        memory_format=memory_format(config),
-    )
-
-
-def targets_need_latency(targets: Sequence[str]) -> bool:
-    """Whether any target constrains latency (and so needs a latency table)."""
-    return any("latency" in t for t in targets)
-
-
-def load_predictor_and_table(
-    layout: RunLayout,
-    supernet: Supernet,
-    *,
-    predictor_path: str | os.PathLike | None = None,
-    table_path: str | os.PathLike | None = None,
-    need_table: bool = False,
-) -> tuple[ArchPredictor, LatencyModel | None]:
-    """The run's accuracy predictor and, when there is one, its latency table (default
-    paths: the layout's). Either may be ours or the authors' files as they ship them (a
-    predictor ``.pth``, a folder of lookup-table YAML files), recognised by content and
-    checked against ``supernet``. A table that was asked for by path or that
-    ``need_table`` requires and is missing is an error naming the command that builds it."""
-    predictor = open_predictor(predictor_path or layout.accuracy_predictor, supernet)
-    path = Path(table_path or layout.latency_table)
-    table = None
-    if path.exists():
-        table = open_latency_table(path, supernet)
-    elif need_table or table_path:
-        raise RunDirectoryError(f"no latency table at {path}; build one: ofa latency-table")
-    return predictor, table
 
 
 # ------------------------------------------------------------------ the steps
@@ -125,6 +78,7 @@ def accuracy_dataset_step(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    start_over: bool = False,
 ) -> AccuracyDataset:
     """Build (or resume, row by row) the accuracy dataset of the run (default file: the
     layout's); see :func:`onceforall.predictors.accuracy_dataset_for_run`."""
@@ -138,6 +92,7 @@ def accuracy_dataset_step(
         seed=seed,
         device=device,
         progress=progress,
+        start_over=start_over,
     )
     return AccuracyDataset(path, rows)
 
@@ -163,19 +118,27 @@ def predictor_step(
     seed: int = 0,
 ) -> PredictorResult:
     """Fit the accuracy predictor on the dataset ``rows`` and save it (default file: the
-    layout's); with ``reuse``, a predictor already saved there is loaded instead."""
+    layout's), recording the supernet the rows were measured on; with ``reuse``, a
+    predictor already saved there is loaded instead, unless it was fitted on another
+    supernet's rows."""
     path = Path(out or layout.accuracy_predictor)
-    if reuse and path.is_file():
-        return PredictorResult(AccuracyPredictor.load(path, space=space), path, None)
-    predictor, report = fit_accuracy_predictor(
-        space,
-        [r["arch"] for r in rows],
-        [r["accuracy"] for r in rows],
-        val_fraction=val_fraction,
-        epochs=epochs,
-        seed=seed,
-    )
-    return PredictorResult(predictor, predictor.save(path), report)
+    measured_on = {(r.get("measured_with") or {}).get("supernet_sha256") for r in rows}
+    digest = next(iter(measured_on)) if len(measured_on) == 1 else None
+    with run_lock(layout.root):
+        if reuse and path.is_file():
+            saved = AccuracyPredictor.load(path, space=space)
+            if saved.supernet_sha256 == digest or digest is None:
+                return PredictorResult(saved, path, None)
+        predictor, report = fit_accuracy_predictor(
+            space,
+            [r["arch"] for r in rows],
+            [r["accuracy"] for r in rows],
+            val_fraction=val_fraction,
+            epochs=epochs,
+            seed=seed,
+        )
+        predictor.supernet_sha256 = digest
+        return PredictorResult(predictor, predictor.save(path), report)
 
 
 @dataclass
@@ -199,11 +162,39 @@ def latency_table_step(
     resolutions: Sequence[int] | None = None,
     repeats: int = 30,
     progress: bool = True,
+    run: RunLayout | None = None,
 ) -> LatencyTableResult:
-    """Time ``supernet``'s blocks on this device and save the table to ``out``. With
-    ``reuse`` a table already at ``out`` is loaded as it is; with ``extend`` only what it
-    lacks is timed."""
-    path = Path(out)
+    """Time ``supernet``'s blocks on this device and save the table to ``out``, holding
+    the lock of the ``run`` it belongs to (else one beside ``out``). With ``reuse`` a
+    table already at ``out`` is loaded as it is; with ``extend`` only what it lacks is
+    timed."""
+    with run_lock(run.root) if run is not None else lock_beside(out):
+        return _latency_table(
+            supernet,
+            Path(out),
+            reuse,
+            extend,
+            backend,
+            threads,
+            batch_size,
+            resolutions,
+            repeats,
+            progress,
+        )
+
+
+def _latency_table(
+    supernet: Supernet,
+    path: Path,
+    reuse: bool,
+    extend: bool,
+    backend: str,
+    threads: int | None,
+    batch_size: int,
+    resolutions: Sequence[int] | None,
+    repeats: int,
+    progress: bool,
+) -> LatencyTableResult:
     if reuse and path.is_file():
         return LatencyTableResult(LatencyTable.load(path, supernet), path, True)
     existing = LatencyTable.load(path, supernet) if extend and path.is_file() else None
@@ -306,7 +297,39 @@ def specialize_step(
 ) -> SpecializeResult:
     """Search per target, measure the winners for real (see
     :func:`~onceforall.deploy.specialize.specialize`) and write them as JSON (default
-    file: the layout's). ``supernet`` is put in the evaluator's memory format."""
+    file: the layout's), each with the supernet's digest. ``supernet`` is put in the
+    evaluator's memory format."""
+    with run_lock(layout.root):
+        return _specialize(
+            layout,
+            supernet,
+            predictor,
+            targets,
+            evaluator,
+            latency_table,
+            random_baseline,
+            seed,
+            population,
+            generations,
+            out,
+            progress,
+        )
+
+
+def _specialize(
+    layout: RunLayout,
+    supernet: Supernet,
+    predictor: ArchPredictor,
+    targets: Sequence[str],
+    evaluator: SubnetEvaluator,
+    latency_table: LatencyModel | None,
+    random_baseline: int,
+    seed: int,
+    population: int,
+    generations: int,
+    out: str | os.PathLike | None,
+    progress: bool,
+) -> SpecializeResult:
     supernet.to(memory_format=evaluator.memory_format)
     chosen = specialize(
         supernet,
@@ -320,9 +343,9 @@ def specialize_step(
         generations=generations,
         progress=progress,
     )
-    path = write_text_atomic(
-        out or layout.specialized, json.dumps([c.to_dict() for c in chosen], indent=1) + "\n"
-    )
+    digest = {"supernet_sha256": supernet_digest(layout.root)}
+    records = [c.to_dict() | digest for c in chosen]
+    path = write_text_atomic(out or layout.specialized, json.dumps(records, indent=1) + "\n")
     return SpecializeResult(chosen, path)
 
 
@@ -335,9 +358,15 @@ def export_step(
     onnx: bool = True,
     threads: int | None = None,
     extra_metadata: dict[str, Any] | None = None,
+    run: RunLayout | None = None,
 ) -> ExportResult:
     """Export ``arch`` to the folder ``out``, BN-recalibrated and measured on the same
-    images as specialisation (so the export's top-1 is the one ``specialize`` measured)."""
+    images as specialisation (so the export's top-1 is the one ``specialize`` measured).
+    With the ``run`` the supernet comes from, its metadata names the run and the
+    supernet's digest."""
+    if run is not None:
+        source = {"source_run": str(run.root), "supernet_sha256": supernet_digest(run.root)}
+        extra_metadata = source | dict(extra_metadata or {})
     return export_subnet(
         supernet,
         arch,

@@ -61,6 +61,9 @@ class AccuracyPredictor(nn.Module):
         modules.append(nn.Linear(widths[-1], 1, bias=False))
         self.mlp = nn.Sequential(*modules)
         self.register_buffer("base_accuracy", torch.tensor(float(base_accuracy)))
+        # The digest of the supernet whose sub-networks it was fitted on, when known
+        # (see onceforall.training.run_dir.supernet_digest); saved with it.
+        self.supernet_sha256: str | None = None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Predicted accuracy ``(N,)`` from encodings ``(N, encoding_size)``."""
@@ -141,6 +144,8 @@ class AccuracyPredictor(nn.Module):
             "layers": self.layers,
             "state_dict": self.state_dict(),
         }
+        if self.supernet_sha256 is not None:
+            payload["supernet_sha256"] = self.supernet_sha256
         with atomic_file(path) as file:
             torch.save(payload, file)
         return Path(path)
@@ -176,6 +181,8 @@ class AccuracyPredictor(nn.Module):
         saved_space = _space_class(kind)(**{k: tuple(v) for k, v in fields.items()})
         predictor = cls(saved_space, hidden=payload["hidden"], layers=payload["layers"])
         predictor.load_state_dict(payload["state_dict"])
+        digest = payload.get("supernet_sha256")
+        predictor.supernet_sha256 = digest if isinstance(digest, str) else None
         if space is not None:
             predictor.check_space(space)
         return predictor.eval()

@@ -5,6 +5,11 @@ Each row is ``{"arch": {...}, "resolution": r, "accuracy": top-1 percent, "macs"
 test split). Rows are appended and flushed as they are measured, so an interrupted build
 resumes without redoing finished rows; under torchrun each rank measures every
 ``world_size``-th arch into a file of its own and rank 0 merges them at the end.
+
+A row also records what it was measured with (``"measured_with"``: the supernet's digest,
+the numbers of calibration and evaluation images): rows measured otherwise are never mixed
+into one file; resuming with other settings is refused (or, asked to, starts the file
+over), so a predictor is never fitted on a mixture.
 """
 
 from __future__ import annotations
@@ -13,16 +18,17 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from ..arch import ArchValue, Space
-from ..errors import FileFormatError, InputNotFoundError
+from ..errors import FileFormatError, InputNotFoundError, StaleResultError
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
 from ..storage.atomic import write_text_atomic
+from ..storage.run_guard import run_lock
 from ..storage.run_layout import RunLayout
 from ..training.distributed import DistEnv, barrier
 
@@ -30,8 +36,10 @@ __all__ = [
     "accuracy_dataset_for_run",
     "build_accuracy_dataset",
     "dataset_archs",
+    "measurement_settings",
     "pending_archs",
     "read_accuracy_dataset",
+    "settings_differences",
 ]
 
 
@@ -107,6 +115,48 @@ def _part_path(path: Path, rank: int) -> Path:
     return path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
 
 
+def settings_differences(
+    rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]
+) -> list[str]:
+    """How the rows' ``measured_with`` differ from ``settings`` (``name: theirs -> now``,
+    each difference once); empty when every row was measured with ``settings``."""
+    found: list[str] = []
+    for row in rows:
+        theirs = row.get("measured_with")
+        if not isinstance(theirs, dict):
+            note = "measured_with: not recorded (an older version wrote the row) -> recorded"
+            found += [note] if note not in found else []
+            continue
+        for name in sorted(set(settings) | set(theirs)):
+            if theirs.get(name) != settings.get(name):
+                note = f"{name}: {theirs.get(name)!r} -> {settings.get(name)!r}"
+                found += [note] if note not in found else []
+    return found
+
+
+def _check_settings(
+    files: Sequence[Path], settings: Mapping[str, Any] | None, start_over: bool
+) -> list[str]:
+    """Refuse (or, with ``start_over``, delete) dataset ``files`` whose rows were measured
+    with other ``settings``; returns the differences found."""
+    if settings is None:
+        return []
+    present = [p for p in files if p.is_file()]
+    differences = [
+        d for p in present for d in settings_differences(read_accuracy_dataset(p), settings)
+    ]
+    if differences and not start_over:
+        shown = "; ".join(dict.fromkeys(differences))
+        raise StaleResultError(
+            f"{files[0]} holds rows measured with other settings ({shown}); adding rows "
+            "would mix them: delete the file, write a new one (--out), or measure with the "
+            "same settings"
+        )
+    for path in present if differences else ():
+        path.unlink()
+    return list(dict.fromkeys(differences))
+
+
 def build_accuracy_dataset(
     supernet: Supernet,
     evaluator: SubnetEvaluator,
@@ -115,12 +165,23 @@ def build_accuracy_dataset(
     *,
     env: DistEnv | None = None,
     progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
+    start_over: bool = False,
 ) -> list[dict[str, Any]]:
-    """Measure ``archs`` (skipping those already in ``out``) and return all rows."""
+    """Measure ``archs`` (skipping those already in ``out``) and return their rows.
+
+    With ``settings`` (what the measurement depends on) each row records them, and rows
+    already in ``out`` measured otherwise are refused with a StaleResultError, or, with
+    ``start_over``, deleted first."""
     env = env or DistEnv()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     mine = out if env.world_size == 1 else _part_path(out, env.rank)
+    if env.is_main:
+        _check_settings(
+            [out] + [_part_path(out, r) for r in range(env.world_size)], settings, start_over
+        )
+    barrier(env)
     done: set[str] = set()
     for path in [out] + [_part_path(out, r) for r in range(env.world_size)]:
         if path.is_file():
@@ -148,6 +209,8 @@ def build_accuracy_dataset(
                 "macs": supernet.macs(arch),
                 "params": supernet.params(arch),
             }
+            if settings is not None:
+                row["measured_with"] = dict(settings)
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -169,7 +232,10 @@ def build_accuracy_dataset(
         for rank in range(env.world_size):
             _part_path(out, rank).unlink(missing_ok=True)
     barrier(env)
-    return read_accuracy_dataset(out) if env.is_main or env.world_size == 1 else []
+    if not env.is_main:
+        return []
+    asked = {_key(a) for a in archs}  # the file may hold more (an earlier, larger build)
+    return [r for r in read_accuracy_dataset(out) if _key(r["arch"]) in asked]
 
 
 def accuracy_dataset_for_run(
@@ -184,19 +250,68 @@ def accuracy_dataset_for_run(
     device: str | None = None,
     num_workers: int | None = None,
     progress: bool = True,
+    start_over: bool = False,
 ) -> tuple[Path, list[dict[str, Any]]]:
-    """Build (or resume) the accuracy dataset of a training run directory.
+    """Build (or resume) the accuracy dataset of a training run directory, holding its
+    lock.
 
     The run's held-out images are split in two: ``calibration_images`` (default: the
     run's ``bn_recal_images``) re-estimate each sub-network's BN statistics and the rest
-    (at most ``eval_images``) measure its accuracy. Returns the file and its rows.
-    Under torchrun the archs are shared out between ranks.
+    (at most ``eval_images``) measure its accuracy. Returns the file and the rows of the
+    ``num_archs`` archs. Rows measured from another supernet or with other numbers of
+    images are refused (with ``start_over``: measured again). Under torchrun the archs
+    are shared out between ranks.
     """
-    from ..data import split_holdout, subset_for_budget
-    from ..training import load_run
+    from contextlib import nullcontext
+
     from ..training.distributed import init_distributed
 
     env = init_distributed(device)
+    with run_lock(run_dir) if env.is_main else nullcontext():
+        return _dataset_for_run(
+            run_dir,
+            data,
+            env,
+            out,
+            num_archs,
+            calibration_images,
+            eval_images,
+            seed,
+            num_workers,
+            progress,
+            start_over,
+        )
+
+
+def measurement_settings(
+    run_dir: str | os.PathLike, calibration_images: int, eval_images: int | None
+) -> dict[str, Any]:
+    """What the rows of a run's accuracy dataset depend on besides the arch."""
+    from ..training.run_dir import supernet_digest
+
+    return {
+        "supernet_sha256": supernet_digest(run_dir),
+        "calibration_images": calibration_images,
+        "eval_images": eval_images or None,
+    }
+
+
+def _dataset_for_run(
+    run_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    env: DistEnv,
+    out: str | os.PathLike | None,
+    num_archs: int,
+    calibration_images: int | None,
+    eval_images: int | None,
+    seed: int,
+    num_workers: int | None,
+    progress: bool,
+    start_over: bool,
+) -> tuple[Path, list[dict[str, Any]]]:
+    from ..data import split_holdout, subset_for_budget
+    from ..training import load_run
+
     config, net = load_run(run_dir)
     net = net.to(env.device)
     splits = config.open_splits(data)
@@ -217,5 +332,15 @@ def accuracy_dataset_for_run(
     net = net.to(memory_format=memory_format)
     out = Path(out) if out else RunLayout(run_dir).accuracy_dataset
     archs = dataset_archs(net.space, num_archs, seed)
-    rows = build_accuracy_dataset(net, evaluator, archs, out, env=env, progress=progress)
+    settings = measurement_settings(run_dir, calibration_images, eval_images)
+    rows = build_accuracy_dataset(
+        net,
+        evaluator,
+        archs,
+        out,
+        env=env,
+        progress=progress,
+        settings=settings,
+        start_over=start_over,
+    )
     return out, rows

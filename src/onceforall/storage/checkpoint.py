@@ -57,6 +57,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointWarning",
     "list_checkpoints",
+    "checkpoint_digest",
     "load_checkpoint",
     "load_latest_checkpoint",
     "save_checkpoint",
@@ -242,6 +243,19 @@ def _complete_checkpoints(directory: Path) -> list[Path]:
         else:
             _move_aside(path)
     return found
+
+
+def checkpoint_digest(path: PathLike) -> str | None:
+    """The SHA-256 (hex) of the checkpoint's contents as its footer records it (64 bytes
+    read, nothing verified), or None for a file that does not look complete. Files made
+    from a checkpoint record it to say which weights they came from."""
+    path = Path(path)
+    if not _looks_complete(path):
+        return None
+    with path.open("rb") as f:
+        f.seek(-_FOOTER.size, os.SEEK_END)
+        _, digest, _ = _FOOTER.unpack(f.read(_FOOTER.size))
+    return digest.hex()
 
 
 # ----------------------------------------------------------------------------- loading

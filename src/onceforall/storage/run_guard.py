@@ -15,9 +15,9 @@ A run directory holds days of work, so two rules guard it:
   (search, predict) take no lock. The lock is re-entrant within a process (``ofa run``
   holds it and the training inside takes it again).
 
-A folder that is replaced as a whole (an export, see
-:func:`onceforall.storage.atomic.atomic_directory`) is locked the same way through a
-hidden ``.NAME.lock`` file beside it (:func:`folder_lock`).
+A file or folder outside a run that is replaced as a whole (an export, see
+:func:`onceforall.storage.atomic.atomic_directory`; a latency table) is locked the same
+way through a hidden ``.NAME.lock`` file beside it (:func:`lock_beside`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ __all__ = [
     "MARKER_FORMAT",
     "claim_run_directory",
     "exclusive_lock",
-    "folder_lock",
+    "lock_beside",
     "remove_run_directory",
     "run_lock",
 ]
@@ -77,7 +77,7 @@ def claim_run_directory(root: PathLike) -> RunLayout:
         return layout
     if layout.root.exists() and not layout.root.is_dir():
         raise RunDirectoryError(f"{root} is a file, not a run directory")
-    if layout.root.is_dir() and any(layout.root.iterdir()):
+    if layout.root.is_dir() and any(p != layout.lock for p in layout.root.iterdir()):
         if not _is_run_from_before_markers(layout):
             raise RunDirectoryError(
                 f"{root} is not empty and is not a run directory (no {marker.name}): "
@@ -124,12 +124,13 @@ def run_lock(root: PathLike) -> Iterator[None]:
         yield
 
 
-def folder_lock(folder: PathLike) -> Any:
-    """The lock of a folder that is replaced as a whole (an export): a hidden
-    ``.NAME.lock`` file beside it, since the folder itself is swapped."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return exclusive_lock(folder.with_name(f".{folder.name}.lock"), str(folder))
+def lock_beside(path: PathLike) -> Any:
+    """The lock of a file or folder that is replaced as a whole (an export, a latency
+    table outside a run): a hidden ``.NAME.lock`` file beside it, since the path itself
+    is swapped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return exclusive_lock(path.with_name(f".{path.name}.lock"), str(path))
 
 
 @contextmanager

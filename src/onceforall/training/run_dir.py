@@ -25,7 +25,7 @@ import yaml
 from ..errors import ConfigError, RunDirectoryError
 from ..models import Supernet, create_supernet
 from ..storage.atomic import write_text_atomic
-from ..storage.checkpoint import list_checkpoints, load_latest_checkpoint
+from ..storage.checkpoint import checkpoint_digest, list_checkpoints, load_latest_checkpoint
 from ..storage.run_guard import remove_run_directory
 from ..storage.run_layout import RunLayout
 from .config import TrainConfig
@@ -38,6 +38,7 @@ __all__ = [
     "config_differences",
     "load_run",
     "start_over",
+    "supernet_digest",
     "write_run_config",
     "write_training_done",
 ]
@@ -101,6 +102,18 @@ def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfi
     net = build_supernet(config, num_classes=state["classifier.weight"].shape[0])
     net.load_state_dict(state)
     return config, net.eval()
+
+
+def supernet_digest(run_dir: str | Path) -> str | None:
+    """The SHA-256 (hex) of the run's newest supernet checkpoint, as its footer records
+    it: files made from the supernet (accuracy dataset, predictor, exports) record it, so
+    that they are refused once the supernet changed (training resumed, weights replaced).
+    None while the run has no supernet."""
+    for path in reversed(list_checkpoints(RunLayout(run_dir).supernet)):
+        digest = checkpoint_digest(path)
+        if digest is not None:
+            return digest
+    return None
 
 
 # Config fields a resumed run may change: they do not change what it computes.
