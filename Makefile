@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-all lint bench setup data clean
+.PHONY: demo test test-slow test-all lint bench setup data clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,11 @@ lint: setup
 
 test: setup data lint
 	$(PY) -m pytest -q
+
+# The slow tests alone (crash consistency, ResNet-50 end to end, ...); CI runs them
+# after `make test`.
+test-slow: setup data
+	$(PY) -m pytest -q -m slow
 
 # Everything, slow tests included.
 test-all: setup data lint
