@@ -101,7 +101,7 @@ def test_predictor_save_load_round_trip_and_space_check(tmp_path: Path) -> None:
 def test_predictor_load_refuses_garbage(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a predictor at all")
-    with pytest.raises(ValueError, match="not a readable accuracy predictor"):
+    with pytest.raises(ValueError, match="cannot be read as a weights-only PyTorch file"):
         AccuracyPredictor.load(bad)
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an onceforall accuracy predictor"):

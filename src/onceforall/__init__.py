@@ -26,6 +26,7 @@ from .errors import (
     RunDirectoryError,
     StaleResultError,
     UnknownNameError,
+    UnwritablePathError,
 )
 from .latency.table import LatencyTableError
 from .models import (
@@ -67,6 +68,7 @@ __all__ = [
     "TrainingDiverged",
     "UnknownNameError",
     "UnreadableImagesError",
+    "UnwritablePathError",
     "build_subnet",
     "create_supernet",
     "list_supernets",

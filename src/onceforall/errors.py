@@ -13,6 +13,7 @@ re-exported at the package's top level (``onceforall.ArchError``, ...):
 ``FileFormatError``            a file that is truncated, unreadable or of another format
 ``UnknownNameError``           an unknown supernet, stage or preset name (lists the known)
 ``InputNotFoundError``         a file or folder the user named that is not there
+``UnwritablePathError``        a path to write that cannot be (a file where a folder goes)
 ``RunDirectoryError``          a run directory that lacks what a step needs
 ``StaleResultError``           a result made from another supernet or with other settings
 ``DatasetNotFoundError``       no dataset where it was looked for
@@ -32,6 +33,9 @@ re-exported at the package's top level (``onceforall.ArchError``, ...):
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 __all__ = [
     "ConfigError",
     "FileFormatError",
@@ -41,6 +45,8 @@ __all__ = [
     "RunDirectoryError",
     "StaleResultError",
     "UnknownNameError",
+    "UnwritablePathError",
+    "check_whole_number",
 ]
 
 
@@ -49,8 +55,9 @@ class OnceForAllError(Exception):
 
 
 class ConfigError(OnceForAllError, ValueError):
-    """A config (YAML file, preset, ``--set`` override, supernet setting) that does not
-    parse; the message names the key."""
+    """A config (YAML file, preset, ``--set`` override, supernet setting) or a setting
+    of a step (a target, a population, a number of images) that does not parse or is
+    out of range; the message names the key."""
 
 
 class FileFormatError(OnceForAllError, ValueError):
@@ -71,6 +78,11 @@ class InputNotFoundError(OnceForAllError, FileNotFoundError):
     the message names the path."""
 
 
+class UnwritablePathError(OnceForAllError, OSError):
+    """A path the user named to write to that cannot be written: a folder where a file
+    goes, a file where a folder goes, no permission; the message names it."""
+
+
 class RunDirectoryError(InputNotFoundError):
     """A run directory that lacks what a step needs (its config, weights, predictor,
     latency table); the message names the path and the command that makes it."""
@@ -84,3 +96,10 @@ class StaleResultError(RunDirectoryError):
 
 class MissingDependencyError(OnceForAllError, ImportError):
     """An optional package is not installed; the message names the extra to install."""
+
+
+def check_whole_number(name: str, value: Any, at_least: int) -> None:
+    """Raise :class:`ConfigError` naming ``name`` unless ``value`` is a whole number
+    (not a bool) of at least ``at_least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < at_least:
+        raise ConfigError(f"{name} must be a whole number >= {at_least}, not {value!r}")

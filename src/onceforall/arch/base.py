@@ -16,11 +16,15 @@ __all__ = [
     "ArchInput",
     "ArchValue",
     "Genome",
+    "MIN_RESOLUTION",
     "Space",
     "choices_text",
     "describe_resolutions",
     "is_int",
 ]
+
+
+MIN_RESOLUTION = 16  # below, the stem and first stride-2 stages leave no spatial extent
 
 
 class ArchError(OnceForAllError, ValueError):

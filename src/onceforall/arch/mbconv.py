@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
+from ..storage.reading import loads_json
 from .base import ArchError, choices_text, describe_resolutions, is_int
 from .mbconv_genes import GenomeLayout, mbconv_genome
 
@@ -127,7 +128,7 @@ class MBConvSpace:
     def _parse(self, arch: ArchLike) -> MBConvArch:
         if isinstance(arch, str):
             try:
-                arch = json.loads(arch)
+                arch = loads_json(arch)
             except json.JSONDecodeError as exc:
                 raise ArchError(f"arch is not valid JSON: {exc}") from None
         if isinstance(arch, MBConvArch):

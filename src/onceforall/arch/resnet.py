@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
+from ..storage.reading import loads_json
 from .base import ArchError, choices_text, describe_resolutions, is_int
 from .resnet_genes import ResNetGenome, resnet_genome
 from .resnet_open import OpenResNetSpace
@@ -170,7 +171,7 @@ class ResNetSpace:
     def _parse(self, arch: ResNetArchLike) -> ResNetArch:
         if isinstance(arch, str):
             try:
-                arch = json.loads(arch)
+                arch = loads_json(arch)
             except json.JSONDecodeError as exc:
                 raise ArchError(f"arch is not valid JSON: {exc}") from None
         if isinstance(arch, ResNetArch):

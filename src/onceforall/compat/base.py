@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..errors import InputNotFoundError, OnceForAllError
+from ..errors import FileFormatError, OnceForAllError
+from ..storage.reading import read_weights_only
 from ..storage.state_dicts import state_dict_problems
 
 __all__ = [
@@ -113,14 +114,10 @@ def conv_bn_keys(ours: Iterable[str], prefix: str, theirs: str, nested: bool) ->
 
 
 def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
-    if not path.is_file():
-        raise InputNotFoundError(f"no reference checkpoint at {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ReferenceCheckpointError(
-            f"{path} cannot be read as a weights-only PyTorch file: {exc}"
-        ) from exc
+        data = read_weights_only(path, "reference checkpoint")
+    except FileFormatError as exc:  # in one line, as a reference checkpoint's error
+        raise ReferenceCheckpointError(str(exc)) from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]  # their training checkpoints wrap it
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):

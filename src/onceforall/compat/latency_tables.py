@@ -32,8 +32,14 @@ from ..latency.base import LatencyModel, LatencyTableError, MissingResolutionErr
 from ..latency.table import LatencyTable
 from ..models import family_for
 from ..storage.atomic import write_text_atomic
+from ..storage.reading import read_text
 
-__all__ = ["AuthorsLatencyTable", "open_latency_table", "write_authors_tables"]
+__all__ = [
+    "AuthorsLatencyTable",
+    "check_latency_table",
+    "open_latency_table",
+    "write_authors_tables",
+]
 
 _FILE = re.compile(r"^(\d+)_lookup_table\.ya?ml$")
 _SHAPELESS = ("resolutions", "dropout", "bn_eps", "bn_momentum")
@@ -69,8 +75,11 @@ def _table_files(path: Path) -> dict[int, Path]:
 
 def _read_means(file: Path) -> dict[str, float]:
     """Key -> mean ms of one of their YAML files."""
+    text = read_text(file, "lookup table")
     try:
-        data = yaml.load(file.read_text(), Loader=_LOADER)  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    except RecursionError:
+        raise LatencyTableError(f"{file} is not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -213,6 +222,18 @@ def open_latency_table(path: str | os.PathLike, supernet: Any) -> LatencyModel:
     if path.is_file() and not _FILE.match(path.name):
         return LatencyTable.load(path, supernet)
     return read_authors_tables(path, supernet)
+
+
+def check_latency_table(path: str | os.PathLike) -> None:
+    """Read the latency table at ``path`` (as :func:`open_latency_table` would) without
+    a supernet: one that is missing, unreadable or damaged is refused now, before a
+    supernet exists to check it against."""
+    path = Path(path)
+    if path.is_file() and not _FILE.match(path.name):
+        LatencyTable.load(path)
+    else:
+        for file in _table_files(path).values():
+            _read_means(file)
 
 
 def write_authors_tables(

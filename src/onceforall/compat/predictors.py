@@ -28,11 +28,12 @@ from torch import nn
 
 from ..arch import ArchInput, Space
 from ..arch.base import describe_resolutions
-from ..errors import FileFormatError, InputNotFoundError
+from ..errors import FileFormatError
 from ..models import all_families, family_for, supernet_config
 from ..predictors.accuracy import AccuracyPredictor, PredictorMismatchError
 from ..predictors.base import ArchPredictor, GenePredictor
 from ..storage.atomic import atomic_file
+from ..storage.reading import read_weights_only
 from .base import AuthorsPredictorFormat
 
 __all__ = [
@@ -44,20 +45,6 @@ __all__ = [
 ]
 
 _SHAPELESS = ("resolutions", "dropout", "bn_eps", "bn_momentum")  # fix no weight's shape
-
-
-def read_weights_only(path: Path, what: str) -> Any:
-    """The contents of a PyTorch file, read with ``weights_only`` (a pickle that would
-    build any other object is refused, not run); errors in one line naming the file."""
-    if not path.is_file():
-        raise InputNotFoundError(f"no {what} at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a PyTorch file, or an unsafe pickle
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(
-            f"{path} cannot be read as a weights-only PyTorch file ({what}): {first}"
-        ) from None
 
 
 def _formats() -> list[AuthorsPredictorFormat]:

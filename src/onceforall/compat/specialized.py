@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..deploy.export import ExportResult, write_export
-from ..errors import InputNotFoundError
 from ..models import all_families, family_for, supernet_config
+from ..storage.reading import loads_json, read_text
 from .base import NetConfigError, load_mapped, read_state_dict
 
 __all__ = [
@@ -66,18 +66,21 @@ def subnet_from_net_config(
     ``net_config`` (a dict or a path to the JSON) run at ``resolution``. Their JSON does
     not record the input size: their model zoo lists it with each net (``image_size`` in
     its ``run.config``)."""
+    source = "net.config"
     if not isinstance(net_config, Mapping):
-        path = Path(net_config)
-        if not path.is_file():
-            raise InputNotFoundError(f"no net.config at {path}")
+        path = source = Path(net_config)
         try:
-            net_config = json.loads(path.read_text())
+            net_config = loads_json(read_text(path, "net.config"))
         except json.JSONDecodeError as exc:
             raise NetConfigError(f"{path} is not JSON: {exc}") from None
+        if not isinstance(net_config, Mapping):
+            raise NetConfigError(
+                f"{path} holds a JSON {type(net_config).__name__}, not a net.config"
+            )
     name = net_config.get("name")
     candidates = _candidates()
     if name not in candidates:
-        raise NetConfigError(f"net.config describes a {name!r}; supported: {', '.join(candidates)}")
+        raise NetConfigError(f"{source} describes a {name!r}; supported: {', '.join(candidates)}")
     failures = []
     for supernet in candidates[name]:
         try:

@@ -13,13 +13,12 @@ from .image_folder import ImageFolderDataset
 
 __all__ = ["open_dataset"]
 
-_LAYOUTS = (
-    "  - Fashion-MNIST: the name 'fashion-mnist' (reads "
-    f"{DEFAULT_FASHION_MNIST_ROOT}), or a folder holding the four IDX files "
+_LAYOUTS = (  # one line: the CLI prints errors in one
+    "Fashion-MNIST (the name 'fashion-mnist', which reads "
+    f"{DEFAULT_FASHION_MNIST_ROOT}, or a folder holding the four IDX files "
     "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-    "t10k-labels-idx1-ubyte (each may end in .gz);\n"
-    "  - an image folder in torchvision ImageFolder layout: "
-    "<folder>/train/<class>/*.jpg and <folder>/val/<class>/*.jpg"
+    "t10k-labels-idx1-ubyte, each may end in .gz), or an image folder in torchvision "
+    "ImageFolder layout (<folder>/train/<class>/*.jpg and <folder>/val/<class>/*.jpg)"
 )
 
 
@@ -50,4 +49,4 @@ def open_dataset(
         return FashionMNIST(split="train" if split == "train" else "test", **in_memory)
     else:
         problem = f"{path} is not a folder nor a known dataset name"
-    raise DatasetNotFoundError(f"{problem}. Accepted:\n{_LAYOUTS}")
+    raise DatasetNotFoundError(f"{problem}; accepted: {_LAYOUTS}")

@@ -21,17 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..compat.latency_tables import open_latency_table
+from ..compat.latency_tables import check_latency_table, open_latency_table
 from ..compat.predictors import open_predictor
 from ..latency.base import LatencyModel
 from ..models import Supernet
 from ..predictors.base import ArchPredictor
 from ..search import pareto_search
 from ..storage.checkpoint import list_checkpoints
+from ..storage.reading import read_weights_only
 from ..storage.run_guard import claim_run_directory, run_lock
 from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
 from ..training.config import SpecializeConfig
+from ..training.distributed import parse_device
 from ..training.forecast import Forecast
 from ..training.run_dir import start_over
 from . import forecast as later
@@ -93,6 +95,13 @@ def run_pipeline(
     started = time.perf_counter()
     layout = RunLayout(run_dir)
     say = _say(progress)
+    parse_device(device)  # before --fresh deletes anything
+    # The files given are read now (and checked against the supernet once it is trained):
+    # one missing or damaged fails before training, not after it.
+    if predictor is not None:
+        read_weights_only(predictor, "accuracy predictor")
+    if latency_table is not None:
+        check_latency_table(latency_table)
     if check_data:
         say(config.check_images(data, progress=progress))
     if fresh:

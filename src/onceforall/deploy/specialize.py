@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..arch import ArchValue, Space
 from ..arch.base import describe_resolutions
+from ..errors import check_whole_number
 from ..evaluation import SubnetEvaluator
 from ..latency.base import LatencyModel, LatencyTableError
 from ..models import Supernet
@@ -35,6 +36,7 @@ from ..search import (
     params_cost,
     parse_constraints,
 )
+from ..search.constraints import split_target
 
 __all__ = [
     "Specialized",
@@ -141,8 +143,9 @@ def search_costs(
 
 def parse_target(text: str, costs: dict[str, Cost]) -> list[Constraint]:
     """The constraints of one target: ``"latency_ms<=5,macs<=20M"`` is two, joined by
-    commas (spaces around them and empty pieces ignored), each parsed against ``costs``."""
-    return parse_constraints([t.strip() for t in text.split(",") if t.strip()], costs)
+    commas (spaces around them and empty pieces ignored), each parsed against ``costs``;
+    a target of none is a :class:`~onceforall.errors.ConfigError`."""
+    return parse_constraints(split_target(text), costs)
 
 
 def spread_latency_targets(
@@ -281,12 +284,14 @@ def specialize(
     tightened below the fastest sub-network's predicted latency: when even that misses,
     the fastest sub-network is what comes back, with ``meets_target`` False.
     """
+    check_whole_number("random_baseline", random_baseline, 0)
     predictor.check_supernet(supernet)
     space = search_space(supernet, predictor, latency_table)
     costs = search_costs(supernet, latency_table, space)
+    parsed = [parse_target(target, costs) for target in targets]  # all before any search
     results = []
-    for target in tqdm(targets, desc="specialise", disable=not progress, dynamic_ncols=True):
-        constraints = parse_target(target, costs)
+    bar = tqdm(targets, desc="specialise", disable=not progress, dynamic_ncols=True)
+    for target, constraints in zip(bar, parsed):
         row = _search_and_measure(
             supernet,
             space,

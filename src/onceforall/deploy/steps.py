@@ -36,7 +36,7 @@ from ..predictors import (
 )
 from ..predictors.base import ArchPredictor
 from ..search import evolutionary_search, random_search
-from ..storage.atomic import write_text_atomic
+from ..storage.atomic import check_file_target, write_text_atomic
 from ..storage.run_guard import lock_beside, run_lock
 from ..storage.run_layout import RunLayout
 from ..training.run_dir import supernet_digest
@@ -121,7 +121,7 @@ def predictor_step(
     layout's), recording the supernet the rows were measured on; with ``reuse``, a
     predictor already saved there is loaded instead, unless it was fitted on another
     supernet's rows."""
-    path = Path(out or layout.accuracy_predictor)
+    path = check_file_target(out or layout.accuracy_predictor)
     measured_on = {(r.get("measured_with") or {}).get("supernet_sha256") for r in rows}
     digest = next(iter(measured_on)) if len(measured_on) == 1 else None
     with run_lock(layout.root):
@@ -168,6 +168,7 @@ def latency_table_step(
     the lock of the ``run`` it belongs to (else one beside ``out``). With ``reuse`` a
     table already at ``out`` is loaded as it is; with ``extend`` only what it lacks is
     timed."""
+    check_file_target(out)  # now, not after the timing
     with run_lock(run.root) if run is not None else lock_beside(out):
         return _latency_table(
             supernet,
@@ -247,16 +248,19 @@ def search_step(
     """Search each target on the predictor alone (evolutionary, or ``random`` as a
     baseline), over the resolutions the predictor and table cover (:func:`search_space`);
     with ``out``, write the results there as JSON."""
+    if out is not None:
+        check_file_target(out)  # now, not after the search
     predictor.check_supernet(supernet)
     space = search_space(supernet, predictor, latency_table)
     costs = search_costs(supernet, latency_table, space)
     search = random_search if random else evolutionary_search
+    parsed = [parse_target(target, costs) for target in targets]  # all before any search
     results = []
-    for target in targets:
+    for target, constraints in zip(targets, parsed):
         found = search(
             space,
             predictor,
-            parse_target(target, costs),
+            constraints,
             population=population,
             generations=generations,
             seed=seed,
@@ -299,6 +303,7 @@ def specialize_step(
     :func:`~onceforall.deploy.specialize.specialize`) and write them as JSON (default
     file: the layout's), each with the supernet's digest. ``supernet`` is put in the
     evaluator's memory format."""
+    check_file_target(out or layout.specialized)  # now, not after the measuring
     with run_lock(layout.root):
         return _specialize(
             layout,

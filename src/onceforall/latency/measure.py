@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..errors import check_whole_number
 from ..storage.onnx_export import export_onnx
 
 __all__ = [
@@ -64,6 +65,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
     if threads is None:
         yield
         return
+    check_whole_number("threads", threads, 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -255,8 +257,8 @@ def measure_latency(
 ) -> LatencyStats:
     """Time ``model`` in eval mode on a random ``(batch, 3, r, r)`` input: ``warmup``
     untimed runs, then the median (and 10th / 90th percentiles) of ``repeats`` runs."""
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
+    check_whole_number("repeats", repeats, 1)
+    check_whole_number("batch_size", batch_size, 1)
     runner = make_runner(
         model,
         (batch_size, 3, resolution, resolution),

@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 
 from ..arch import Arch, ArchLike, MBConvSpace
 from ..arch.base import describe_resolutions
+from ..errors import check_whole_number
 from ..models.mbconv import OFAMBConvNet
 from ..storage.atomic import write_text_atomic
+from ..storage.reading import loads_json, read_text
 from . import parts as lp
 from .base import LatencyTableError, MissingResolutionError
 from .calibration import fit_calibration
@@ -238,8 +240,11 @@ class LatencyTable:
         table timed alike), only what it lacks is timed."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
-        if repeats < 1 or calibration_archs < 0:
-            raise ValueError("repeats must be at least 1 and calibration_archs at least 0")
+        check_whole_number("repeats", repeats, 1)
+        check_whole_number("calibration_archs", calibration_archs, 0)
+        check_whole_number("batch_size", batch_size, 1)
+        if threads is not None:
+            check_whole_number("threads", threads, 1)
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not {statistic!r}")
         if not supernet.family.additive_costs:
@@ -372,16 +377,30 @@ class LatencyTable:
     def load(cls, path: str | Path, supernet: OFAMBConvNet | None = None) -> LatencyTable:
         """Read a table written by :meth:`save`; with ``supernet``, refuse one built for
         a supernet of other shapes (:class:`LatencyTableError`)."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = loads_json(read_text(path, "latency table"))
+        except json.JSONDecodeError as exc:
+            raise LatencyTableError(f"{path} is not a latency table: not JSON ({exc})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LatencyTableError(f"{path} is not a onceforall latency table")
-        if data.get("version") == 1:
-            data = _upgrade_from_v1(data)
-        if data.get("version") != VERSION:
+        if data.get("version") not in (1, VERSION):
             raise LatencyTableError(
                 f"{path} is a version {data.get('version')} latency table; "
                 f"this onceforall reads versions 1 and {VERSION}"
             )
+        try:
+            table = cls._from_data(data if data["version"] == VERSION else _upgrade_from_v1(data))
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+            raise LatencyTableError(f"{path} is a damaged latency table ({problem})") from None
+        if supernet is not None:
+            table.check_compatible(supernet, f"latency table {path}")
+        return table
+
+    @classmethod
+    def _from_data(cls, data: dict[str, Any]) -> LatencyTable:
+        """The table a version-2 record holds (an error of the record's shape raises
+        whatever the Python that reads it raises)."""
         fp = data["fingerprint"]
         table = cls(**{name: data[name] for name in _SAVED_FIELDS})
         table.resolutions = tuple(table.resolutions)
@@ -399,8 +418,6 @@ class LatencyTable:
             for k, per_e in zip(fp["kernel_sizes"], per_k)
             for e, key in zip(fp["expand_ratios"], per_e)
         }
-        if supernet is not None:
-            table.check_compatible(supernet, f"latency table {path}")
         return table
 
 

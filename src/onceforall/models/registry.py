@@ -8,14 +8,15 @@ registers itself (:func:`~.family.register_family`) and its named variants
 from __future__ import annotations
 
 from dataclasses import fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from torch import nn
 
 from ..arch import MBConvSpace, ResNetSpace
+from ..arch.base import MIN_RESOLUTION, is_int
 from ..compat.mbconv import MBCONV_REFERENCE
 from ..compat.resnet import RESNET_REFERENCE
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, UnknownNameError, check_whole_number
 from .base import Supernet
 from .family import Family, family_for, register_family
 from .mbconv import MBConvNetConfig, MBConvSubnet, OFAMBConvNet, proxyless_config
@@ -94,6 +95,17 @@ def supernet_config(name: str, **overrides: Any) -> Any:
         raise ConfigError(
             f"{name} has no setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(known))}"
         )
+    if "num_classes" in overrides:
+        check_whole_number("num_classes", overrides["num_classes"], 1)
+    if "resolutions" in overrides:
+        given = overrides["resolutions"]
+        sizes = list(given) if isinstance(given, Iterable) and not isinstance(given, str) else []
+        if not sizes or not all(is_int(r) and r >= MIN_RESOLUTION for r in sizes):
+            raise ConfigError(
+                f"{name}: resolutions must be a non-empty list of whole numbers >= "
+                f"{MIN_RESOLUTION} (input sizes in pixels), not {given!r}"
+            )
+        overrides["resolutions"] = sizes
     for key in ("resolutions", "kernel_sizes", "expand_ratios", "depths"):
         if key in overrides:
             kind = float if isinstance(getattr(config, key)[0], float) else int

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from ..arch import ArchInput, Space
-from ..errors import FileFormatError, InputNotFoundError, OnceForAllError
+from ..errors import ConfigError, FileFormatError, OnceForAllError, check_whole_number
 from ..models import all_families
 from ..storage.atomic import atomic_file
+from ..storage.reading import read_weights_only
 
 __all__ = [
     "AccuracyPredictor",
@@ -155,13 +156,7 @@ class AccuracyPredictor(nn.Module):
         """Load a saved predictor (``weights_only``: no code runs). With ``space``, refuse
         a predictor whose encoding differs from that space's."""
         path = Path(path)
-        if not path.is_file():
-            raise InputNotFoundError(f"no accuracy predictor at {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise FileFormatError(f"{path} is not a readable accuracy predictor: {exc}") from exc
-        return cls.from_payload(payload, path, space)
+        return cls.from_payload(read_weights_only(path, "accuracy predictor"), path, space)
 
     @staticmethod
     def is_payload(payload: Any) -> bool:
@@ -259,11 +254,14 @@ def fit_accuracy_predictor(
     """
     if len(archs) != len(accuracies):
         raise ValueError(f"{len(archs)} archs but {len(accuracies)} accuracies")
+    if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
+        raise ConfigError(f"val_fraction must be a number in [0, 1), not {val_fraction!r}")
+    check_whole_number("epochs", epochs, 1)
     n_val = int(round(len(archs) * val_fraction))
     if len(archs) - n_val < 2 or (val_fraction > 0 and n_val < 2):
-        raise ValueError(
+        raise ConfigError(
             f"{len(archs)} rows are too few to fit and validate a predictor "
-            f"(val_fraction {val_fraction})"
+            f"(val_fraction {val_fraction}): measure more archs (ofa acc-dataset --num-archs)"
         )
     features = np.stack([space.encode(a) for a in archs])
     targets = np.asarray(accuracies, dtype=np.float32)

@@ -24,10 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..arch import ArchValue, Space
-from ..errors import FileFormatError, InputNotFoundError, StaleResultError
+from ..errors import ConfigError, FileFormatError, StaleResultError, check_whole_number
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
-from ..storage.atomic import write_text_atomic
+from ..storage.atomic import check_file_target, write_text_atomic
+from ..storage.reading import loads_json, read_text
 from ..storage.run_guard import run_lock
 from ..storage.run_layout import RunLayout
 from ..training.distributed import DistEnv, barrier
@@ -86,19 +87,19 @@ def read_accuracy_dataset(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a dataset file. A last line cut off by an interruption is ignored; any
     other unreadable line is an error naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise InputNotFoundError(f"no accuracy dataset at {path}")
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "accuracy dataset").splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = loads_json(line)
         except json.JSONDecodeError as exc:
             if number == len(lines):
                 break  # interrupted while writing the last row
             raise FileFormatError(f"{path}, line {number}: not a JSON row ({exc})") from exc
+        if not isinstance(row, dict):
+            raise FileFormatError(f"{path}, line {number}: not a JSON object ({line[:60]!r})")
         missing = {"arch", "accuracy"} - set(row)
         if missing:
             raise FileFormatError(f"{path}, line {number}: missing {sorted(missing)}")
@@ -187,7 +188,9 @@ def build_accuracy_dataset(
         if path.is_file():
             rows = read_accuracy_dataset(path)
             done.update(_key(r["arch"]) for r in rows)
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            lines = [
+                line for line in read_text(path, "accuracy dataset").splitlines() if line.strip()
+            ]
             if path == mine and len(lines) != len(rows):
                 _rewrite_complete(path, rows)  # drop the row cut off by an interruption
     todo = [a for i, a in enumerate(archs) if i % env.world_size == env.rank]
@@ -265,7 +268,15 @@ def accuracy_dataset_for_run(
     from contextlib import nullcontext
 
     from ..training.distributed import init_distributed
+    from ..training.run_dir import require_run
 
+    require_run(run_dir)  # before its lock would make the folder
+    if out is not None:
+        check_file_target(out)
+    check_whole_number("num_archs", num_archs, 1)
+    for name, value in (("calibration_images", calibration_images), ("eval_images", eval_images)):
+        if value is not None:
+            check_whole_number(name, value, 1)
     env = init_distributed(device)
     with run_lock(run_dir) if env.is_main else nullcontext():
         return _dataset_for_run(
@@ -316,6 +327,11 @@ def _dataset_for_run(
     net = net.to(env.device)
     splits = config.open_splits(data)
     calibration_images = calibration_images or config.bn_recal_images
+    if calibration_images >= len(splits.holdout):
+        raise ConfigError(
+            f"calibration_images ({calibration_images}) must be fewer than the run's "
+            f"{len(splits.holdout)} held-out images (holdout_size), leaving some to measure on"
+        )
     measure, calibration = split_holdout(splits.holdout, calibration_images, config.seed)
     if eval_images:
         measure = subset_for_budget(measure, eval_images, config.seed)

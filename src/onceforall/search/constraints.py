@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
 from ..arch import Space
-from ..errors import OnceForAllError
+from ..errors import ConfigError, OnceForAllError
 from .objectives import AdditiveCost, Cost, format_value
 from .population import ArchBatch, genome_layout
 
@@ -19,8 +19,11 @@ __all__ = [
     "Constraint",
     "ConstraintSet",
     "InfeasibleConstraintError",
+    "check_target",
     "parse_constraint",
     "parse_constraints",
+    "parse_limit",
+    "split_target",
 ]
 
 # Metric names the cost builders of .objectives know how to build, and what each needs.
@@ -67,32 +70,62 @@ def _as_mapping(costs: CostsLike) -> dict[str, Cost]:
 
 def parse_constraint(text: str, costs: CostsLike) -> Constraint:
     """Parse ``"macs<=20M"``, ``"params<=3.5M"``, ``"latency_ms<=5"`` against the costs
-    available (by name). Raises ValueError saying what is accepted."""
+    available (by name). Raises :class:`ConfigError` (a ValueError) saying what is
+    accepted."""
     available = _as_mapping(costs)
-    accepted = ", ".join(sorted(available)) or "none"
+    metric, limit = parse_limit(text, available)
+    return Constraint(available[metric], limit)
+
+
+def parse_limit(text: str, metrics: Iterable[str]) -> tuple[str, float]:
+    """The metric and the limit of the constraint ``text`` (``"macs<=20M"`` is
+    ``("macs", 2e7)``), the metric one of ``metrics``; :class:`ConfigError` otherwise."""
+    metrics = set(metrics)
+    accepted = ", ".join(sorted(metrics)) or "none"
     match = _PATTERN.fullmatch(text)
     if match is None:
-        raise ValueError(
+        raise ConfigError(
             f"cannot parse constraint {text!r}: expected {_SYNTAX}; metrics here: {accepted}"
         )
     metric, number, suffix = match.groups()
     if suffix not in _SUFFIX:
-        raise ValueError(
+        raise ConfigError(
             f"constraint {text!r}: unknown suffix {suffix!r}; accepted suffixes: K (1e3), "
             f"M (1e6), G (1e9), or none"
         )
-    if metric not in available:
+    if metric not in metrics:
         hint = ""
         if metric in KNOWN_METRICS:
             hint = f" ({metric} needs {KNOWN_METRICS[metric]}, which was not given)"
-        raise ValueError(
+        raise ConfigError(
             f"constraint {text!r}: unknown metric {metric!r}{hint}; accepted metrics: {accepted}"
         )
-    return Constraint(available[metric], float(number) * _SUFFIX[suffix])
+    return metric, float(number) * _SUFFIX[suffix]
 
 
 def parse_constraints(texts: Sequence[str], costs: CostsLike) -> list[Constraint]:
     return [parse_constraint(t, costs) for t in texts]
+
+
+def split_target(text: str) -> list[str]:
+    """The constraints of one target: ``"latency_ms<=5,macs<=20M"`` is two, joined by
+    commas (spaces around them and empty pieces ignored); a target of none is a
+    :class:`ConfigError`."""
+    pieces = [t.strip() for t in text.split(",") if t.strip()]
+    if not pieces:
+        raise ConfigError(
+            f"target {text!r} names no constraint: expected {_SYNTAX}, several joined by commas"
+        )
+    return pieces
+
+
+def check_target(text: str) -> None:
+    """Raise :class:`ConfigError` unless ``text`` is a target of constraints on metrics
+    that can be searched (:data:`KNOWN_METRICS`): its syntax, before there are costs."""
+    if not isinstance(text, str):
+        raise ConfigError(f"a target is text such as 'macs<=20M', not {text!r}")
+    for piece in split_target(text):
+        parse_limit(piece, KNOWN_METRICS)
 
 
 class ConstraintSet:

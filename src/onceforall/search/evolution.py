@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..arch import ArchValue, Space
+from ..errors import check_whole_number
 from ..predictors.base import ArchPredictor, GenePredictor
 from .constraints import Constraint, ConstraintSet
 from .objectives import Cost
@@ -280,8 +281,8 @@ def evolutionary_search(
     Raises :class:`~.objectives.InfeasibleConstraintError` when nothing can satisfy the
     constraints. ``extra_costs`` are only reported for the best architecture.
     """
-    if population < 2 or generations < 0:
-        raise ValueError("population must be >= 2 and generations >= 0")
+    check_whole_number("population", population, 2)
+    check_whole_number("generations", generations, 0)
     if not (0 < parent_ratio <= 1 and 0 <= mutation_ratio <= 1):
         raise ValueError("parent_ratio must be in (0, 1] and mutation_ratio in [0, 1]")
     start = time.perf_counter()
@@ -333,8 +334,8 @@ def random_search(
     evaluates with the same ``population`` and ``generations`` (or ``samples``); the
     baseline evolution should beat. Sampling is by rejection, at most 50 draws per
     evaluated architecture (fewer are evaluated when constraints are that tight)."""
-    if population < 1 or generations < 0:
-        raise ValueError("population must be >= 1 and generations >= 0")
+    check_whole_number("population", population, 1)
+    check_whole_number("generations", generations, 0)
     start = time.perf_counter()
     budget = samples if samples is not None else population * (generations + 1)
     rng = np.random.default_rng(seed)

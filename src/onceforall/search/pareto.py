@@ -15,6 +15,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ..arch import ArchInput, ArchValue, Space
+from ..errors import check_whole_number
 from .constraints import Constraint, ConstraintSet
 from .evolution import (
     PredictorLike,
@@ -145,8 +146,8 @@ def pareto_search(
         raise ValueError("pareto_search needs at least one cost to trade accuracy against")
     if any(c.space != space for c in costs):
         raise ValueError("every cost must belong to the search space")
-    if population < 2 or generations < 0:
-        raise ValueError("population must be >= 2 and generations >= 0")
+    check_whole_number("population", population, 2)
+    check_whole_number("generations", generations, 0)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     layout = genome_layout(space)

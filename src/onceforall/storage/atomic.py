@@ -26,9 +26,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
+from ..errors import UnwritablePathError
+
 __all__ = [
     "atomic_directory",
     "atomic_file",
+    "check_file_target",
+    "check_folder_target",
     "fsync_directory",
     "remove_stale_directories",
     "remove_stale_temporaries",
@@ -65,11 +69,14 @@ def fsync_directory(directory: PathLike) -> None:
 def atomic_file(path: PathLike) -> Iterator[BinaryIO]:
     """Open a temporary file for binary writing; when the block ends without an error it
     is flushed, fsync-ed and renamed to ``path``; on an error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_file_target(path)
     temp = temporary_name(path)
     try:
-        with open(temp, "xb") as file:
+        file = open(temp, "xb")
+    except OSError as exc:  # no permission
+        raise UnwritablePathError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with file:
             yield file
             file.flush()
             os.fsync(file.fileno())
@@ -78,6 +85,41 @@ def atomic_file(path: PathLike) -> Iterator[BinaryIO]:
         temp.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def check_file_target(path: PathLike) -> Path:
+    """``path`` as a file to write, its folder made where missing; a folder at ``path``,
+    or a file where one of its folders should be, is an :class:`UnwritablePathError`
+    naming it."""
+    path = Path(path)
+    found = _first_existing(path.parent)
+    if found is not None and not found.is_dir():
+        raise UnwritablePathError(f"cannot write {path}: {found} is a file, not a folder")
+    if path.is_dir():
+        raise UnwritablePathError(f"cannot write {path}: it is a folder; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnwritablePathError(f"cannot write {path}: {exc.strerror}") from None
+    return path
+
+
+def check_folder_target(path: PathLike, what: str = "folder") -> Path:
+    """``path`` as a folder to make or write into (``what`` it is to be names it):
+    an :class:`UnwritablePathError` where it, or one of the folders above it, is a
+    file."""
+    path = Path(path)
+    found = _first_existing(path)
+    if found is not None and not found.is_dir():
+        if found == path:
+            raise UnwritablePathError(f"{path} is a file, not a {what}")
+        raise UnwritablePathError(f"{path} cannot be a {what}: {found} is a file")
+    return path
+
+
+def _first_existing(path: Path) -> Path | None:
+    """``path`` or the nearest folder above it that exists."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:

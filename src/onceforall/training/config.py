@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 from ..errors import ConfigError, InputNotFoundError, UnknownNameError
+from ..storage.reading import read_text
 from .config_checks import check_stage_values, check_train_values
 
 __all__ = [
@@ -31,7 +32,9 @@ __all__ = [
     "TrainConfig",
     "apply_overrides",
     "load_config",
+    "parse_overrides",
     "preset_path",
+    "read_config_file",
 ]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -97,6 +100,7 @@ class SpecializeConfig:
     def check(self) -> None:
         """Raise :class:`ConfigError` for a value no step could use."""
         from ..latency.measure import BACKENDS
+        from ..search.constraints import check_target
 
         counts = ("acc_dataset_archs", "predictor_epochs", "latency_repeats", "num_targets")
         for name in (*counts, "random_baseline", "generations", "acc_eval_images"):
@@ -118,6 +122,11 @@ class SpecializeConfig:
                 "specialize.targets must be a list of targets, e.g. "
                 f"['latency_ms<=5', 'macs<=20M,params<=3M'], not {self.targets!r}"
             )
+        for target in self.targets:  # their syntax now, not after training
+            try:
+                check_target(target)
+            except ConfigError as exc:
+                raise ConfigError(f"specialize.targets: {exc}") from None
         if not isinstance(self.export, bool):
             raise ConfigError(f"specialize.export must be true or false, not {self.export!r}")
 
@@ -224,9 +233,17 @@ class TrainConfig:
         _refuse_unknown("config key", data, _names(cls))
         data = dict(data)
         stage_keys = _names(StageConfig)
+        raw_stages = data.pop("stages", None) or []
+        if not isinstance(raw_stages, list):
+            raise ConfigError(f"stages must be a list of stages, not {raw_stages!r}")
         stages = []
-        for i, raw in enumerate(data.pop("stages", [])):
+        for i, raw in enumerate(raw_stages):
             _refuse_unknown(f"stages[{i}] key", raw, stage_keys)
+            missing = [
+                f.name for f in fields(StageConfig) if f.default is MISSING and f.name not in raw
+            ]
+            if missing:
+                raise ConfigError(f"stages[{i}] lacks {', '.join(missing)}: {raw!r}")
             stages.append(StageConfig(**raw))
         specialize = SpecializeConfig.from_dict(data.pop("specialize", None))
         config = cls(**data, stages=stages, specialize=specialize)
@@ -263,9 +280,54 @@ def load_config(
                 f"presets: {', '.join(presets)}"
             )
         path = preset
-    data = yaml.safe_load(path.read_text()) or {}
-    data = apply_overrides(data, {**(overrides or {}), **top_level})
+    data = apply_overrides(read_config_file(path), {**(overrides or {}), **top_level})
     return TrainConfig.from_dict(data)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file holds (an empty file: none); a file that is not
+    text, not YAML or not a mapping is a :class:`ConfigError` naming it."""
+    text = read_text(path, "config file")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} is not valid YAML: nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path} holds a {type(data).__name__}, not a config: expected a mapping of "
+            "config keys (batch_size: 64, stages: [...])"
+        )
+    return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What a YAML parser says is wrong, in one line (with the line and column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as a dict, each VALUE read as YAML (the keys are checked
+    by :func:`apply_overrides`); a pair without ``=`` or a key, or a value that is not
+    YAML, is a :class:`ConfigError` naming it."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"--set {pair!r}: the value is not YAML: {yaml_problem(exc)}"
+            ) from None
+    return overrides
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -302,7 +364,8 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 def _stage_dict(data: dict[str, Any], name: str, key: str) -> dict[str, Any]:
     """The raw stage called ``name`` in ``data``."""
-    stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
+    raw = data.get("stages")
+    stages = [s for s in raw if isinstance(s, dict)] if isinstance(raw, list) else []
     for stage in stages:
         if stage.get("name") == name:
             return stage

@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
+from ..arch.base import MIN_RESOLUTION
 from ..errors import ConfigError
 
 __all__ = ["check_stage_values", "check_train_values"]
 
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")  # a file-name-safe tag
-MIN_RESOLUTION = 16  # below, the stem and first stride-2 stages leave no spatial extent
 AMP_DTYPES = ("bfloat16", "float16")
 
 

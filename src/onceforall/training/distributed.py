@@ -17,9 +17,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = [
     "DistEnv",
     "init_distributed",
+    "parse_device",
     "average_gradients",
     "barrier",
     "broadcast_buffers",
@@ -44,14 +47,30 @@ class DistEnv:
         return self.rank == 0
 
 
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """The device ``device`` names (None: cuda when available, else cpu); a name torch
+    does not know, or a CUDA device this machine lacks, is a :class:`ConfigError`."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: this machine has no CUDA device; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    return dev
+
+
 def init_distributed(device: str | None = None) -> DistEnv:
     """Read torchrun's environment; start the process group (NCCL on GPU, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

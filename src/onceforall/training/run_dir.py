@@ -28,7 +28,7 @@ from ..storage.atomic import write_text_atomic
 from ..storage.checkpoint import checkpoint_digest, list_checkpoints, load_latest_checkpoint
 from ..storage.run_guard import remove_run_directory
 from ..storage.run_layout import RunLayout
-from .config import TrainConfig
+from .config import TrainConfig, read_config_file
 
 __all__ = [
     "DONE_FILE",
@@ -37,6 +37,7 @@ __all__ = [
     "check_can_train",
     "config_differences",
     "load_run",
+    "require_run",
     "start_over",
     "supernet_digest",
     "write_run_config",
@@ -73,7 +74,7 @@ def write_training_done(run_dir: str | Path, results: dict[str, Any]) -> Path:
 
 
 def _read_config(layout: RunLayout) -> TrainConfig:
-    return TrainConfig.from_dict(yaml.safe_load(layout.config.read_text()))
+    return TrainConfig.from_dict(read_config_file(layout.config))
 
 
 def start_over(config: TrainConfig, data: str | os.PathLike, run_dir: str | Path) -> None:
@@ -84,15 +85,22 @@ def start_over(config: TrainConfig, data: str | os.PathLike, run_dir: str | Path
     remove_run_directory(run_dir)
 
 
-def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfig, Supernet]:
-    """The config and trained supernet of a run directory (``weights``: ``supernet`` after
-    the last finished stage, ``teacher`` after the first, or ``checkpoints`` for the
-    latest checkpoint)."""
+def require_run(run_dir: str | Path) -> RunLayout:
+    """The layout of the training run directory ``run_dir``; a folder without a run's
+    config is a :class:`RunDirectoryError`."""
     layout = RunLayout(run_dir)
     if not layout.config.is_file():
         raise RunDirectoryError(
             f"{layout.config} not found: is {layout.root} a training run directory?"
         )
+    return layout
+
+
+def load_run(run_dir: str | Path, weights: str = "supernet") -> tuple[TrainConfig, Supernet]:
+    """The config and trained supernet of a run directory (``weights``: ``supernet`` after
+    the last finished stage, ``teacher`` after the first, or ``checkpoints`` for the
+    latest checkpoint)."""
+    layout = require_run(run_dir)
     config = _read_config(layout)
     folder = layout.weights(weights)
     found = load_latest_checkpoint(folder)

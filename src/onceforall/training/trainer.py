@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import data as datamod
 from ..arch import Arch, MBConvSpace
-from ..errors import ConfigError, RunDirectoryError
+from ..errors import ConfigError, RunDirectoryError, check_whole_number
 from ..evaluation import SubnetEvaluator
 from ..models import Supernet
+from ..storage.atomic import check_folder_target
 from ..storage.checkpoint import load_latest_checkpoint
 from ..storage.run_guard import claim_run_directory, run_lock
 from ..storage.run_layout import RunLayout
@@ -63,6 +64,9 @@ class Trainer:
         self.config = config
         self.layout = RunLayout(run_dir)
         self.run_dir = self.layout.root
+        check_folder_target(self.run_dir, "run directory")
+        if max_steps is not None:
+            check_whole_number("max_steps", max_steps, 1)
         self.env: DistEnv = init_distributed(device)
         self.device = self.env.device
         self.progress = progress and self.env.is_main
