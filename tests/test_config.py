@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from onceforall.cli.train import _parse_overrides
 from onceforall.deploy.pipeline import SpecializeConfig as ReExported
 from onceforall.errors import ConfigError
 from onceforall.training import TrainConfig, load_config
-from onceforall.training.config import SpecializeConfig
+from onceforall.training.config import SpecializeConfig, parse_overrides
 
 STAGES = [
     {"name": "full", "epochs": 1, "lr": 0.05, "distill": False},
@@ -28,7 +27,7 @@ def _write(tmp_path: Path, data: dict) -> Path:
 
 def test_dotted_overrides_set_a_stage_field_and_a_specialize_setting(tmp_path) -> None:
     path = _write(tmp_path, {"stages": STAGES, "specialize": {"num_targets": 5}})
-    overrides = _parse_overrides(
+    overrides = parse_overrides(
         ["stages.kernel.lr=0.01", "specialize.num_targets=2", "batch_size=32"]
     )
     config = load_config(path, overrides)
@@ -68,7 +67,7 @@ def test_malformed_dotted_overrides_are_refused(tmp_path) -> None:
         with pytest.raises(ConfigError, match="override"):
             load_config(path, {key: 1})
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        _parse_overrides(["batch_size"])
+        parse_overrides(["batch_size"])
 
 
 def test_a_typo_in_the_specialize_section_fails_at_load_time(tmp_path) -> None:

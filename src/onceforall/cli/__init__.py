@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -15,8 +15,9 @@ from ..arch import ArchError
 from ..deploy.report import arch_summary, format_table, profile_subnets, spread_archs
 from ..errors import OnceForAllError
 from ..models import create_supernet, list_supernets
-from ..storage.atomic import write_text_atomic
-from .deploy import add_deploy_commands
+from ..storage.atomic import check_file_target, write_text_atomic
+from .args import count, positive
+from .deploy import add_deploy_commands, load_arch_text
 from .predict import add_predict_commands
 from .train import add_training_commands
 
@@ -28,7 +29,7 @@ def _supernet_arg(parser: argparse.ArgumentParser) -> None:
         choices=list_supernets(),
         help="registered supernet (default: %(default)s)",
     )
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num-classes", type=positive, default=1000)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -47,6 +48,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    if args.json:
+        check_file_target(args.json)  # now, not after the profiling
     torch.manual_seed(args.seed)
     supernet = create_supernet(args.supernet, num_classes=args.num_classes).eval()
     archs = spread_archs(supernet, num_random=args.num_random, seed=args.seed)
@@ -91,15 +94,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     supernet = create_supernet(args.supernet, num_classes=args.num_classes)
-    path = Path(args.arch)
-    if path.is_file():
-        text = path.read_text()
-    elif args.arch.lstrip().startswith("{"):
-        text = args.arch
-    else:
-        print(f"ofa: {args.arch!r} is neither a file nor arch JSON text", file=sys.stderr)
-        return 2
-    arch = supernet.parse_arch(text)
+    arch = supernet.parse_arch(load_arch_text(args.arch))
     print(f"arch     {arch.to_json()}")
     print(f"summary  {arch_summary(supernet.space, arch)}")
     print(f"MACs     {supernet.macs(arch) / 1e6:.2f} M at {arch.r}x{arch.r}")
@@ -111,8 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ofa",
         description="Once-for-All supernets: train once, specialise for each device, export.",
+        epilog="An error the input causes is printed in one line (ofa: ...) with exit status "
+        "2; --debug, or the environment variable OFA_DEBUG=1, shows its traceback instead.",
     )
     parser.add_argument("--version", action="version", version=f"onceforall {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="raise errors with their traceback instead of printing them in one line "
+        "(also: OFA_DEBUG=1); give it before the command: ofa --debug train ...",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered supernets and the size of their spaces")
@@ -123,12 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _supernet_arg(p)
     p.add_argument(
-        "--num-random", type=int, default=3, help="random sub-networks between smallest and largest"
+        "--num-random",
+        type=count,
+        default=3,
+        help="random sub-networks between smallest and largest",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--threads", type=positive, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--batch-size", type=positive, default=1)
+    p.add_argument("--repeats", type=positive, default=20)
     p.add_argument("--no-latency", action="store_true", help="skip latency measurement")
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=_cmd_profile)
@@ -146,14 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("OFA_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except ArchError as exc:
-        print(f"ofa: invalid architecture: {exc}", file=sys.stderr)
-        return 2
     except OnceForAllError as exc:  # every error a user can cause: one line, no traceback
-        print(f"ofa: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        prefix = "invalid architecture: " if isinstance(exc, ArchError) else ""
+        print(f"ofa: {prefix}{_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("ofa: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` in one line (a message quoting another library's error
+    may hold several)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

@@ -8,21 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from ..deploy.report import arch_summary, format_table
-from ..errors import ConfigError
+from ..errors import ConfigError, FileFormatError, InputNotFoundError
+from ..storage.atomic import check_folder_target
+from ..storage.reading import loads_json, read_text
 from ..storage.run_layout import RunLayout
+from .args import count, device, positive, resolution
 
 
 def load_arch_text(text: str) -> str:
-    """Arch JSON from ``text``: the JSON itself, or a file holding an arch, or what
-    ``ofa search --out`` / ``ofa specialize`` write for one target (its ``arch``)."""
+    """Arch JSON from ``text``: the JSON itself (text starting with ``{``), or a file
+    holding an arch, or what ``ofa search --out`` / ``ofa specialize`` write for one
+    target (its ``arch``)."""
+    if text.lstrip().startswith("{"):
+        return text  # not a file name (which may be too long for one)
     path = Path(text)
-    if not path.is_file():
-        return text
-    content = path.read_text()
+    if not _is_file(path):
+        raise InputNotFoundError(f"{text!r} is neither a file nor arch JSON text")
+    content = read_text(path, "arch file")
     try:
-        data = json.loads(content)
-    except json.JSONDecodeError:
-        return content  # parse_arch names the problem
+        data = loads_json(content)
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{path} is not JSON (an arch file): {exc}") from None
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
         data = data[0]
     if isinstance(data, list) and data and all(isinstance(r, dict) and "arch" in r for r in data):
@@ -31,6 +37,13 @@ def load_arch_text(text: str) -> str:
     if isinstance(data, dict) and isinstance(data.get("arch"), dict):
         return json.dumps(data["arch"])
     return content
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for a file
+        return False
 
 
 def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, Any]:
@@ -51,16 +64,17 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
     from ..models import create_supernet
     from ..training import load_run
 
-    if args.run:
-        _, supernet = load_run(args.run)
-    else:
-        supernet = create_supernet(
-            args.supernet, num_classes=args.num_classes, resolutions=args.resolutions
-        )
-    default = RunLayout(args.run).latency_table if args.run else None
     authors = args.format == "authors"
     if authors and not args.out:
         raise ConfigError("--format authors writes a folder of YAML files; name it with --out")
+    if authors:  # a folder of YAML files: refused now if it cannot be one, not after timing
+        check_folder_target(args.out)
+    if args.run:
+        _, supernet = load_run(args.run)
+    else:
+        sizes = {"resolutions": args.resolutions} if args.resolutions else {}
+        supernet = create_supernet(args.supernet, num_classes=args.num_classes, **sizes)
+    default = RunLayout(args.run).latency_table if args.run else None
     # In the authors' format the table is also kept as ours: in the run, else in --out.
     out = (default or Path(args.out) / "latency_table.json") if authors else args.out or default
     if not out:
@@ -78,7 +92,9 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         run=RunLayout(args.run) if args.run else None,
     )
     table = result.table
-    smallest, largest = supernet.space.smallest(), supernet.space.largest()
+    # at the sizes the table covers (--resolutions may be fewer than the supernet's)
+    smallest = supernet.space.smallest(min(table.resolutions))
+    largest = supernet.space.largest(max(table.resolutions))
     print(
         f"latency table ({table.backend}, {table.device_description}, batch "
         f"{table.batch_size}): {len(table.entries)} entries, built in "
@@ -192,9 +208,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..deploy.pipeline import run_pipeline
     from ..deploy.specialize import format_specialized
     from ..training import load_config
-    from .train import _parse_overrides
+    from ..training.config import parse_overrides
 
-    config = load_config(args.config, _parse_overrides(args.set))
+    config = load_config(args.config, parse_overrides(args.set))
     summary = run_pipeline(
         config,
         args.data,
@@ -266,9 +282,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="constraints, e.g. 'latency_ms<=5' or 'macs<=20M,params<=3M' (repeatable)",
     )
-    p.add_argument("--generations", type=int, default=500)
-    p.add_argument("--population", type=int, default=100, help="search population")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generations", type=count, default=500)
+    p.add_argument("--population", type=positive, default=100, help="search population")
+    p.add_argument("--seed", type=count, default=0)
 
 
 def add_deploy_commands(sub: Any) -> None:
@@ -283,12 +299,12 @@ def add_deploy_commands(sub: Any) -> None:
         help="training run directory (its supernet and resolutions)",
     )
     p.add_argument("--supernet", default="ofa_mbv3_w1.0", help="without --run")
-    p.add_argument("--num-classes", type=int, default=1000, help="without --run")
-    p.add_argument("--resolutions", type=int, nargs="+", help="default: the supernet's")
+    p.add_argument("--num-classes", type=positive, default=1000, help="without --run")
+    p.add_argument("--resolutions", type=resolution, nargs="+", help="default: the supernet's")
     p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the backend's)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=positive, help="intra-op threads (default: the backend's)")
+    p.add_argument("--batch-size", type=positive, default=1)
+    p.add_argument("--repeats", type=positive, default=30)
     p.add_argument("--extend", action="store_true", help="only measure what --out lacks")
     p.add_argument(
         "--format",
@@ -311,7 +327,7 @@ def add_deploy_commands(sub: Any) -> None:
     )
     _run_args(p)
     p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
-    p.add_argument("--random-baseline", type=int, default=5, help="random archs per target")
+    p.add_argument("--random-baseline", type=count, default=5, help="random archs per target")
     p.add_argument("--out", help="JSON file (default: RUN/specialized.json)")
     p.set_defaults(func=_cmd_specialize)
 
@@ -320,7 +336,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
     p.add_argument("--arch", required=True, help="arch JSON, or a file holding it")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--threads", type=int, help="CPU threads for the latency measurement")
+    p.add_argument("--threads", type=positive, help="CPU threads for the latency measurement")
     p.add_argument("--no-onnx", action="store_true")
     p.set_defaults(func=_cmd_export)
 
@@ -346,12 +362,12 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("weights", help="their weights file, e.g. 'init' (read with weights_only)")
     p.add_argument(
         "--resolution",
-        type=int,
+        type=resolution,
         required=True,
         help="input size the net was specialised for (image_size in their run.config)",
     )
     p.add_argument("--out", required=True, help="export folder to write")
-    p.add_argument("--threads", type=int, help="CPU threads for the latency measurement")
+    p.add_argument("--threads", type=positive, help="CPU threads for the latency measurement")
     p.add_argument("--no-onnx", action="store_true")
     p.set_defaults(func=_cmd_import_subnet)
 
@@ -362,7 +378,7 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--fresh", action="store_true", help="delete --out and start over")
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--device", type=device, help="cpu, cuda (default: cuda when available)")
     p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
     p.add_argument(
         "--predictor",

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..storage.run_layout import RunLayout
 from .deploy import load_arch_text
 
@@ -47,6 +48,8 @@ def _cmd_export_predictor(args: argparse.Namespace) -> int:
     from ..compat.predictors import write_authors_predictor
     from ..predictors import AccuracyPredictor
 
+    if not (args.predictor or args.run):
+        raise ConfigError("export-predictor needs the predictor: give --run or --predictor")
     source = Path(args.predictor or RunLayout(args.run).accuracy_predictor)
     predictor = AccuracyPredictor.load(source)
     out = write_authors_predictor(predictor, args.out)

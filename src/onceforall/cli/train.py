@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import ConfigError
+from .args import count, device, fraction, positive
 
 CHECK_DATA_HELP = (
     "before anything else, decode every image the run reads and refuse if any does not "
@@ -16,24 +17,11 @@ CHECK_DATA_HELP = (
 )
 
 
-def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs as a dict, each VALUE read as YAML (the keys are checked
-    by :func:`onceforall.training.config.apply_overrides`)."""
-    import yaml
-
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..training import TrainingDiverged, load_config, train
+    from ..training.config import parse_overrides
 
-    config = load_config(args.config, _parse_overrides(args.set))
+    config = load_config(args.config, parse_overrides(args.set))
     if args.fresh and args.resume:
         raise ConfigError("--fresh starts over and --resume continues: choose one")
     if args.check_data:  # before anything is deleted or trained
@@ -140,8 +128,8 @@ def add_training_commands(sub: Any) -> None:
         action="store_true",
         help="delete the run directory --out and start over (only a run directory)",
     )
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--device", type=device, help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--max-steps", type=positive, help="stop after this many optimiser steps")
     p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
     p.add_argument(
         "--set",
@@ -161,24 +149,26 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
     p.add_argument("--out", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
-    p.add_argument("--num-archs", type=int, default=1000)
+    p.add_argument("--num-archs", type=positive, default=1000)
     p.add_argument(
         "--calibration-images",
-        type=int,
+        type=positive,
         help="held-out images for BN recalibration (default: the run's bn_recal_images)",
     )
     p.add_argument(
-        "--eval-images", type=int, help="held-out images to measure on (default: the rest)"
+        "--eval-images", type=positive, help="held-out images to measure on (default: the rest)"
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--seed", type=count, default=0)
+    p.add_argument("--device", type=device, help="cpu, cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_acc_dataset)
 
     p = sub.add_parser("train-predictor", help="fit the accuracy predictor on the dataset")
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument("--dataset", help="JSONL file (default: RUN/accuracy_dataset.jsonl)")
     p.add_argument("--out", help="predictor file (default: RUN/accuracy_predictor.pt)")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--val-fraction", type=fraction, default=0.2, help="rows held out to validate the fit"
+    )
+    p.add_argument("--epochs", type=positive, default=300)
+    p.add_argument("--seed", type=count, default=0)
     p.set_defaults(func=_cmd_train_predictor)
