@@ -3,11 +3,18 @@ architectures of a space."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
+# One torch thread in the tests and the processes they start. The tests check results,
+# not speed, and CI hosts may be busy: there, torch's OpenMP threads spin-waiting for a
+# core slow a training step five to fifteen times (docs/benchmarks.md, "Threads on a
+# busy machine"), which made the suite take three times as long.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from hypothesis import strategies as st
 
 import onceforall
@@ -15,6 +22,8 @@ from onceforall import Arch, MBConvSpace
 from onceforall.data import DEFAULT_FASHION_MNIST_ROOT
 from onceforall.nn.elastic_mbconv import ElasticDepthwiseConv2d
 from onceforall.training import TrainConfig, train
+
+torch.set_num_threads(1)  # where torch was loaded before this file (a pytest plugin)
 
 # Tests that train or evaluate on the real Fashion-MNIST files (make test installs them).
 needs_fashion_mnist = pytest.mark.skipif(
