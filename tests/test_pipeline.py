@@ -157,6 +157,7 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
     }
 
 
+@pytest.mark.slow  # about 20 s: ofa run of a second MBConv family (make test-slow)
 def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> None:
     """The same job on the OFA-ProxylessNAS space: six stages, the last one a single
     block whose depth is fixed; training, search and export all go through."""

@@ -177,6 +177,7 @@ def test_read_accuracy_dataset_errors(tmp_path: Path) -> None:
 
 
 @needs_fashion_mnist
+@pytest.mark.slow  # two torchrun processes, about 11 s (make test-slow)
 def test_accuracy_dataset_under_torchrun_matches_one_process(
     trained_run: Path, tmp_path: Path
 ) -> None:

@@ -73,7 +73,14 @@ def _their_sample(reference: torch.nn.Module, rng: random.Random) -> dict:
     return {**arch, "r": [rng.choice(range(128, 225, 4))]}
 
 
-@pytest.mark.parametrize("their_name", sorted(FAMILIES))
+# One supernet in the default run; the other two (about 15 s each) in `make test-slow`.
+SLOW_LOGITS = ("ofa_mbv3_d234_e346_k357_w1.2", "ofa_proxyless_d234_e346_k357_w1.3")
+
+
+@pytest.mark.parametrize(
+    "their_name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LOGITS else n for n in sorted(FAMILIES)],
+)
 def test_reference_checkpoint_gives_the_same_logits(tmp_path, their_name) -> None:
     reference = _reference_supernet(their_name, num_classes=10, seed=3)
     path = tmp_path / "ofa.pth"

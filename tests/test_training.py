@@ -194,6 +194,8 @@ def _cli(run: Path, config: Path, *extra: str, launcher: tuple[str, ...] = ()) -
     ]
 
 
+@pytest.mark.slow  # two ofa train processes, about 30 s (make test-slow); the default run
+# keeps tests/test_checkpoint.py's SIGKILL of a checkpoint writer
 def test_sigkill_then_resume_continues_exactly(tmp_path) -> None:
     config = tmp_path / "tiny.json"  # JSON is YAML
     config.write_text(json.dumps(TINY))
