@@ -16,6 +16,7 @@ from ..errors import RunDirectoryError, UnknownNameError
 from ..models import Supernet, create_supernet
 from ..models.family import family_for
 from ..models.registry import supernet_family
+from ..storage.run_guard import claim_run_directory, holds_files, run_lock
 from ..storage.run_layout import RunLayout
 from .base import (
     NetConfigError,
@@ -88,7 +89,7 @@ def load_reference_checkpoint(path: str | os.PathLike, name: str, **overrides) -
 def _check_new_run(layout: RunLayout) -> None:
     if layout.root.exists() and not layout.root.is_dir():
         raise RunDirectoryError(f"{layout.root} is a file; import-reference writes a folder")
-    if layout.root.is_dir() and any(p != layout.lock for p in layout.root.iterdir()):
+    if holds_files(layout):
         raise RunDirectoryError(
             f"{layout.root} is not empty: import-reference writes a new run directory (a "
             "run's accuracy dataset, predictor and exports belong to its own supernet); "
@@ -106,7 +107,6 @@ def import_reference(
     new or empty: importing over a run would leave its predictor and tables, made from
     other weights, beside the new supernet."""
     from ..storage.checkpoint import save_checkpoint
-    from ..storage.run_guard import claim_run_directory, run_lock
     from ..training import load_config
     from ..training.run_dir import write_run_config
 

@@ -137,11 +137,11 @@ def settings_differences(
 
 def _check_settings(
     files: Sequence[Path], settings: Mapping[str, Any] | None, start_over: bool
-) -> list[str]:
+) -> None:
     """Refuse (or, with ``start_over``, delete) dataset ``files`` whose rows were measured
-    with other ``settings``; returns the differences found."""
+    with other ``settings``."""
     if settings is None:
-        return []
+        return
     present = [p for p in files if p.is_file()]
     differences = [
         d for p in present for d in settings_differences(read_accuracy_dataset(p), settings)
@@ -155,7 +155,6 @@ def _check_settings(
         )
     for path in present if differences else ():
         path.unlink()
-    return list(dict.fromkeys(differences))
 
 
 def build_accuracy_dataset(

@@ -29,7 +29,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import ContextManager, Iterator
 
 from ..errors import RunDirectoryError
 from .atomic import write_text_atomic
@@ -44,6 +44,7 @@ __all__ = [
     "MARKER_FORMAT",
     "claim_run_directory",
     "exclusive_lock",
+    "holds_files",
     "lock_beside",
     "remove_run_directory",
     "run_lock",
@@ -55,6 +56,12 @@ _held: dict[Path, tuple[int, int]] = {}  # resolved root -> (file descriptor, de
 
 def _is_run_from_before_markers(layout: RunLayout) -> bool:
     return layout.config.is_file()
+
+
+def holds_files(layout: RunLayout) -> bool:
+    """Whether the folder of ``layout`` holds anything but its lock file (which a
+    refused or finished writer leaves)."""
+    return layout.root.is_dir() and any(p != layout.lock for p in layout.root.iterdir())
 
 
 def claim_run_directory(root: PathLike) -> RunLayout:
@@ -77,7 +84,7 @@ def claim_run_directory(root: PathLike) -> RunLayout:
         return layout
     if layout.root.exists() and not layout.root.is_dir():
         raise RunDirectoryError(f"{root} is a file, not a run directory")
-    if layout.root.is_dir() and any(p != layout.lock for p in layout.root.iterdir()):
+    if holds_files(layout):
         if not _is_run_from_before_markers(layout):
             raise RunDirectoryError(
                 f"{root} is not empty and is not a run directory (no {marker.name}): "
@@ -97,7 +104,7 @@ def remove_run_directory(root: PathLike) -> None:
         return
     if not layout.root.is_dir():
         raise RunDirectoryError(f"--fresh refuses to delete {root}: it is a file")
-    if not layout.marker.is_file() and any(layout.root.iterdir()):
+    if not layout.marker.is_file() and holds_files(layout):
         raise RunDirectoryError(
             f"--fresh refuses to delete {root}: it is not a run directory (no "
             f"{layout.marker.name}); delete it yourself if it is one from an older version"
@@ -124,7 +131,7 @@ def run_lock(root: PathLike) -> Iterator[None]:
         yield
 
 
-def lock_beside(path: PathLike) -> Any:
+def lock_beside(path: PathLike) -> ContextManager[None]:
     """The lock of a file or folder that is replaced as a whole (an export, a latency
     table outside a run): a hidden ``.NAME.lock`` file beside it, since the path itself
     is swapped."""
