@@ -122,34 +122,6 @@ def export_subnet(
     """
     _check_inputs(out_dir, onnx, extra_metadata)  # before the expensive steps
     arch = supernet.parse_arch(arch)
-    with lock_beside(out_dir):  # a second export into out_dir is refused at once
-        return _export_locked(
-            supernet,
-            arch,
-            out_dir,
-            calibration_loader=calibration_loader,
-            test_loader=test_loader,
-            n_calibration=n_calibration,
-            onnx=onnx,
-            latency_resolution=latency_resolution,
-            threads=threads,
-            extra_metadata=extra_metadata,
-        )
-
-
-def _export_locked(
-    supernet: Supernet,
-    arch: ArchValue,
-    out_dir: PathLike,
-    *,
-    calibration_loader: Iterable,
-    test_loader: Iterable | None,
-    n_calibration: int,
-    onnx: bool,
-    latency_resolution: int | None,
-    threads: int | None,
-    extra_metadata: Mapping[str, Any] | None,
-) -> ExportResult:
     counted = [0]
 
     def calibration_batches() -> Iterator:
@@ -157,23 +129,24 @@ def _export_locked(
             counted[0] += len(batch[0] if isinstance(batch, (tuple, list)) else batch)
             yield batch
 
-    subnet = recalibrate_bn(supernet, arch, calibration_batches(), n_calibration).eval()
-    accuracy = None
-    if test_loader is not None:
-        accuracy = evaluate(subnet, _at_resolution(test_loader, arch.r, "test_loader"))
-    return write_export(
-        subnet,
-        out_dir,
-        macs=supernet.macs(arch),
-        params=supernet.params(arch),
-        supernet_name=getattr(supernet, "name", type(supernet).__name__),
-        accuracy=accuracy,
-        bn_calibration_images=min(counted[0], n_calibration),
-        onnx=onnx,
-        latency_resolution=latency_resolution,
-        threads=threads,
-        extra_metadata=extra_metadata,
-    )
+    with lock_beside(out_dir):  # a second export into out_dir is refused at once
+        subnet = recalibrate_bn(supernet, arch, calibration_batches(), n_calibration).eval()
+        accuracy = None
+        if test_loader is not None:
+            accuracy = evaluate(subnet, _at_resolution(test_loader, arch.r, "test_loader"))
+        return write_export(
+            subnet,
+            out_dir,
+            macs=supernet.macs(arch),
+            params=supernet.params(arch),
+            supernet_name=getattr(supernet, "name", type(supernet).__name__),
+            accuracy=accuracy,
+            bn_calibration_images=min(counted[0], n_calibration),
+            onnx=onnx,
+            latency_resolution=latency_resolution,
+            threads=threads,
+            extra_metadata=extra_metadata,
+        )
 
 
 def _check_out_dir(out_dir: PathLike) -> None:

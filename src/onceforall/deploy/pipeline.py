@@ -26,6 +26,11 @@ from ..compat.predictors import open_predictor
 from ..latency.base import LatencyModel
 from ..models import Supernet
 from ..predictors.base import ArchPredictor
+from ..predictors.dataset import (
+    measurement_settings,
+    read_accuracy_dataset,
+    settings_differences,
+)
 from ..search import pareto_search
 from ..storage.checkpoint import list_checkpoints
 from ..storage.reading import read_weights_only
@@ -281,12 +286,6 @@ def _measure_accuracy(
 def _stale_rows(layout: RunLayout, config: TrainConfig) -> str:
     """How the run's accuracy dataset, if any, was measured otherwise than now (another
     supernet, other numbers of images); empty when it was not."""
-    from ..predictors.dataset import (
-        measurement_settings,
-        read_accuracy_dataset,
-        settings_differences,
-    )
-
     if not layout.accuracy_dataset.is_file():
         return ""
     now = measurement_settings(
