@@ -11,9 +11,11 @@ loader, in this process only). Our side reads the same files with
 :func:`onceforall.compat.predictors.open_predictor` and
 :func:`onceforall.compat.latency_tables.open_latency_table` and runs
 :func:`onceforall.search.evolutionary_search` over the resolutions the table covers.
-Both: 500 generations, 25 % parents, 50 % mutation, mutation probability 0.1 for
-blocks, depths and the resolution (their tutorial's settings); theirs with population
-100, ours with 100 and with 200 (each seed runs both).
+Both: 25 % parents, 50 % mutation, mutation probability 0.1 for blocks, depths and the
+resolution (their tutorial's settings). Theirs: population 100, 500 generations. Ours,
+each seed: population 100 and 500 generations (the paper's, ``ofa search``'s default),
+and population 400 for 125 generations: the same 50,000 candidates as theirs, in a wider
+population (``--ours`` picks others, as POPULATIONxGENERATIONS).
 
 Per seed (runs interleaved, so background load hits both alike): wall time of the search
 call, the best predicted accuracy each reports, both winners re-scored in one call of
@@ -48,7 +50,7 @@ from onceforall.search import evolution, evolutionary_search  # noqa: E402
 AUTHORS = Path(__file__).resolve().parents[2] / "shared" / "authors"
 
 
-def _rank_cut(layout, genes: np.ndarray, acc: np.ndarray, n: int) -> np.ndarray:
+def _rank_cut(keys, acc: np.ndarray, n: int) -> np.ndarray:
     """The parents by rank alone, as their finder (and ours before issue 14) takes them."""
     return np.argsort(-acc, kind="stable")[:n]
 
@@ -85,18 +87,22 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=25.0, help="ms on the Note10")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--population", type=int, default=100, help="their finder's")
+    parser.add_argument("--generations", type=int, default=500, help="their finder's")
     parser.add_argument(
-        "--our-populations", type=int, nargs="+", default=[100, 200], help="ours, each seed"
+        "--ours",
+        nargs="+",
+        default=["100x500", "400x125"],
+        help="our settings, each seed: POPULATIONxGENERATIONS",
     )
-    parser.add_argument("--generations", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument(
         "--rank-parents",
         action="store_true",
-        help="also run ours with population 100 and the parents cut by rank alone (the "
-        "selection before issue 14: copies of one network may fill the parent pool)",
+        help="also run ours at 100x500 with the parents cut by rank alone (the selection "
+        "before issue 14: copies of one network may fill the parent pool)",
     )
     args = parser.parse_args()
+    ours = [tuple(int(v) for v in text.split("x")) for text in args.ours]
     torch.set_num_threads(args.threads)
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
@@ -138,18 +144,18 @@ def main() -> None:
         assert abs(their_table.predict_efficiency(their_arch) - their_ms) < 1e-9
         assert their_ms <= args.budget
         print(f"seed {seed}: theirs {their_s:.2f} s, best {their_acc:.6f} at {their_ms:.2f} ms")
-        variants = [(p, distinct_parents) for p in args.our_populations]
+        variants = [(f"{p}x{g}", p, g, distinct_parents) for p, g in ours]
         if args.rank_parents:
-            variants.append(("100 by rank", _rank_cut))
-        for population, selection in variants:
+            variants.append(("100x500 by rank", 100, 500, _rank_cut))
+        for name, population, generations, selection in variants:
             evolution._distinct_best = selection
             start = time.perf_counter()
             found = evolutionary_search(
                 space,
                 predictor,
                 constraints,
-                population=int(str(population).split()[0]),
-                generations=args.generations,
+                population=population,
+                generations=generations,
                 mutation_prob=0.1,
                 resolution_mutation_prob=0.1,
                 seed=seed,
@@ -167,7 +173,7 @@ def main() -> None:
             rows.append(
                 {
                     "seed": seed,
-                    "population": population,
+                    "settings": name,
                     "their_s": their_s,
                     "our_s": our_s,
                     "rescored": rescored,
@@ -177,7 +183,7 @@ def main() -> None:
                 }
             )
             print(
-                f"  ours, population {population}: {our_s:.3f} s ({found.predicted} networks "
+                f"  ours, {name}: {our_s:.3f} s ({found.predicted} networks "
                 f"predicted; {_distinct(space, found.population.genes[:25])} distinct among the "
                 "25 best at the end), best "
                 f"{found.accuracy / 100:.6f} at {our_ms[0]:.2f} ms (final pool of {len(pool)} "
@@ -190,24 +196,24 @@ def main() -> None:
 
     print(f"\n1-minute load average {load_before:.2f} -> {load_after:.2f}")
     print(
-        "| seed | our population | theirs s | ours s | speed-up | best predicted top-1, "
-        "theirs / ours | their table ms, theirs / ours (max over our final pool) |"
+        "| seed | ours: population x generations | theirs s | ours s | speed-up | best "
+        "predicted top-1, theirs / ours | their table ms, theirs / ours (max over our final pool) |"
     )
     print("| ---: | ---: | ---: | ---: | ---: | --- | --- |")
     for row in rows:
         theirs, ours = 100 * row["rescored"]
         print(
-            f"| {row['seed']} | {row['population']} | {row['their_s']:.2f} | "
+            f"| {row['seed']} | {row['settings']} | {row['their_s']:.2f} | "
             f"{row['our_s']:.3f} | {row['their_s'] / row['our_s']:.1f}x | {theirs:.3f} / "
             f"{ours:.3f} % | {row['their_ms']:.2f} / {row['our_ms']:.2f} "
             f"({row['our_max_ms']:.2f}) |"
         )
-    for population in [*args.our_populations, *(["100 by rank"] if args.rank_parents else [])]:
-        mine = [row for row in rows if row["population"] == population]
+    for name in dict.fromkeys(row["settings"] for row in rows):
+        mine = [row for row in rows if row["settings"] == name]
         worst = min(row["their_s"] / row["our_s"] for row in mine)
         wins = sum(row["rescored"][1] >= row["rescored"][0] for row in mine)
         print(
-            f"ours, population {population}: slowest speed-up {worst:.1f}x; equal or better "
+            f"ours, {name}: slowest speed-up {worst:.1f}x; equal or better "
             f"best predicted top-1 in {wins} of {len(mine)} seeds"
         )
 

@@ -114,27 +114,38 @@ class _Evaluator:
         return out
 
     def __call__(self, genes: np.ndarray) -> np.ndarray:
+        return self.keyed(genes)[0]
+
+    def keyed(self, genes: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+        """Predicted accuracy of every row, and every row's network key."""
         self.count += len(genes)
-        keys = self.layout.network_keys(genes)
-        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        names = [key.tobytes() for key in unique]
-        accuracy = np.array([self.seen.get(name, np.nan) for name in names])
-        new = np.flatnonzero(np.isnan(accuracy))
-        if len(new):
-            accuracy[new] = self._predict(genes[first[new]])
-            self.seen.update(zip((names[i] for i in new), accuracy[new].tolist()))
-        return accuracy[inverse.reshape(-1)]
+        names = self.layout.network_keys(genes).tolist()  # bytes, one per row
+        seen = self.seen
+        accuracy = np.fromiter((seen.get(name, np.nan) for name in names), np.float64, len(names))
+        missing = np.flatnonzero(np.isnan(accuracy))
+        if len(missing):
+            first = {}  # each new network's first row
+            for i in missing.tolist():
+                first.setdefault(names[i], i)
+            rows = np.fromiter(first.values(), np.intp, len(first))
+            seen.update(zip(first, self._predict(genes[rows]).tolist()))
+            accuracy[missing] = [seen[names[i]] for i in missing.tolist()]
+        return accuracy, names
 
 
-def _distinct_best(layout: GenomeLayout, genes: np.ndarray, acc: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the ``n`` most accurate rows, one per distinct network where there are
-    ``n`` distinct ones (best first): copies of one network would crowd the parents
-    otherwise, and the search would converge on it."""
+def _distinct_best(keys: Sequence[bytes], acc: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the ``n`` most accurate rows, one per distinct network (``keys``: each
+    row's network key) where there are ``n`` distinct ones (best first): copies of one
+    network would crowd the parents otherwise, and the search would converge on it."""
     order = np.argsort(-acc, kind="stable")
-    _, first = np.unique(layout.network_keys(genes[order]), return_index=True)
-    if len(first) < n:
-        return order[:n]
-    return order[np.sort(first)[:n]]
+    picked, names = [], set()
+    for row in order.tolist():
+        if keys[row] not in names:
+            names.add(keys[row])
+            picked.append(row)
+            if len(picked) == n:
+                return np.array(picked, dtype=np.intp)
+    return order[:n]
 
 
 @dataclass(frozen=True)
@@ -297,20 +308,21 @@ def evolutionary_search(
     mutate_rows = np.arange(population) < n_mutants
 
     genes = _random_feasible(layout, cset, population, rng, witness, probs, max_tries)
-    acc = evaluate(genes)
+    acc, keys = evaluate.keyed(genes)
     history = [float(acc.max())]
     report = max(1, generations // 10)
     for generation in range(1, generations + 1):
-        keep = _distinct_best(layout, genes, acc, n_parents)
+        keep = _distinct_best(keys, acc, n_parents)
         parents, parent_acc = genes[keep], acc[keep]
         p1 = rng.integers(n_parents, size=population)
         p2 = np.where(mutate_rows, p1, rng.integers(n_parents, size=population))
         children = _feasible_children(
             layout, parents, p1, p2, mutate_rows, probs, cset, rng, max_tries
         )
-        child_acc = evaluate(children)
+        child_acc, child_keys = evaluate.keyed(children)
         genes = np.concatenate([parents, children])
         acc = np.concatenate([parent_acc, child_acc])
+        keys = [keys[i] for i in keep.tolist()] + child_keys
         history.append(max(history[-1], float(child_acc.max())))
         if progress and generation % report == 0:
             print(f"generation {generation}/{generations}: best {history[-1]:.5f}", file=sys.stderr)
