@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-slow test-all lint bench setup data clean
+.PHONY: demo test test-slow test-all lint bench setup data runner-venv clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,16 @@ $(VENV)/.installed: pyproject.toml
 	  { echo "installing $(TORCH_SPEC) (a minute or more)"; \
 	    $(PY) -m pip install -q --disable-pip-version-check $(TORCH_SPEC); }
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# The latency bundle's runner, where a device has numpy and onnxruntime and no PyTorch:
+# the tests run it in this environment (and assert that torch is not importable there).
+RUNNER_VENV := .venv-runner
+runner-venv: $(RUNNER_VENV)/.installed
+
+$(RUNNER_VENV)/.installed:
+	$(PYTHON) -m venv $(RUNNER_VENV)
+	$(RUNNER_VENV)/bin/python -m pip install -q --disable-pip-version-check numpy onnxruntime
 	@touch $@
 
 # Fashion-MNIST from Debian's package, where apt is available; otherwise say what to do.
@@ -48,16 +58,16 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-test: setup data lint
+test: setup data lint runner-venv
 	$(PY) -m pytest -q
 
 # The slow tests alone (crash consistency, ResNet-50 end to end, ...); CI runs them
 # after `make test`.
-test-slow: setup data
+test-slow: setup data runner-venv
 	$(PY) -m pytest -q -m slow
 
 # Everything, slow tests included.
-test-all: setup data lint
+test-all: setup data lint runner-venv
 	$(PY) -m pytest -q -m ""
 
 bench: setup
@@ -68,4 +78,4 @@ bench: setup
 	$(PY) bench/latency_table.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(RUNNER_VENV) .pytest_cache .ruff_cache .hypothesis

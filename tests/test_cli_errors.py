@@ -64,6 +64,19 @@ CASES: list[tuple[str, ...]] = [
     ),
     ("latency-table --run @prun --extend --out @files/binary", "@files/binary is not a text file"),
     ("latency-table --run @prun --format authors --out @files/afile", "@files/afile is a file"),
+    ("latency-table --from-bundle @files/binary", "--from-bundle needs --run"),
+    ("latency-table --run @prun --from-bundle @files/binary --extend", "--extend does not apply"),
+    ("latency-table --run @prun --from-bundle @tmp/no.json", "no results file at @tmp/no.json"),
+    (
+        "latency-table --run @prun --from-bundle @files/truncated.json",
+        "@files/truncated.json is damaged or truncated: not JSON",
+    ),
+    # latency-bundle
+    ("latency-bundle --run @prun", "the following arguments are required: --out"),
+    ("latency-bundle --run @prun --out @tmp/b.zip --repeats 0", "argument --repeats: must be a"),
+    ("latency-bundle --run @prun --out @tmp/b.zip --backend tvm", "argument --backend: invalid"),
+    ("latency-bundle --run @tmp/nowhere --out @tmp/b.zip", "@tmp/nowhere/config.yaml not found"),
+    ("latency-bundle --run @prun --out @files/afile/b.zip", "cannot write @files/afile/b.zip"),
     # train
     ("train --config @files/list.yaml --out @tmp/o", "@files/list.yaml holds a list, not a config"),
     ("train --config @files/bad.yaml --out @tmp/o", "@files/bad.yaml is not valid YAML"),

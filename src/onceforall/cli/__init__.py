@@ -18,6 +18,7 @@ from ..models import create_supernet, list_supernets
 from ..storage.atomic import check_file_target, write_text_atomic
 from .args import count, positive
 from .deploy import add_deploy_commands, load_arch_text
+from .latency import add_latency_commands
 from .predict import add_predict_commands
 from .train import add_training_commands
 
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_profile)
 
     add_training_commands(sub)
+    add_latency_commands(sub)
     add_deploy_commands(sub)
     add_predict_commands(sub)
 

@@ -1,4 +1,4 @@
-"""``ofa latency-table``, ``ofa search``, ``ofa specialize``, ``ofa export``, ``ofa run``."""
+"""``ofa search``, ``ofa specialize``, ``ofa export``, ``ofa run``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from ..deploy.report import arch_summary, format_table
 from ..errors import ConfigError, FileFormatError, InputNotFoundError
-from ..storage.atomic import check_folder_target
 from ..storage.reading import loads_json, read_text
 from ..storage.run_layout import RunLayout
 from .args import count, device, positive, resolution
@@ -57,58 +56,6 @@ def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, 
         table_path=args.latency_table,
         need_table=targets_need_latency(args.target),
     )
-
-
-def _cmd_latency_table(args: argparse.Namespace) -> int:
-    from ..deploy.steps import latency_table_step
-    from ..models import create_supernet
-    from ..training import load_run
-
-    authors = args.format == "authors"
-    if authors and not args.out:
-        raise ConfigError("--format authors writes a folder of YAML files; name it with --out")
-    if authors:  # a folder of YAML files: refused now if it cannot be one, not after timing
-        check_folder_target(args.out)
-    if args.run:
-        _, supernet = load_run(args.run)
-    else:
-        sizes = {"resolutions": args.resolutions} if args.resolutions else {}
-        supernet = create_supernet(args.supernet, num_classes=args.num_classes, **sizes)
-    default = RunLayout(args.run).latency_table if args.run else None
-    # In the authors' format the table is also kept as ours: in the run, else in --out.
-    out = (default or Path(args.out) / "latency_table.json") if authors else args.out or default
-    if not out:
-        raise ConfigError("--out is required without --run")
-    result = latency_table_step(
-        supernet,
-        out,
-        reuse=authors and not args.extend,  # convert a table measured before
-        extend=args.extend,
-        backend=args.backend,
-        threads=args.threads,
-        batch_size=args.batch_size,
-        resolutions=args.resolutions,
-        repeats=args.repeats,
-        run=RunLayout(args.run) if args.run else None,
-    )
-    table = result.table
-    # at the sizes the table covers (--resolutions may be fewer than the supernet's)
-    smallest = supernet.space.smallest(min(table.resolutions))
-    largest = supernet.space.largest(max(table.resolutions))
-    print(
-        f"latency table ({table.backend}, {table.device_description}, batch "
-        f"{table.batch_size}): {len(table.entries)} entries, built in "
-        f"{table.build_seconds:.0f} s; predicted smallest {table.predict(smallest):.2f} ms, "
-        f"largest {table.predict(largest):.2f} ms"
-    )
-    print(f"{'reused' if result.reused else 'wrote'} {result.path}")
-    if authors:
-        from ..compat.latency_tables import write_authors_tables
-
-        files = write_authors_tables(table, supernet, args.out)
-        names = ", ".join(f.name for f in files)
-        print(f"wrote the authors' lookup-table format to {args.out}: {names}")
-    return 0
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -288,33 +235,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_deploy_commands(sub: Any) -> None:
-    from ..latency.measure import BACKENDS
     from .train import CHECK_DATA_HELP
-
-    p = sub.add_parser("latency-table", help="measure per-block latencies on this device")
-    p.add_argument(
-        "--run",
-        "--run-dir",
-        dest="run",
-        help="training run directory (its supernet and resolutions)",
-    )
-    p.add_argument("--supernet", default="ofa_mbv3_w1.0", help="without --run")
-    p.add_argument("--num-classes", type=positive, default=1000, help="without --run")
-    p.add_argument("--resolutions", type=resolution, nargs="+", help="default: the supernet's")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
-    p.add_argument("--threads", type=positive, help="intra-op threads (default: the backend's)")
-    p.add_argument("--batch-size", type=positive, default=1)
-    p.add_argument("--repeats", type=positive, default=30)
-    p.add_argument("--extend", action="store_true", help="only measure what --out lacks")
-    p.add_argument(
-        "--format",
-        choices=("onceforall", "authors"),
-        default="onceforall",
-        help="authors: also write the authors' <r>_lookup_table.yaml files into the folder "
-        "--out (a table the run already has is converted, not measured again)",
-    )
-    p.add_argument("--out", help="JSON file (default: RUN/latency_table.json)")
-    p.set_defaults(func=_cmd_latency_table)
 
     p = sub.add_parser("search", help="best predicted sub-network per target (no measuring)")
     _run_args(p)

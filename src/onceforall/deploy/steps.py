@@ -1,6 +1,7 @@
 """The steps after training, one function each, shared by ``ofa run`` and the single
-commands (``ofa acc-dataset``, ``train-predictor``, ``latency-table``, ``search``,
-``specialize``, ``export``), so that no step is written twice.
+commands (``ofa acc-dataset``, ``train-predictor``, ``search``, ``specialize``,
+``export``; the latency steps are in :mod:`.latency_steps`), so that no step is written
+twice.
 
 Each step takes what it works on explicitly (the run's :class:`RunLayout`, its config,
 the supernet, ...), writes its file where the layout says unless told otherwise, and
@@ -11,9 +12,7 @@ A step that writes into a run holds the run's lock
 lock is re-entrant); one that writes elsewhere locks what it writes
 (:func:`~onceforall.storage.run_guard.lock_beside`). What a step makes from the supernet
 records its digest (:func:`~onceforall.training.run_dir.supernet_digest`), and the run's
-own predictor is refused once the supernet changed. A latency table records none: it
-times the blocks' shapes, which the weights do not change, and it is checked against the
-supernet's blocks when it is read.
+own predictor is refused once the supernet changed.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from typing import Any, Sequence
 
 from ..evaluation import SubnetEvaluator
 from ..latency.base import LatencyModel
-from ..latency.table import LatencyTable
 from ..models import Supernet
 from ..predictors import (
     AccuracyPredictor,
@@ -37,10 +35,11 @@ from ..predictors import (
 from ..predictors.base import ArchPredictor
 from ..search import evolutionary_search, random_search
 from ..storage.atomic import check_file_target, write_text_atomic
-from ..storage.run_guard import lock_beside, run_lock
+from ..storage.run_guard import run_lock
 from ..storage.run_layout import RunLayout
 from ..training.run_dir import supernet_digest
 from .export import ExportResult, export_subnet
+from .latency_steps import LatencyTableResult, latency_table_step
 from .specialize import Specialized, parse_target, search_costs, search_space, specialize
 
 __all__ = [
@@ -139,78 +138,6 @@ def predictor_step(
         )
         predictor.supernet_sha256 = digest
         return PredictorResult(predictor, predictor.save(path), report)
-
-
-@dataclass
-class LatencyTableResult:
-    """The latency table, where it is, and whether an existing file was reused as is."""
-
-    table: LatencyTable
-    path: Path
-    reused: bool
-
-
-def latency_table_step(
-    supernet: Supernet,
-    out: str | os.PathLike,
-    *,
-    reuse: bool = False,
-    extend: bool = False,
-    backend: str = "torch",
-    threads: int | None = None,
-    batch_size: int = 1,
-    resolutions: Sequence[int] | None = None,
-    repeats: int = 30,
-    progress: bool = True,
-    run: RunLayout | None = None,
-) -> LatencyTableResult:
-    """Time ``supernet``'s blocks on this device and save the table to ``out``, holding
-    the lock of the ``run`` it belongs to (else one beside ``out``). With ``reuse`` a
-    table already at ``out`` is loaded as it is; with ``extend`` only what it lacks is
-    timed."""
-    check_file_target(out)  # now, not after the timing
-    with run_lock(run.root) if run is not None else lock_beside(out):
-        return _latency_table(
-            supernet,
-            Path(out),
-            reuse,
-            extend,
-            backend,
-            threads,
-            batch_size,
-            resolutions,
-            repeats,
-            progress,
-        )
-
-
-def _latency_table(
-    supernet: Supernet,
-    path: Path,
-    reuse: bool,
-    extend: bool,
-    backend: str,
-    threads: int | None,
-    batch_size: int,
-    resolutions: Sequence[int] | None,
-    repeats: int,
-    progress: bool,
-) -> LatencyTableResult:
-    if reuse and path.is_file():
-        return LatencyTableResult(LatencyTable.load(path, supernet), path, True)
-    existing = LatencyTable.load(path, supernet) if extend and path.is_file() else None
-    table = LatencyTable.build(
-        supernet,
-        backend=backend,
-        threads=threads,
-        batch_size=batch_size,
-        resolutions=resolutions,
-        repeats=repeats,
-        existing=existing,
-        progress=progress,
-    )
-    table.save(path)
-    return LatencyTableResult(table, path, False)
 
 
 @dataclass

@@ -98,6 +98,7 @@ class LatencyTable:
     ms_per_mparam: float = 0.0
     calibration_error: float = float("nan")
     build_seconds: float = 0.0
+    bundle_sha256: str | None = None  # timed elsewhere, by this bundle's runner
     _space: MBConvSpace | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -115,12 +116,17 @@ class LatencyTable:
         return self._space
 
     # ------------------------------------------------------------------ queries
-    measurable_here = True  # timed on this kind of machine: specialisation re-measures
+    @property
+    def measurable_here(self) -> bool:
+        """Whether this machine is the table's device (specialisation then re-measures):
+        not for a table timed on another device from a bundle."""
+        return self.bundle_sha256 is None
 
     def describe(self) -> str:
         """One line: what the table was timed with and on."""
+        where = f" by latency bundle {self.bundle_sha256[:12]}" if self.bundle_sha256 else ""
         return (
-            f"measured with {self.backend} on {self.device_description} (batch "
+            f"measured with {self.backend} on {self.device_description}{where} (batch "
             f"{self.batch_size}, {self.statistic} of timed rounds), resolutions "
             f"{describe_resolutions(self.resolutions)}"
         )
@@ -362,6 +368,8 @@ class LatencyTable:
         data.update({name: getattr(self, name) for name in _SAVED_FIELDS})
         if np.isnan(self.calibration_error):
             data["calibration_error"] = None  # strict JSON has no NaN
+        if self.bundle_sha256:
+            data["bundle_sha256"] = self.bundle_sha256
         data["calibration"] = [{"arch": a.to_dict(), "ms": ms} for a, ms in self.calibration]
         data["entries"] = {key: list(value) for key, value in self.entries.items()}
         data["index"] = {  # resolution -> [slot][k][e] -> entry key
@@ -403,6 +411,7 @@ class LatencyTable:
         whatever the Python that reads it raises)."""
         fp = data["fingerprint"]
         table = cls(**{name: data[name] for name in _SAVED_FIELDS})
+        table.bundle_sha256 = data.get("bundle_sha256")  # absent before bundles
         table.resolutions = tuple(table.resolutions)
         if table.calibration_error is None:
             table.calibration_error = float("nan")

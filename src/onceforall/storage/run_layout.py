@@ -13,7 +13,9 @@
     RUN/training_done.json        the final validation, once every stage has finished
     RUN/accuracy_dataset.jsonl    measured accuracy of sampled sub-networks (resumable)
     RUN/accuracy_predictor.pt     the MLP accuracy predictor
-    RUN/latency_table.json        per-block latencies measured on this device
+    RUN/latency_table.json        per-block latencies measured on this device (or another,
+                                  from a latency bundle's results)
+    RUN/latency_bundles/          the manifest of every latency bundle made for the run
     RUN/specialized.json          chosen sub-network per target, predicted and measured
     RUN/pareto.png                sampled archs, predicted front, chosen sub-networks
     RUN/exports/<target>/         model.safetensors, model.onnx, arch.json, metadata.json
@@ -102,6 +104,10 @@ class RunLayout:
     @property
     def latency_table(self) -> Path:
         return self.root / "latency_table.json"
+
+    @property
+    def latency_bundles(self) -> Path:
+        return self.root / "latency_bundles"
 
     @property
     def specialized(self) -> Path:
