@@ -9,6 +9,7 @@ that every bad results file is refused in one line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -82,8 +83,10 @@ def test_the_bundle_holds_every_part_and_the_runner(bundle_run) -> None:
         assert {f"stem@{r}", f"head@{r}"} <= keys
         for per_k in manifest["index"][str(r)]:
             assert {key for per_e in per_k for key in per_e} <= keys
-    for model in manifest["models"].values():
-        assert runner.sha256_file(str(folder / model["file"])) == model["sha256"]
+    with zipfile.ZipFile(folder / runner.MODELS) as models:  # read from there, not unpacked
+        for model in manifest["models"].values():
+            assert hashlib.sha256(models.read(model["file"])).hexdigest() == model["sha256"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "measure.py", "models.zip"]
     assert (folder / "measure.py").read_bytes() == Path(runner.__file__).read_bytes()
     # The run keeps the manifest, by its SHA-256.
     kept = list(RunLayout(run).latency_bundles.glob("*.json"))
@@ -224,21 +227,25 @@ def test_the_runner_refuses_a_damaged_bundle(bundle_run, runner_python, tmp_path
     _, folder = bundle_run
     damaged = tmp_path / "damaged"
     damaged.mkdir()
-    for item in folder.rglob("*"):
-        target = damaged / item.relative_to(folder)
-        if item.is_dir():
-            target.mkdir(exist_ok=True)
-        else:
-            target.parent.mkdir(exist_ok=True)
-            target.write_bytes(item.read_bytes())
-    model = next((damaged / "models").iterdir())
-    model.write_bytes(model.read_bytes()[:-10])
+    for item in folder.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    name, entry = next(iter(manifest["models"].items()))
+    with zipfile.ZipFile(folder / runner.MODELS) as models:
+        info = models.getinfo(entry["file"])
+    data = bytearray((damaged / runner.MODELS).read_bytes())
+    at = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    data[at] ^= 0xFF  # one byte inside the first model's compressed data
+    (damaged / runner.MODELS).write_bytes(bytes(data))
     proc = _measure(runner_python, damaged, tmp_path / "r.json")
-    assert proc.wait(timeout=120) == 2
-    err = proc.stderr.read().strip()
-    assert err.endswith(
-        f"{model.relative_to(damaged)} is damaged (SHA-256 differs from the manifest)"
-    )
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert err.strip().splitlines()[-1].startswith(f"measure.py: {runner.MODELS} is damaged"), err
+    assert not (tmp_path / "r.json").exists()  # refused before anything was written
+    (damaged / runner.MODELS).unlink()
+    proc = _measure(runner_python, damaged, tmp_path / "r.json")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "lacks models.zip: unpack the whole bundle" in err, err
     help_text = subprocess.run(
         [str(runner_python), str(folder / "measure.py"), "--help"], capture_output=True, text=True
     ).stdout

@@ -3,7 +3,8 @@
 :func:`build_bundle` writes one zip file: every model a latency table times (every block
 shape, the stem and the head at every resolution, and the calibration networks; the same
 parts as :meth:`LatencyTable.build <onceforall.latency.table.LatencyTable.build>`) as
-ONNX files, a ``manifest.json`` (supernet, space, backend, precision, format version, the
+ONNX files in ``models.zip`` (read from there by the runner, never unpacked), a
+``manifest.json`` (supernet, space, backend, precision, format version, the
 SHA-256 of every file) and ``measure.py``, a stand-alone runner that needs only Python,
 numpy and ONNX Runtime (:mod:`onceforall.latency.bundle_runner`). On the device,
 ``python measure.py --out results.json`` times every model the way the in-process table
@@ -126,20 +127,23 @@ def build_bundle(
         "calibration": calibration,
         "models": {},
     }
-    with tempfile.TemporaryDirectory(prefix="ofa-bundle-") as tmp, atomic_file(out) as file:
-        with zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as zf:
+    with tempfile.TemporaryDirectory(prefix="ofa-bundle-") as tmp:
+        models_zip = Path(tmp) / runner.MODELS
+        with zipfile.ZipFile(models_zip, "w", zipfile.ZIP_DEFLATED) as zf:
             bar = tqdm(planned, desc="latency bundle", unit="model", disable=not progress)
             for name, entry, module in bar:
                 path = Path(tmp) / f"{name}.onnx"
                 export_onnx(_compressible(module), entry["input_shape"], path)
-                entry["file"] = f"models/{name}.onnx"
+                entry["file"] = path.name
                 entry["sha256"] = _sha256(path)
                 manifest["models"][name] = entry
                 zf.write(path, entry["file"])
                 path.unlink()
-            raw = json.dumps(manifest, indent=1).encode("utf-8")
+        raw = json.dumps(manifest, indent=1).encode("utf-8")
+        with atomic_file(out) as file, zipfile.ZipFile(file, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr("manifest.json", raw)
             zf.writestr("measure.py", Path(runner.__file__).read_bytes())
+            zf.write(models_zip, runner.MODELS, compress_type=zipfile.ZIP_STORED)
     size = Path(out).stat().st_size
     return BundleInfo(Path(out), raw, hashlib.sha256(raw).hexdigest(), len(planned), size)
 

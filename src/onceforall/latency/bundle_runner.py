@@ -6,9 +6,12 @@ Run it from the unpacked bundle (this file is the bundle's ``measure.py``):
 
 It needs Python 3.8 or newer, numpy and ONNX Runtime, nothing else:
 
-  Android (Termux):  pkg install python; pip install numpy onnxruntime
+  Android (Termux):  pkg install python python-numpy python-onnxruntime
+                     (PyPI has no onnxruntime wheel for Android's C library; inside a
+                     proot-distro Debian, pip install numpy onnxruntime works instead)
   Linux board:       python3 -m pip install numpy onnxruntime
-                     (Jetson and other ARM boards: the onnxruntime wheel of your vendor)
+                     (Jetson and other boards with an accelerator: your vendor's wheel;
+                     the runner asks for the CPU provider, as the in-process table)
 
 Every model of ``manifest.json`` is timed as ``ofa latency-table`` times it in-process:
 per resolution, every model is warmed up, then timed in interleaved rounds (a fresh
@@ -37,11 +40,14 @@ import random
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 
 FORMAT = "onceforall-latency-bundle"
 RESULTS_FORMAT = "onceforall-latency-results"
 VERSION = 1  # of the manifest and of the results file
 SETTLE = 3  # untimed calls before each timed one (as onceforall.latency.measure)
+MODELS = "models.zip"  # beside measure.py and manifest.json: every model, by its file name
 
 
 class BundleError(Exception):
@@ -83,18 +89,6 @@ def read_manifest(folder: str) -> tuple[dict, str]:
             f"version {VERSION}"
         )
     return manifest, hashlib.sha256(raw).hexdigest()
-
-
-def check_files(folder: str, manifest: dict, status: Progress) -> None:
-    """Every model file present with the SHA-256 the manifest lists."""
-    models = manifest["models"]
-    for i, model in enumerate(models.values()):
-        path = os.path.join(folder, model["file"])
-        if not os.path.isfile(path):
-            raise BundleError(f"the bundle lacks {model['file']}: unpack the whole bundle")
-        if sha256_file(path) != model["sha256"]:
-            raise BundleError(f"{model['file']} is damaged (SHA-256 differs from the manifest)")
-        status.show(f"checking model files {i + 1}/{len(models)}")
 
 
 def cpu_model() -> str:
@@ -186,10 +180,42 @@ def read_results(path: str) -> dict:
     return payload
 
 
+class Models:
+    """The bundle's ``models.zip``: each model's bytes, checked against the manifest's
+    SHA-256 (they are never unpacked to disk: a bundle of a large space is gigabytes
+    unpacked and tens of MB zipped)."""
+
+    def __init__(self, folder: str, manifest: dict) -> None:
+        path = os.path.join(folder, MODELS)
+        if not os.path.isfile(path):
+            raise BundleError(f"the bundle lacks {MODELS}: unpack the whole bundle")
+        try:
+            self.zip = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise BundleError(f"{MODELS} is damaged ({exc})") from None
+        self.entries = manifest["models"]
+
+    def read(self, name: str) -> bytes:
+        entry = self.entries[name]
+        try:
+            data = self.zip.read(entry["file"])
+        except (KeyError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise BundleError(f"{MODELS} is damaged: cannot read {entry['file']} ({exc})") from None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise BundleError(f"{entry['file']} is damaged (SHA-256 differs from the manifest)")
+        return data
+
+    def check(self, status: Progress) -> None:
+        """Read every model once, so that a damaged bundle is found before any timing."""
+        for i, name in enumerate(self.entries):
+            self.read(name)
+            status.show(f"checking models {i + 1}/{len(self.entries)}")
+
+
 class Model:
     """One ONNX model prepared for timing: a session and a fixed random input."""
 
-    def __init__(self, folder: str, entry: dict, threads: int) -> None:
+    def __init__(self, data: bytes, entry: dict, threads: int) -> None:
         import numpy as np
         import onnxruntime as ort
 
@@ -197,9 +223,7 @@ class Model:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            os.path.join(folder, entry["file"]), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         shape = tuple(entry["input_shape"])
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         self.feed = {self.session.get_inputs()[0].name: x}
@@ -221,6 +245,7 @@ def measure(args: argparse.Namespace) -> int:
     settings = {"threads": args.threads, "repeats": repeats, "warmup": warmup, "settle": SETTLE}
     groups = manifest["groups"]
     status = Progress()
+    models_zip = Models(folder, manifest)
     if os.path.exists(args.out):
         payload = read_results(args.out)
         if payload.get("bundle_sha256") != manifest_sha:
@@ -236,7 +261,7 @@ def measure(args: argparse.Namespace) -> int:
         done = sum(len(s) for s in payload["samples"].values())
         status.note(f"resuming {args.out}: {done} timings kept")
     else:
-        check_files(folder, manifest, status)
+        models_zip.check(status)
         payload = {
             "format": RESULTS_FORMAT,
             "version": VERSION,
@@ -261,7 +286,8 @@ def measure(args: argparse.Namespace) -> int:
         models = []
         for i, name in enumerate(names):
             status.show(f"{label}: loading and warming up {i + 1}/{len(names)}")
-            models.append(Model(folder, manifest["models"][name], args.threads))
+            entry = manifest["models"][name]
+            models.append(Model(models_zip.read(name), entry, args.threads))
             for _ in range(warmup):
                 models[-1]()
         rng = random.Random(group["seed"])
