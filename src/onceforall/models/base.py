@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from torch import nn
 from ..arch import ArchInput, ArchValue, Space
 from .costs import CostParts, LayerCost, total_macs, total_params
 from .family import Family, family_for
+from .features import DEFAULT_OUT_INDICES, features_of
 
 __all__ = ["Supernet", "copy_leading_slices"]
 
@@ -64,16 +65,24 @@ class Supernet(nn.Module, ABC):
     def set_largest(self) -> ArchValue:
         return self.set_active(self.space.largest())
 
-    def extract(self, arch: ArchInput | None = None) -> nn.Module:
+    def extract(
+        self,
+        arch: ArchInput | None = None,
+        *,
+        features_only: bool = False,
+        out_indices: Sequence[int] = DEFAULT_OUT_INDICES,
+    ) -> nn.Module:
         """An ordinary network holding copies of the active weights of ``arch`` (the
-        active arch if omitted). In eval mode it computes what the supernet computes."""
+        active arch if omitted). In eval mode it computes what the supernet computes.
+        With ``features_only``, the network up to its last feature map, returning the
+        maps at the strides ``out_indices`` name (:class:`~.features.FeatureNet`)."""
         arch = self.active_arch if arch is None else self.parse_arch(arch)
         subnet = self.build_subnet(arch)
         with torch.no_grad():
             computed = self._computed_weights(arch)
         copy_leading_slices(subnet, self.state_dict(keep_vars=True), computed)
         subnet.train(self.training)
-        return subnet
+        return features_of(subnet, out_indices) if features_only else subnet
 
     @torch.no_grad()
     def zero_init_residual(self) -> int:

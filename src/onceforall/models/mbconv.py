@@ -261,6 +261,11 @@ class MBConvSubnet(_MBConvNetBody):
             x = stage(x)
         return self._head(x)
 
+    def feature_body(self) -> list[tuple[str, nn.Module]]:
+        """The modules before the head, in the order they run (see models.features)."""
+        stages = [(f"stage{i}", stage) for i, stage in enumerate(self.stages)]
+        return [("stem", self.stem), ("first_block", self.first_block), *stages]
+
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description from which the network can be rebuilt."""
         return {

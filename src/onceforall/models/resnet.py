@@ -233,6 +233,11 @@ class ResNetSubnet(_ResNetBody):
             x = stage(x)
         return x
 
+    def feature_body(self) -> list[tuple[str, nn.Module]]:
+        """The modules before the head, in the order they run (see models.features)."""
+        stages = [(f"stage{i}", stage) for i, stage in enumerate(self.stages)]
+        return [("stem", self.stem), ("pool", self.pool), *stages]
+
     def spec(self) -> dict[str, Any]:
         """JSON-serialisable description from which the network can be rebuilt."""
         return {"family": "resnet", "config": self.config.to_dict(), "arch": self.arch.to_dict()}

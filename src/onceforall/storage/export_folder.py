@@ -20,13 +20,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..errors import InputNotFoundError
 from ..models import build_subnet
+from ..models.features import DEFAULT_OUT_INDICES, features_of
 from .onnx_export import ExportError, require
 from .state_dicts import state_dict_problems
 
@@ -138,12 +139,16 @@ def _load_weights(net: nn.Module, tensors: Mapping[str, torch.Tensor], path: Pat
     net.load_state_dict(dict(tensors))
 
 
-def load_exported(path: PathLike) -> nn.Module:
+def load_exported(
+    path: PathLike, *, features_only: bool = False, out_indices: Sequence[int] = DEFAULT_OUT_INDICES
+) -> nn.Module:
     """The exported network in eval mode, rebuilt from ``spec.json`` and
     ``model.safetensors``; ``path`` is the export directory or a file in it. Every file
     is first checked against the hashes ``metadata.json`` records (a folder without it,
     or with a file changed, missing or cut short, is refused). Needs no supernet and
-    executes nothing from the files."""
+    executes nothing from the files. With ``features_only``, the network up to its last
+    feature map, returning the maps ``out_indices`` name (see
+    :mod:`onceforall.models.features`)."""
     path = Path(path)
     directory = path.parent if path.is_file() else path
     if not directory.is_dir():
@@ -173,4 +178,4 @@ def load_exported(path: PathLike) -> nn.Module:
         if written != space.canonical(net.arch):
             raise ExportError(f"{arch_path} describes another arch than {SPEC}: {written}")
     _load_weights(net, tensors, weights_path)
-    return net.eval()
+    return features_of(net.eval(), out_indices) if features_only else net.eval()

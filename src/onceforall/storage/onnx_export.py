@@ -61,9 +61,10 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     dynamic_batch: bool = False,
+    output_names: Sequence[str] = ("logits",),
 ) -> str:
-    """Write ``model`` (eval mode, CPU) to ``path`` as ONNX (input ``input``, output
-    ``logits``), with a dynamic batch axis if asked; returns the exporter used.
+    """Write ``model`` (eval mode, CPU) to ``path`` as ONNX (input ``input``, outputs
+    ``output_names``), with a dynamic batch axis if asked; returns the exporter used.
 
     The TorchScript exporter (``dynamo=False``) is quick (well under a second per model)
     and needs no onnxscript; torch has deprecated it, so where it is gone or fails the
@@ -71,12 +72,13 @@ def export_onnx(
     """
     model = model.eval().cpu()
     example = (torch.randn(*input_shape),)
-    names = {"input_names": ["input"], "output_names": ["logits"]}
+    names = {"input_names": ["input"], "output_names": list(output_names)}
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+            batch = {name: {0: "batch"} for name in ["input", *output_names]}
+            axes = batch if dynamic_batch else None
             # torch < 2.5 has only this exporter and no ``dynamo`` argument.
             legacy = {"dynamo": False} if _has_dynamo_flag() else {}
             torch.onnx.export(
