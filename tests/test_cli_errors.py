@@ -196,6 +196,18 @@ CASES: list[tuple[str, ...]] = [
     ),
     ("specialize --run @tmp/nowhere --target macs<=1G", "@tmp/nowhere/config.yaml not found"),
     # export
+    # finetune
+    ("finetune --run @prun --out @tmp/f", "give --arch (a sub-network of the run) or --from"),
+    ("finetune --run @prun --arch @arch --out @tmp/f --epochs 0", "epochs must be a positive"),
+    ("finetune --run @prun --arch @arch --out @tmp/f --lr nan", "lr must be a positive number"),
+    (
+        "finetune --run @prun --arch @arch --out @tmp/f --warmup-epochs 2",
+        "warmup_epochs must be at least 0 and less than epochs (1.0), not 2.0",
+    ),
+    ("finetune --run @prun --arch @arch --out @files/afile", "@files/afile is a file"),
+    ("finetune --run @prun --from @tmp/nowhere --out @tmp/f", "@tmp/nowhere is not a directory"),
+    ("finetune --run @tmp/nowhere --arch @arch --out @tmp/f", "@tmp/nowhere/config.yaml not found"),
+    ("finetune --run @prun --arch '{\"ks\": [9]}' --out @tmp/f", "ks"),
     ("export --run @prun --arch @files/binary --out @tmp/e", "@files/binary is not a text file"),
     ("export --run @prun --arch @files/deep.json --out @tmp/e", "nested too deeply"),
     ("export --run @prun --arch '' --out @tmp/e", "'' is neither a file nor arch JSON text"),

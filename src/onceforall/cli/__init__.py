@@ -16,8 +16,8 @@ from ..deploy.report import arch_summary, format_table, profile_subnets, spread_
 from ..errors import OnceForAllError
 from ..models import create_supernet, list_supernets
 from ..storage.atomic import check_file_target, write_text_atomic
-from .args import count, positive
-from .deploy import add_deploy_commands, load_arch_text
+from .args import count, load_arch_text, positive
+from .deploy import add_deploy_commands
 from .latency import add_latency_commands
 from .predict import add_predict_commands
 from .train import add_training_commands

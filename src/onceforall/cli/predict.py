@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..storage.run_layout import RunLayout
-from .deploy import load_arch_text
+from .args import load_arch_text
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

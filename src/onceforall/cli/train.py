@@ -103,6 +103,51 @@ def _cmd_train_predictor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from ..deploy.finetune_step import finetune_step, finetune_work_dir
+    from ..storage.run_layout import RunLayout
+    from ..training import TrainingDiverged, load_run
+    from ..training.finetune import FinetuneSettings
+    from .args import load_arch_text
+
+    if (args.arch is None) == (args.start_from is None):
+        raise ConfigError("give --arch (a sub-network of the run) or --from (an export)")
+    settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs)
+    config, supernet = load_run(args.run)
+    try:
+        result = finetune_step(
+            supernet,
+            config,
+            RunLayout(args.run),
+            args.out,
+            settings,
+            data=args.data,
+            arch=None if args.arch is None else load_arch_text(args.arch),
+            start_from=args.start_from,
+            distill=not args.no_distill,
+            resume=args.resume,
+            device=args.device,
+            max_steps=args.max_steps,
+            threads=args.threads,
+        )
+    except TrainingDiverged as exc:
+        print(f"ofa: fine-tuning stopped: {exc}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 reports
+    work = finetune_work_dir(RunLayout(args.run), args.out)
+    if result is None:
+        print(f"stopped (--max-steps); continue with --resume (checkpoints in {work})")
+        return 0
+    record = result.metadata["finetune"]
+    print(
+        f"test top-1 {record['top1_before']:.2f} % -> {record['top1_after']:.2f} % after "
+        f"{record['steps']} steps ({args.epochs:g} epochs, lr {args.lr:g})"
+    )
+    print(f"wrote {result.out_dir} (metrics and checkpoints: {work})")
+    return 0
+
+
 def add_training_commands(sub: Any) -> None:
     p = sub.add_parser("train", help="progressive shrinking on a dataset; resumable")
     p.add_argument(
@@ -141,6 +186,28 @@ def add_training_commands(sub: Any) -> None:
         "(--set specialize.num_targets=2); repeatable",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "finetune", help="train one sub-network on by itself (distilled), then export it"
+    )
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
+    p.add_argument("--arch", help="the sub-network: arch JSON, or a file holding it")
+    p.add_argument(
+        "--from", dest="start_from", help="start from this export folder instead of --arch"
+    )
+    p.add_argument("--out", required=True, help="the export folder to write")
+    p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
+    p.add_argument("--epochs", type=float, default=1.0, help="may be fractional")
+    p.add_argument("--lr", type=float, default=0.005, help="peak, per 64 images")
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument(
+        "--no-distill", action="store_true", help="no teacher (the run's largest sub-network)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue a killed fine-tuning")
+    p.add_argument("--device", type=device, help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--max-steps", type=positive, help="stop after this many optimiser steps")
+    p.add_argument("--threads", type=positive, help="CPU threads for the latency measurement")
+    p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser(
         "acc-dataset",

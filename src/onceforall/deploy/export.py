@@ -149,7 +149,7 @@ def export_subnet(
         )
 
 
-def _check_out_dir(out_dir: PathLike) -> None:
+def check_export_target(out_dir: PathLike) -> None:
     """Refuse an ``out_dir`` that an export may not replace: a file, or a folder holding
     anything but an export (replacing it would delete the files)."""
     folder = Path(out_dir)
@@ -168,7 +168,7 @@ def _check_inputs(
     """The safetensors module and ``extra_metadata`` as a dict, or a clear error when
     ``out_dir`` may not be written, an optional package is missing or the metadata cannot
     be written as JSON."""
-    _check_out_dir(out_dir)
+    check_export_target(out_dir)
     safetensors_torch = require("safetensors.torch", "saving the weights")
     if onnx:
         require("onnx", "ONNX export")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from .. import data as datamod
 from ..arch import Arch, MBConvSpace
@@ -38,10 +38,11 @@ from .config import StageConfig, TrainConfig
 from .distributed import DistEnv, barrier, check_consistent, digest, init_distributed
 from .epoch import EpochRunner, EpochStats, StagePlan, StepResult, TrainingDiverged
 from .forecast import Forecast, PlannedWork, TrainingForecaster, TrainingWork
+from .loading import sgd, train_batch_sampler, train_loader
 from .reporting import Reporter
 from .rng_state import restore_rng_state
 from .run_dir import build_supernet, check_can_train, write_run_config, write_training_done
-from .schedule import Position, SkipBatches, peak_lr, stage_space
+from .schedule import Position, peak_lr, stage_space
 
 __all__ = ["Trainer", "TrainingDiverged", "train"]
 
@@ -167,21 +168,7 @@ class Trainer:
     # ------------------------------------------------------------ the schedule
     def _optimizer(self, stage: StageConfig, state: dict | None) -> torch.optim.SGD:
         """SGD for ``stage`` (no weight decay on biases and BN), restored from ``state``."""
-        decay, no_decay = [], []
-        for param in self.net.parameters():
-            (no_decay if param.ndim <= 1 else decay).append(param)
-        optimizer = torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": self.config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self._peak_lr(stage),
-            momentum=self.config.momentum,
-            nesterov=self.config.nesterov,
-        )
-        if state is not None:
-            optimizer.load_state_dict(state)
-        return optimizer
+        return sgd(self.net.parameters(), self.config, self._peak_lr(stage), state)
 
     def _peak_lr(self, stage: StageConfig) -> float:
         return peak_lr(stage, self.config.batch_size * self.env.world_size)
@@ -207,35 +194,11 @@ class Trainer:
 
     # ------------------------------------------------------------------- data
     def _make_batch_sampler(self) -> datamod.ElasticResolutionBatchSampler:
-        # DistributedSampler even on one worker: its order is a pure function of
-        # (seed, epoch), which is what makes resuming mid-epoch exact.
-        return datamod.ElasticResolutionBatchSampler(
-            DistributedSampler(
-                self.train_set,
-                num_replicas=self.env.world_size,
-                rank=self.env.rank,
-                shuffle=True,
-                seed=self.config.seed,
-                drop_last=True,
-            ),
-            batch_size=self.config.batch_size,
-            resolutions=self.config.resolutions,
-            seed=self.config.seed,
-        )
+        return train_batch_sampler(self.train_set, self.config, self.env)
 
     def _train_loader(self, epoch: int, skip: int) -> DataLoader:
-        sampler = self._batch_sampler
-        sampler.set_epoch(epoch)
-        # A generator of its own, seeded per epoch: creating the loader then draws nothing
-        # from the global RNG, so a resumed run's random stream matches the original's.
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return DataLoader(
-            self.train_set,
-            batch_sampler=SkipBatches(sampler, skip) if skip else sampler,
-            num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=generator,
-            persistent_workers=False,
+        return train_loader(
+            self.train_set, self._batch_sampler, self.config, self.device, epoch, skip
         )
 
     # --------------------------------------------------------------- training
