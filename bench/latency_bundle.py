@@ -110,9 +110,11 @@ def compare(name: str, net, resolutions, args) -> None:
     for x, y in pairs:
         diff = np.abs(ms[x] - ms[y])
         rel = diff / ms[y] * 100
+        bias = np.median((ms[x] - ms[y]) / ms[y] * 100)
         print(
             f"entries, {x} vs {y}: median |diff| {np.median(diff) * 1000:.1f} us, "
-            f"{np.median(rel):.1f} % (p90 {np.percentile(rel, 90):.1f} %)"
+            f"{np.median(rel):.1f} % (p90 {np.percentile(rel, 90):.1f} %), median signed "
+            f"{bias:+.1f} %"
         )
     archs = held_out_archs(net, a1, args.archs)
     measured = np.array([timed_whole(net, a, args) for a in archs])
@@ -125,10 +127,11 @@ def compare(name: str, net, resolutions, args) -> None:
             f"error {table.calibration_error:.1%})"
         )
     for x, y in pairs:
-        rel = np.abs(pred[x] - pred[y]) / pred[y] * 100
+        signed = (pred[x] - pred[y]) / pred[y] * 100
         print(
-            f"predictions, {x} vs {y}: median |diff| {np.median(rel):.1f} %, "
-            f"p90 {np.percentile(rel, 90):.1f} %"
+            f"predictions, {x} vs {y}: median |diff| {np.median(np.abs(signed)):.1f} %, "
+            f"p90 {np.percentile(np.abs(signed), 90):.1f} %, median signed "
+            f"{np.median(signed):+.1f} %"
         )
     print(f"timed whole {measured.min():.2f}..{measured.max():.2f} ms; load {load()}")
 

@@ -160,10 +160,11 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.slow  # about 20 s: ofa run of a second MBConv family (make test-slow)
 def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> None:
     """The same job on the OFA-ProxylessNAS space: six stages, the last one a single
-    block whose depth is fixed; training, search and export all go through."""
+    block whose depth is fixed; training, search, export and fine-tuning all go
+    through."""
     config = tmp_path / "tiny.yaml"
     settings = {**TINY_RUN, "supernet": "ofa_proxyless_w1.3"}
-    settings["specialize"] = {**TINY_RUN["specialize"], "num_targets": 1}
+    settings["specialize"] = {**TINY_RUN["specialize"], "num_targets": 1, "finetune_epochs": 1}
     config.write_text(json.dumps(settings))
     run = tmp_path / "run"
     assert main(["run", "--config", str(config), "--out", str(run)]) == 0
@@ -178,11 +179,16 @@ def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> 
         row["target"].split(","), {"latency_ms": latency_cost(table, supernet.space)}
     ):
         assert constraint.cost.of(arch) <= constraint.limit
-    [folder] = (run / "exports").glob("[!.]*")
+    folder, tuned = sorted((run / "exports").glob("[!.]*"))
     model = load_exported(folder).eval()
     x = torch.randn(2, 3, arch.r, arch.r)
     with torch.no_grad():
         assert model(x).shape == (2, 10)
+    # specialize.finetune_epochs: each winner also fine-tuned, beside its export.
+    assert tuned.name == folder.name + "_finetuned"
+    record = json.loads((tuned / "metadata.json").read_text())["finetune"]
+    assert record["epochs"] == 1 and record["steps"] == 4  # 64 images, batch 16
+    assert load_exported(tuned).arch == model.arch
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ specialisation setting (``specialize.num_targets``).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -84,6 +85,10 @@ class SpecializeConfig:
     random_baseline: int = 5  # random archs measured per target, for comparison
     generations: int = 500
     export: bool = True
+    # Fine-tune each chosen sub-network for this many epochs after its export (0: none),
+    # into RUN/exports/<target>_finetuned; lr per 64 images, as the stages'.
+    finetune_epochs: float = 0.0
+    finetune_lr: float = 0.005
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> SpecializeConfig:
@@ -129,6 +134,16 @@ class SpecializeConfig:
                 raise ConfigError(f"specialize.targets: {exc}") from None
         if not isinstance(self.export, bool):
             raise ConfigError(f"specialize.export must be true or false, not {self.export!r}")
+        for name in ("finetune_epochs", "finetune_lr"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ConfigError(f"specialize.{name} must be a number >= 0, not {value!r}")
+        if self.finetune_epochs > 0 and self.finetune_lr <= 0:
+            raise ConfigError("specialize.finetune_lr must be above 0 to fine-tune")
 
 
 def _is_count(value: Any) -> bool:

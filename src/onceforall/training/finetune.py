@@ -38,7 +38,7 @@ from .reporting import Reporter
 from .rng_state import restore_rng_state
 from .schedule import Position, peak_lr
 
-__all__ = ["FinetuneOutcome", "FinetuneSettings", "finetune"]
+__all__ = ["FinetuneOutcome", "FinetuneSettings", "SingleArch", "StaticTrainee", "finetune"]
 
 STAGE = "finetune"  # the one stage's name, in checkpoints and metrics
 
@@ -79,7 +79,7 @@ class FinetuneOutcome:
     calibration_images: int
 
 
-class _OneArch:
+class SingleArch:
     """The space of the fine-tuning stage: the one network, which every step trains."""
 
     def __init__(self, arch: ArchValue) -> None:
@@ -92,7 +92,7 @@ class _OneArch:
         return self.arch
 
 
-class _Trainee(nn.Module):
+class StaticTrainee(nn.Module):
     """A static network where the epoch runner expects a supernet (``set_active``
     changes nothing: there is one network)."""
 
@@ -153,7 +153,7 @@ def finetune(
     top1_before = _test_top1(start, evaluator, env)
     if env.is_main:
         work.root.mkdir(parents=True, exist_ok=True)
-    trainee = _Trainee(start).to(env.device)
+    trainee = StaticTrainee(start).to(env.device)
     checkpoints = Checkpointer(work, cfg, trainee, enabled=env.is_main)
     reporter = Reporter(work, enabled=env.is_main, progress=progress and env.is_main)
     pos, optimizer_state = Position(), None
@@ -174,7 +174,7 @@ def finetune(
     steps_per_epoch = len(sampler)
     total = max(1, math.ceil(settings.epochs * steps_per_epoch))
     lr = peak_lr(stage, cfg.batch_size * env.world_size)
-    plan = StagePlan(stage, _OneArch(arch), lr, steps_per_epoch, total)
+    plan = StagePlan(stage, SingleArch(arch), lr, steps_per_epoch, total)
     optimizer = sgd(trainee.parameters(), cfg, plan.peak_lr, optimizer_state)
     if teacher is not None:
         teacher = teacher.to(env.device).eval().requires_grad_(False)
