@@ -245,6 +245,14 @@ CASES: list[tuple[str, ...]] = [
     ("run --config @files/list.yaml --out @tmp/r", "@files/list.yaml holds a list, not a config"),
     (f"run {QUICK} --set x", "--set expects KEY=VALUE, got 'x'"),
     (
+        f"run {QUICK} --set specialize.finetune_epochs=-1",
+        "specialize.finetune_epochs must be a number >= 0, not -1",
+    ),
+    (
+        f"run {QUICK} --set specialize.finetune_epochs=1 --set specialize.finetune_lr=0",
+        "specialize.finetune_lr must be above 0 to fine-tune",
+    ),
+    (
         f"run {QUICK} --data @tmp/nowhere --set {BAD_TARGET}",
         "specialize.targets: cannot parse constraint 'bogus'",
     ),
