@@ -158,7 +158,9 @@ def test_two_workers_stay_identical(trained_run, tmp_path) -> None:
     run = copy_run(trained_run, tmp_path)
     out = tmp_path / "ddp"
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29735"]
-    command = [sys.executable, *torchrun, "-m", "onceforall.cli", *_command(run, out)]
+    # --run-dir: torchrun would read --run as its own --run-path
+    finetune = ["finetune", "--run-dir", str(run), "--arch", ARCH, "--out", str(out)]
+    command = [sys.executable, *torchrun, "-m", "onceforall.cli", *finetune]
     command += ["--device", "cpu", "--epochs", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
