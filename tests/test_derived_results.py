@@ -5,9 +5,9 @@ command that writes into a run holds its lock.
   they were measured with; rows measured otherwise are never mixed into one file.
 - The run's predictor records the supernet its rows came from and is refused once the
   supernet changed (``ofa run`` measures and fits again: tests/test_pipeline.py).
-- ``acc-dataset``, ``train-predictor``, ``latency-table``, ``specialize`` and
-  ``import-reference`` are refused at once, in one line, while another process writes
-  into the run.
+- ``acc-dataset``, ``train-predictor``, ``latency-table``, ``latency-bundle``,
+  ``specialize``, ``finetune`` and ``import-reference`` are refused at once, in one
+  line, while another process writes into the run.
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def test_every_command_writing_into_a_run_is_refused_while_another_writes(
     rows = [{"arch": net.space.sample(i).to_dict(), "accuracy": 50.0 + i} for i in range(4)]
     RunLayout(run).accuracy_dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+    arch = net.space.sample(0).to_json()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE)
     try:
         assert holder.stdout.readline().strip() == b"locked"
@@ -133,6 +134,8 @@ def test_every_command_writing_into_a_run_is_refused_while_another_writes(
             ["train-predictor", "--run", str(run), "--val-fraction", "0", "--epochs", "1"],
             ["latency-table", "--run", str(run), "--repeats", "1"],
             ["specialize", "--run", str(run), "--target", "macs<=100M", "--generations", "1"],
+            ["latency-bundle", "--run", str(run), "--out", str(tmp_path / "bundle.zip")],
+            ["finetune", "--run", str(run), "--arch", arch, "--out", str(tmp_path / "tuned")],
         ]
         for command in commands:
             assert main(command) == 2, command
