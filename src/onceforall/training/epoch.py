@@ -131,9 +131,11 @@ StepCallback = Callable[[Position, StepResult, EpochStats], None]
 
 @dataclass
 class EpochRunner:
-    """Runs the epochs of one stage with one optimiser (see the module docstring)."""
+    """Runs the epochs of one stage with one optimiser (see the module docstring). ``net``
+    is the supernet, or for fine-tuning one static network that ``set_active`` leaves as
+    it is (:class:`~.finetune.StaticTrainee`)."""
 
-    net: Supernet
+    net: Supernet | nn.Module
     optimizer: torch.optim.Optimizer
     config: TrainConfig
     env: DistEnv
