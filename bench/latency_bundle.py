@@ -118,14 +118,19 @@ def compare(name: str, net, resolutions, args) -> None:
         )
     archs = held_out_archs(net, a1, args.archs)
     measured = np.array([timed_whole(net, a, args) for a in archs])
+    alone = timed_whole_alone(net, archs, args)
     pred = {t: np.array([table.predict(a) for a in archs]) for t, table in tables.items()}
-    for t, table in tables.items():
-        err = np.abs(pred[t] - measured) / measured * 100
-        print(
-            f"{args.archs} held-out networks, table {t}: abs % error against timed whole "
-            f"median {np.median(err):.1f}, p90 {np.percentile(err, 90):.1f} (calibration "
-            f"error {table.calibration_error:.1%})"
-        )
+    for where, truth in [("here", measured), ("in the runner's environment", alone)]:
+        for t, table in tables.items():
+            err = np.abs(pred[t] - truth) / truth * 100
+            print(
+                f"{args.archs} held-out networks timed whole {where}, table {t}: abs % error "
+                f"median {np.median(err):.1f}, p90 {np.percentile(err, 90):.1f}, median "
+                f"signed {np.median((pred[t] - truth) / truth * 100):+.1f} % (calibration "
+                f"error {table.calibration_error:.1%})"
+            )
+    signed = (alone - measured) / measured * 100
+    print(f"timed whole, runner's environment vs here: median signed {np.median(signed):+.1f} %")
     for x, y in pairs:
         signed = (pred[x] - pred[y]) / pred[y] * 100
         print(
@@ -141,6 +146,45 @@ def timed_whole(net, arch, args) -> float:
     return measure_latency(
         model, arch.r, backend="onnxruntime", threads=args.threads, repeats=args.repeats
     ).median_ms
+
+
+ALONE = """
+import json, statistics, sys
+sys.path.insert(0, sys.argv[1])
+import bundle_runner
+threads, repeats = int(sys.argv[2]), int(sys.argv[3])
+out = []
+for path, shape in json.load(sys.stdin):
+    model = bundle_runner.Model(open(path, "rb").read(), {"input_shape": shape}, threads)
+    for _ in range(5):
+        model()
+    out.append(statistics.median(model.time_ms() for _ in range(repeats)))
+print(json.dumps(out))
+"""
+
+
+def timed_whole_alone(net, archs, args) -> np.ndarray:
+    """The same networks timed whole as ``measure_latency`` times them (5 warm-up runs,
+    median of ``repeats``), by the runner's own code in ``.venv-runner`` (no torch in
+    that process): the truth for a table timed there."""
+    import json
+
+    from onceforall.latency import bundle_runner
+    from onceforall.storage.onnx_export import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="ofa-bench-alone-") as tmp:
+        items = []
+        for i, arch in enumerate(archs):
+            path = Path(tmp) / f"n{i}.onnx"
+            export_onnx(net.extract(arch), (1, 3, arch.r, arch.r), path)
+            items.append([str(path), [1, 3, arch.r, arch.r]])
+        python = ROOT / ".venv-runner" / "bin" / "python"
+        runner_dir = str(Path(bundle_runner.__file__).parent)
+        command = [str(python), "-c", ALONE, runner_dir, str(args.threads), str(args.repeats)]
+        done = subprocess.run(
+            command, input=json.dumps(items), capture_output=True, text=True, check=True
+        )
+    return np.array(json.loads(done.stdout))
 
 
 def load() -> str:
