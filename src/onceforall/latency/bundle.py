@@ -24,6 +24,7 @@ results are matched to their bundle by the manifest's SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import tempfile
@@ -81,12 +82,12 @@ def build_bundle(
             f"latency bundles are made for {', '.join(BUNDLE_BACKENDS)}, not {backend!r}"
         )
     require("onnx", "a latency bundle (ONNX models)")
-    if not supernet.family.additive_costs:
-        LatencyTable.build(supernet, repeats=1)  # raises the table's own explanation
+    lp.check_per_block(supernet)
     todo = sorted(set(int(r) for r in (resolutions or supernet.space.resolutions)))
     space = supernet.space
     subnets = lp.block_subnets(supernet)
-    planned: list[tuple[str, dict[str, Any], torch.nn.Module]] = []  # id, entry, module
+    # id, entry, and the module or what builds it (whole networks are built one at a time)
+    planned: list[tuple[str, dict[str, Any], Any]] = []
     groups, calibration = [], []
     timed: set[str] = set()
     index: dict[str, list] = {}
@@ -101,8 +102,8 @@ def build_bundle(
             names.append(_plan(planned, part.module, part.input_shape, entry))
         for arch in lp.calibration_archs(space, r, calibration_archs):
             entry = {"kind": "calibration", "key": str(arch), "arch": arch.to_dict()}
-            net = lp.static_net(supernet, arch)
-            name = _plan(planned, net, (batch_size, 3, r, r), entry)
+            build = functools.partial(lp.static_net, supernet, arch)
+            name = _plan(planned, build, (batch_size, 3, r, r), entry)
             names.append(name)
             calibration.append({"model": name, "arch": arch.to_dict()})
         groups.append({"resolution": r, "seed": r, "models": names})
@@ -133,6 +134,8 @@ def build_bundle(
             bar = tqdm(planned, desc="latency bundle", unit="model", disable=not progress)
             for name, entry, module in bar:
                 path = Path(tmp) / f"{name}.onnx"
+                if not isinstance(module, torch.nn.Module):
+                    module = module()
                 export_onnx(_compressible(module), entry["input_shape"], path)
                 entry["file"] = path.name
                 entry["sha256"] = _sha256(path)
@@ -170,7 +173,7 @@ def _compressible(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def _plan(planned: list, module: torch.nn.Module, shape: Iterable[int], entry: dict) -> str:
+def _plan(planned: list, module: Any, shape: Iterable[int], entry: dict) -> str:
     name = f"m{len(planned):04d}"
     entry["input_shape"] = [int(s) for s in shape]
     planned.append((name, entry, module))

@@ -16,10 +16,12 @@ from torch import nn
 from ..arch import Arch, MBConvSpace
 from ..models.costs import total_params
 from ..models.mbconv import OFAMBConvNet, block_plan
+from .base import LatencyTableError
 
 __all__ = [
     "TimedPart",
     "calibration_archs",
+    "check_per_block",
     "fingerprint",
     "static_net",
     "timed_parts",
@@ -39,6 +41,18 @@ def fingerprint(supernet: OFAMBConvNet) -> dict[str, Any]:
         )
     config = json.loads(json.dumps(supernet.config.to_dict()))
     return {key: value for key, value in config.items() if key not in _SHAPELESS_FIELDS}
+
+
+def check_per_block(supernet: OFAMBConvNet) -> None:
+    """Raise :class:`LatencyTableError` for a supernet whose latency is not a sum of
+    per-block entries (OFA-ResNet: a block's cost depends on its neighbours' widths)."""
+    if not supernet.family.additive_costs:
+        raise LatencyTableError(
+            f"{getattr(supernet, 'name', type(supernet).__name__)} has no per-block latency "
+            "table: its blocks' costs depend on their neighbours' width choices. Search it "
+            "under MACs or parameter targets (e.g. macs<=1G); ofa specialize still measures "
+            "the chosen networks' latency on this device."
+        )
 
 
 class _Head(nn.Module):

@@ -253,13 +253,7 @@ class LatencyTable:
             check_whole_number("threads", threads, 1)
         if statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not {statistic!r}")
-        if not supernet.family.additive_costs:
-            raise LatencyTableError(
-                f"{getattr(supernet, 'name', type(supernet).__name__)} has no per-block latency "
-                "table: its blocks' costs depend on their neighbours' width choices. Search it "
-                "under MACs or parameter targets (e.g. macs<=1G); ofa specialize still measures "
-                "the chosen networks' latency on this device."
-            )
+        lp.check_per_block(supernet)
         device = torch.device(device)
         if backend == "torch":
             threads = torch.get_num_threads() if threads is None else threads
