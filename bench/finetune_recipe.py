@@ -55,7 +55,8 @@ def main() -> None:
     layout = RunLayout(args.run)
     config, supernet = load_run(args.run)
     chosen = json.loads(layout.specialized.read_text())
-    scratch = args.scratch or [f"{supernet_passes(config):g}:{config.stages[0].lr}"]
+    passes = f"{supernet_passes(config):g}:{config.stages[0].lr}"
+    scratch = [passes] if args.scratch is None else args.scratch
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     done = set()
