@@ -25,7 +25,14 @@ from tests.conftest import needs_fashion_mnist, randomize
 SIZE = 64  # input side: every stride up to 32 divides it
 
 
-@pytest.fixture(scope="module", params=["ofa_mbv3_w1.0", "ofa_proxyless_w1.3", "ofa_resnet50"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "ofa_mbv3_w1.0",
+        "ofa_proxyless_w1.3",
+        pytest.param("ofa_resnet50", marks=pytest.mark.slow),  # about 6 s (make test-slow)
+    ],
+)
 def supernet(request) -> onceforall.Supernet:
     torch.manual_seed(0)
     net = onceforall.create_supernet(request.param, num_classes=10)

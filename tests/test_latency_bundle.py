@@ -151,12 +151,14 @@ def _wait_for_rounds(path: Path, proc: subprocess.Popen, more_than: int) -> dict
     raise AssertionError("the runner timed no round in 300 s")
 
 
+@pytest.mark.slow  # about 10 s: three runner processes, 80 rounds (make test-slow)
 def test_an_interrupted_runner_resumes_without_timing_anything_again(
     bundle_run, runner_python, tmp_path
 ) -> None:
     _, folder = bundle_run
     results = tmp_path / "results.json"
-    repeats = ["--repeats", "12"]
+    # Enough rounds (some 40 ms each) that the runner is still at work when signalled.
+    repeats = ["--repeats", "80"]
     proc = _measure(runner_python, folder, results, *repeats)
     _wait_for_rounds(results, proc, 1)
     proc.send_signal(signal.SIGINT)
@@ -177,7 +179,7 @@ def test_an_interrupted_runner_resumes_without_timing_anything_again(
     final = runner.read_results(str(results))
     assert final["complete"]
     for name, values in final["samples"].items():
-        assert len(values) == 12  # no round timed twice
+        assert len(values) == 80  # no round timed twice
         assert values[: len(after_sigint.get(name, []))] == after_sigint.get(name, [])
         assert values[: len(after_sigkill.get(name, []))] == after_sigkill.get(name, [])
     # Other settings would mix two kinds of timings in one file: refused.
