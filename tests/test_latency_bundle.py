@@ -59,9 +59,21 @@ def bundle_run(trained_run, tmp_path_factory) -> tuple[Path, Path]:
     return run, where / "unpacked"
 
 
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default, which Python turns into
+    KeyboardInterrupt (a shell that starts jobs in the background makes them ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _measure(python: Path, folder: Path, out: Path, *extra: str, **kwargs):
     command = [str(python), str(folder / "measure.py"), "--out", str(out), "--threads", "1"]
-    return subprocess.Popen([*command, *extra], stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [*command, *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+        **kwargs,
+    )
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, *expected: str) -> None:
@@ -151,14 +163,13 @@ def _wait_for_rounds(path: Path, proc: subprocess.Popen, more_than: int) -> dict
     raise AssertionError("the runner timed no round in 300 s")
 
 
-@pytest.mark.slow  # about 10 s: three runner processes, 80 rounds (make test-slow)
+@pytest.mark.slow  # about 6 s: three runner processes (make test-slow)
 def test_an_interrupted_runner_resumes_without_timing_anything_again(
     bundle_run, runner_python, tmp_path
 ) -> None:
     _, folder = bundle_run
     results = tmp_path / "results.json"
-    # Enough rounds (some 40 ms each) that the runner is still at work when signalled.
-    repeats = ["--repeats", "80"]
+    repeats = ["--repeats", "30"]
     proc = _measure(runner_python, folder, results, *repeats)
     _wait_for_rounds(results, proc, 1)
     proc.send_signal(signal.SIGINT)
@@ -179,7 +190,7 @@ def test_an_interrupted_runner_resumes_without_timing_anything_again(
     final = runner.read_results(str(results))
     assert final["complete"]
     for name, values in final["samples"].items():
-        assert len(values) == 80  # no round timed twice
+        assert len(values) == 30  # no round timed twice
         assert values[: len(after_sigint.get(name, []))] == after_sigint.get(name, [])
         assert values[: len(after_sigkill.get(name, []))] == after_sigkill.get(name, [])
     # Other settings would mix two kinds of timings in one file: refused.
