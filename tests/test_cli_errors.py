@@ -206,6 +206,7 @@ CASES: list[tuple[str, ...]] = [
     ),
     ("finetune --run @prun --arch @arch --out @files/afile", "@files/afile is a file"),
     ("finetune --run @prun --from @tmp/nowhere --out @tmp/f", "@tmp/nowhere is not a directory"),
+    ("finetune --run @prun --from @files --out @tmp/f", "@files is not a complete export"),
     ("finetune --run @tmp/nowhere --arch @arch --out @tmp/f", "@tmp/nowhere/config.yaml not found"),
     ("finetune --run @prun --arch '{\"ks\": [9]}' --out @tmp/f", "ks"),
     ("export --run @prun --arch @files/binary --out @tmp/e", "@files/binary is not a text file"),

@@ -18,7 +18,7 @@ from onceforall.compat.specialized import (
     subnet_from_net_config,
 )
 from onceforall.deploy.export import load_exported
-from tests.conftest import estimate_bn_statistics
+from tests.conftest import copy_run, estimate_bn_statistics, needs_fashion_mnist
 from tests.test_reference import (
     FAMILIES,
     _reference_supernet,
@@ -232,3 +232,39 @@ def test_their_model_zoo_nets_export_with_onnx_at_their_input_size(tmp_path, nam
     assert main(["import-subnet", *paths, "--resolution", str(r), "--out", str(out)]) == 0
     assert (out / "model.onnx").is_file()  # kept only after onnxruntime agreed
     _same_logits(static, load_exported(out), r)
+
+
+@needs_fashion_mnist
+def test_an_imported_authors_net_fine_tunes_from_its_export(trained_run, tmp_path) -> None:
+    """Their specialised network (their class, their net.config and weights, 10 classes),
+    imported with ``ofa import-subnet`` and then fine-tuned with ``ofa finetune --from``:
+    training starts from their weights and ends in an export of the same architecture."""
+    from onceforall.cli import main
+
+    theirs, static, config = _their_specialised_net("ofa_mbv3_d234_e346_k357_w1.0", 6)
+    r = 28  # the run's training resolutions are 24 and 28
+    imported = tmp_path / "imported"
+    paths = [str(p) for p in _save(tmp_path, static, config)]
+    assert main(["import-subnet", *paths, "--resolution", str(r), "--out", str(imported)]) == 0
+    run = copy_run(trained_run, tmp_path)
+    out = tmp_path / "tuned"
+    command = ["finetune", "--run", str(run), "--from", str(imported), "--out", str(out)]
+    assert main([*command, "--epochs", "0.3", "--lr", "0.01"]) == 0
+    record = json.loads((out / "metadata.json").read_text())["finetune"]
+    assert record["start"] == str(imported) and record["steps"] == 3
+    assert record["kd_ratio"] == 1.0  # taught by the run's largest sub-network
+    start, tuned = load_exported(imported), load_exported(out)
+    space = tuned.config.space
+    assert space.canonical(tuned.arch) == space.canonical({**theirs, "r": [r]})
+    before, after = start.state_dict(), tuned.state_dict()
+    assert before.keys() == after.keys()
+    # Their weights were the start, not the run's supernet: three SGD steps leave the
+    # network far nearer to theirs than to the same arch extracted from the run.
+    from onceforall.training import load_run
+
+    _, supernet = load_run(run)
+    extracted = supernet.extract(tuned.arch).state_dict()
+    convs = [k for k in before if k.endswith("conv.weight")]
+    assert any(not torch.equal(before[k], after[k]) for k in convs)  # it trained
+    for key in convs:
+        assert (after[key] - before[key]).norm() < (after[key] - extracted[key]).norm(), key
