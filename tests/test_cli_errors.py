@@ -180,6 +180,18 @@ CASES: list[tuple[str, ...]] = [
         "@files/binary cannot be read as a weights-only PyTorch file",
     ),
     ("search --run @tmp/nowhere --target macs<=1G", "@tmp/nowhere/config.yaml not found"),
+    (
+        "search --run @prun --target latency_ms<=5 --backend onnxruntime-int8",
+        "the run has no onnxruntime-int8 latency table (looked for "
+        "@prun/latency_tables/onnxruntime-int8.json); time one: ofa latency-table --run "
+        "@prun --backend onnxruntime-int8",
+    ),
+    (
+        "search --run @prun --target latency_ms<=5 --backend onnxruntime "
+        "--latency-table @files/nothing.json",
+        "--backend picks one of the run's own latency tables; --latency-table names",
+    ),
+    ("search --run @prun --target macs<=1G --backend tflite", "argument --backend: invalid"),
     ("search --run @prun --target macs<=1G --out @files/afile/s.json", "cannot write @files/afile"),
     ("search --run @prun", "the following arguments are required: --target"),
     # specialize

@@ -217,7 +217,9 @@ def test_onnx_export_matches_torch(net, tmp_path) -> None:
 
 def test_missing_onnxruntime_says_how_to_install(net, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import` fail
-    with pytest.raises(ImportError, match=r"pip install onnxruntime.*onceforall\[deploy\]"):
+    with pytest.raises(
+        ImportError, match=r"needs the 'onnxruntime' package.*pip install 'onceforall\[deploy\]'"
+    ):
         make_runner(net.extract(net.space.smallest()), (1, 3, 24, 24), backend="onnxruntime")
 
 

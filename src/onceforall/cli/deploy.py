@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..deploy.quantized import MIN_AGREEMENT
 from ..deploy.report import arch_summary, format_table
+from ..errors import ConfigError
 from ..storage.run_layout import RunLayout
-from .args import count, device, load_arch_text, positive, resolution
+from .args import count, device, fraction, load_arch_text, positive, resolution
+
+EXPORT_BACKENDS = ("onnxruntime", "onnxruntime-int8")  # the model files an export can hold
 
 
-def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, Any]:
-    """The run's predictor and latency table (``--predictor``, ``--latency-table``)."""
+def _predictor_and_table(args: argparse.Namespace, config: Any, supernet: Any) -> tuple[Any, Any]:
+    """The run's predictor and latency table (``--predictor``, ``--latency-table``,
+    ``--backend``)."""
     from ..deploy.run_inputs import load_predictor_and_table, targets_need_latency
 
     return load_predictor_and_table(
@@ -20,6 +25,8 @@ def _predictor_and_table(args: argparse.Namespace, supernet: Any) -> tuple[Any, 
         predictor_path=args.predictor,
         table_path=args.latency_table,
         need_table=targets_need_latency(args.target),
+        backend=args.backend,
+        config=config,
     )
 
 
@@ -27,8 +34,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from ..deploy.steps import search_step
     from ..training import load_run
 
-    _, supernet = load_run(args.run)
-    predictor, table = _predictor_and_table(args, supernet)
+    config, supernet = load_run(args.run)
+    predictor, table = _predictor_and_table(args, config, supernet)
     results = search_step(
         supernet,
         predictor,
@@ -70,7 +77,7 @@ def _cmd_specialize(args: argparse.Namespace) -> int:
     from ..training import load_run
 
     config, supernet = load_run(args.run)
-    predictor, table = _predictor_and_table(args, supernet)
+    predictor, table = _predictor_and_table(args, config, supernet)
     result = specialize_step(
         RunLayout(args.run),
         supernet,
@@ -94,6 +101,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..deploy.steps import export_step
     from ..training import load_run
 
+    backends = set(args.backend or ["onnxruntime"])
+    if args.no_onnx and args.backend:
+        raise ConfigError("--no-onnx writes the weights only; it cannot go with --backend")
     config, supernet = load_run(args.run)
     arch = supernet.parse_arch(load_arch_text(args.arch))
     # The same calibration and test images as `ofa specialize`: the same accuracy.
@@ -105,14 +115,25 @@ def _cmd_export(args: argparse.Namespace) -> int:
         onnx=not args.no_onnx,
         threads=args.threads,
         run=RunLayout(args.run),
+        int8="onnxruntime-int8" in backends,
+        int8_min_agreement=args.int8_min_agreement,
     )
     top1 = "-" if result.top1 is None else f"{result.top1:.2f} %"
     print(
         f"{arch_summary(supernet.space, arch)}: test top-1 {top1}, "
         f"{result.macs / 1e6:.1f} MMACs, {result.params / 1e6:.2f} M params, "
-        f"{result.latency_ms:.2f} ms on this CPU"
+        f"{result.latency_ms:.2f} ms on this CPU (PyTorch)"
     )
-    print(f"wrote {result.out_dir} (model.safetensors, model.onnx, arch.json, metadata.json)")
+    for name, record in result.metadata["runtimes"].items():
+        top1 = "-" if record["top1"] is None else f"{record['top1']:.2f} %"
+        agreement = record.get("agreement_top1")
+        agrees = "" if agreement is None else f", agrees with FP32 on {agreement:.1%}"
+        print(
+            f"  {name}: {record['runtime']} {record['precision']}, "
+            f"{record['latency_ms']:.2f} ms, test top-1 {top1}{agrees}"
+        )
+    files = ", ".join(sorted(result.metadata["files"]))
+    print(f"wrote {result.out_dir} ({files}, metadata.json)")
     return 0
 
 
@@ -178,6 +199,8 @@ def _cmd_import_reference(args: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
+    from ..latency.measure import BACKENDS
+
     p.add_argument("--run", "--run-dir", dest="run", required=True, help="training run directory")
     p.add_argument(
         "--predictor",
@@ -187,6 +210,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "--latency-table",
         help="default: RUN/latency_table.json; or a folder of the authors' "
         "<r>_lookup_table.yaml files (e.g. their note10/)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="search (and measure) on the run's latency table of this runtime "
+        "(ofa latency-table --backend); default: the run's own table",
     )
     p.add_argument(
         "--target",
@@ -223,7 +252,23 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--arch", required=True, help="arch JSON, or a file holding it")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--threads", type=positive, help="CPU threads for the latency measurement")
-    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument(
+        "--backend",
+        action="append",
+        choices=EXPORT_BACKENDS,
+        help="a runtime's model file to write beside the safetensors weights (repeatable): "
+        "onnxruntime (model.onnx, the default) and onnxruntime-int8 (model.int8.onnx, "
+        "quantized on the run's held-out images); each is checked before it is kept",
+    )
+    p.add_argument(
+        "--int8-min-agreement",
+        type=fraction,
+        default=MIN_AGREEMENT,
+        help="refuse the INT8 model unless it predicts the FP32 network's class on at "
+        f"least this share of the held-out images it was not calibrated on (default "
+        f"{MIN_AGREEMENT})",
+    )
+    p.add_argument("--no-onnx", action="store_true", help="the safetensors weights only")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(

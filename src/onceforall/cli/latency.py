@@ -16,6 +16,7 @@ __all__ = ["add_latency_commands"]
 
 
 def _cmd_latency_table(args: argparse.Namespace) -> int:
+    from ..deploy.run_inputs import run_table_path
     from ..deploy.steps import latency_table_step
     from ..models import create_supernet
     from ..training import load_run
@@ -28,11 +29,13 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
     if authors:  # a folder of YAML files: refused now if it cannot be one, not after timing
         check_folder_target(args.out)
     if args.run:
-        _, supernet = load_run(args.run)
+        config, supernet = load_run(args.run)
+        backend = args.backend or config.specialize.latency_backend
+        default = run_table_path(RunLayout(args.run), config, backend)
     else:
         sizes = {"resolutions": args.resolutions} if args.resolutions else {}
         supernet = create_supernet(args.supernet, num_classes=args.num_classes, **sizes)
-    default = RunLayout(args.run).latency_table if args.run else None
+        backend, default = args.backend or "torch", None
     # In the authors' format the table is also kept as ours: in the run, else in --out.
     out = (default or Path(args.out) / "latency_table.json") if authors else args.out or default
     if not out:
@@ -42,7 +45,7 @@ def _cmd_latency_table(args: argparse.Namespace) -> int:
         out,
         reuse=authors and not args.extend,  # convert a table measured before
         extend=args.extend,
-        backend=args.backend,
+        backend=backend,
         threads=args.threads,
         batch_size=args.batch_size,
         resolutions=args.resolutions,
@@ -141,7 +144,12 @@ def add_latency_commands(sub: Any) -> None:
     p.add_argument("--supernet", default="ofa_mbv3_w1.0", help="without --run")
     p.add_argument("--num-classes", type=positive, default=1000, help="without --run")
     p.add_argument("--resolutions", type=resolution, nargs="+", help="default: the supernet's")
-    p.add_argument("--backend", choices=BACKENDS, default="torch")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="the runtime to time on (default: with --run, the run's "
+        "specialize.latency_backend; else torch). A run keeps one table per backend",
+    )
     p.add_argument("--threads", type=positive, help="intra-op threads (default: the backend's)")
     p.add_argument("--batch-size", type=positive, default=1)
     p.add_argument("--repeats", type=positive, default=30)
@@ -165,7 +173,11 @@ def add_latency_commands(sub: Any) -> None:
         default="median",
         help="with --from-bundle: of each model's timed rounds",
     )
-    p.add_argument("--out", help="JSON file (default: RUN/latency_table.json)")
+    p.add_argument(
+        "--out",
+        help="JSON file (default: RUN/latency_table.json for the run's own backend, "
+        "RUN/latency_tables/BACKEND.json for another)",
+    )
     p.set_defaults(func=_cmd_latency_table)
 
     p = sub.add_parser(

@@ -33,6 +33,7 @@ from ..storage.export_folder import (
     ARCH,
     FORMAT,
     FORMAT_VERSION,
+    INT8_ONNX,
     METADATA,
     ONNX,
     SPEC,
@@ -49,6 +50,7 @@ from ..storage.onnx_export import (
     require,
 )
 from ..storage.run_guard import lock_beside
+from .quantized import MIN_AGREEMENT, Int8Images, runtime_record, write_int8
 
 __all__ = [
     "ExportError",
@@ -109,6 +111,8 @@ def export_subnet(
     latency_resolution: int | None = None,
     threads: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    int8: bool = False,
+    int8_min_agreement: float = MIN_AGREEMENT,
 ) -> ExportResult:
     """Extract ``arch`` from ``supernet``, recalibrate its BN statistics on
     ``n_calibration`` images of ``calibration_loader``, evaluate it on ``test_loader``
@@ -117,8 +121,10 @@ def export_subnet(
 
     Both loaders must yield images at ``arch``'s resolution. With ``onnx`` the ONNX model
     is run with onnxruntime and compared with PyTorch before it is kept; a mismatch raises
-    :class:`ExportError` and leaves no ``model.onnx``. ``extra_metadata`` (e.g.
-    ``{"source_run": "runs/fmnist"}``) is merged into ``metadata.json``.
+    :class:`ExportError` and leaves no ``model.onnx``. With ``int8`` the INT8 model is
+    written too, calibrated and checked on ``calibration_loader``'s held-out images.
+    ``extra_metadata`` (e.g. ``{"source_run": "runs/fmnist"}``) is merged into
+    ``metadata.json``.
     """
     _check_inputs(out_dir, onnx, extra_metadata)  # before the expensive steps
     arch = supernet.parse_arch(arch)
@@ -134,6 +140,7 @@ def export_subnet(
         accuracy = None
         if test_loader is not None:
             accuracy = evaluate(subnet, _at_resolution(test_loader, arch.r, "test_loader"))
+        held_out = _first_images(calibration_loader, n_calibration)
         return write_export(
             subnet,
             out_dir,
@@ -146,7 +153,20 @@ def export_subnet(
             latency_resolution=latency_resolution,
             threads=threads,
             extra_metadata=extra_metadata,
+            int8=Int8Images(held_out, test_loader, int8_min_agreement) if int8 else None,
+            runtime_test=test_loader,
         )
+
+
+def _first_images(loader: Iterable, n: int) -> Iterator[torch.Tensor]:
+    """The first ``n`` images of ``loader``'s batches."""
+    left = n
+    for batch in loader:
+        if left <= 0:
+            return
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        yield images[:left]
+        left -= len(images)
 
 
 def check_export_target(out_dir: PathLike) -> None:
@@ -194,11 +214,20 @@ def write_export(
     latency_resolution: int | None = None,
     threads: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
+    int8: Int8Images | None = None,
+    runtime_test: Iterable | None = None,
 ) -> ExportResult:
     """Write a finished static sub-network (one with ``arch`` and ``spec()``, its BN
     statistics final) to ``out_dir``: time it on this CPU, then write the files of the
     module docstring atomically. ``accuracy`` is :func:`evaluate`'s result, if measured.
-    Used by :func:`export_subnet` and by the import of the authors' specialised nets."""
+    Used by :func:`export_subnet` and by the import of the authors' specialised nets.
+
+    Each runtime's model file is timed on this CPU and, given ``runtime_test`` batches,
+    evaluated on them; with ``int8`` the INT8 model is written too (needs ``onnx``),
+    checked as :func:`~onceforall.deploy.quantized.write_int8` says. ``metadata.json``
+    records per file its runtime, precision, latency and test top-1 (``runtimes``)."""
+    if int8 is not None and not onnx:
+        raise ValueError("the INT8 model is quantized from the ONNX export: keep onnx=True")
     safetensors_torch, extra = _check_inputs(out_dir, onnx, extra_metadata)
     subnet = subnet.eval()
     arch: ArchValue = subnet.arch
@@ -239,6 +268,7 @@ def write_export(
         },
         "torch_version": torch.__version__,
         "onnx": None,
+        "runtimes": {},
     }
     reserved = (set(metadata) | {"files"}) - {"source_run"}
     clashes = sorted(k for k in extra if k in reserved)
@@ -252,6 +282,18 @@ def write_export(
             if onnx:
                 metadata["onnx"] = export_and_check_onnx(subnet, arch.r, folder / ONNX, threads)
                 files[ONNX] = (folder / ONNX).read_bytes()
+                metadata["runtimes"][ONNX] = runtime_record(
+                    folder / ONNX, "onnxruntime", arch.r, runtime_test, threads
+                )
+            if int8 is not None:
+                metadata["runtimes"][INT8_ONNX] = write_int8(
+                    subnet,
+                    folder / ONNX,
+                    folder / INT8_ONNX,
+                    int8,
+                    threads=threads,
+                )
+                files[INT8_ONNX] = (folder / INT8_ONNX).read_bytes()
             metadata["files"] = {
                 name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()
             }

@@ -12,8 +12,9 @@ import torch
 
 from ..compat.latency_tables import open_latency_table
 from ..compat.predictors import open_predictor
-from ..errors import RunDirectoryError, StaleResultError
+from ..errors import ConfigError, RunDirectoryError, StaleResultError
 from ..evaluation import SubnetEvaluator
+from ..latency.backends import get_backend
 from ..latency.base import LatencyModel
 from ..models import Supernet
 from ..predictors.base import ArchPredictor
@@ -25,6 +26,7 @@ __all__ = [
     "evaluator_for_run",
     "load_predictor_and_table",
     "memory_format",
+    "run_table_path",
     "targets_need_latency",
 ]
 
@@ -49,6 +51,15 @@ def evaluator_for_run(config: TrainConfig, data: str | os.PathLike) -> SubnetEva
     )
 
 
+def run_table_path(layout: RunLayout, config: TrainConfig, backend: str | None = None) -> Path:
+    """Where the run keeps its latency table of ``backend``: its own table
+    (``latency_table.json``) when ``backend`` is None or the one its config names
+    (``specialize.latency_backend``, what ``ofa run`` times), else the one beside it."""
+    if backend is None or backend == config.specialize.latency_backend:
+        return layout.latency_table
+    return layout.latency_table_of(get_backend(backend).name)
+
+
 def targets_need_latency(targets: Sequence[str]) -> bool:
     """Whether any target constrains latency (and so needs a latency table)."""
     return any("latency" in t for t in targets)
@@ -61,12 +72,16 @@ def load_predictor_and_table(
     predictor_path: str | os.PathLike | None = None,
     table_path: str | os.PathLike | None = None,
     need_table: bool = False,
+    backend: str | None = None,
+    config: TrainConfig | None = None,
 ) -> tuple[ArchPredictor, LatencyModel | None]:
     """The run's accuracy predictor and, when there is one, its latency table (default
     paths: the layout's). Either may be ours or the authors' files as they ship them (a
     predictor ``.pth``, a folder of lookup-table YAML files), recognised by content and
     checked against ``supernet``. A table that was asked for by path or that
     ``need_table`` requires and is missing is an error naming the command that builds it.
+    With ``backend`` (and the run's ``config``) the table is the run's table of that
+    backend (:func:`run_table_path`).
     The run's own predictor is refused when it was fitted on another supernet than the
     run's (training went on, or the weights were replaced, since)."""
     path = Path(predictor_path or layout.accuracy_predictor)
@@ -81,10 +96,34 @@ def load_predictor_and_table(
             "supernet changed since; measure and fit again: ofa acc-dataset --run "
             f"{layout.root} && ofa train-predictor --run {layout.root} (or ofa run)"
         )
-    path = Path(table_path or layout.latency_table)
+    if backend is not None:
+        if table_path is not None:
+            raise ConfigError(
+                "--backend picks one of the run's own latency tables; --latency-table "
+                "names a table itself: give one of them"
+            )
+        if config is None:
+            raise ValueError("a backend's table is found through the run's config")
+        get_backend(backend)  # a known one, or the error that lists them
+    if table_path is not None:
+        path = Path(table_path)
+    elif config is not None:
+        path = run_table_path(layout, config, backend)
+    else:
+        path = layout.latency_table
     table = None
     if path.exists():
         table = open_latency_table(path, supernet)
+    elif backend is not None:
+        raise RunDirectoryError(
+            f"the run has no {backend} latency table (looked for {path}); time one: "
+            f"ofa latency-table --run {layout.root} --backend {backend}"
+        )
     elif need_table or table_path:
         raise RunDirectoryError(f"no latency table at {path}; build one: ofa latency-table")
+    if backend is not None and getattr(table, "backend", backend) != backend:
+        raise RunDirectoryError(
+            f"{path} was timed on {table.backend}, not {backend}: time it again with "
+            f"ofa latency-table --run {layout.root} --backend {backend}"
+        )
     return predictor, table

@@ -22,6 +22,7 @@ from ..arch import ArchValue, Space
 from ..arch.base import describe_resolutions
 from ..errors import check_whole_number
 from ..evaluation import SubnetEvaluator
+from ..latency.backends import get_backend
 from ..latency.base import LatencyModel, LatencyTableError
 from ..models import Supernet
 from ..predictors import PredictorMismatchError
@@ -37,6 +38,7 @@ from ..search import (
     parse_constraints,
 )
 from ..search.constraints import split_target
+from .quantized import int8_top1
 
 __all__ = [
     "Specialized",
@@ -66,6 +68,8 @@ class Specialized:
     search_seconds: float = 0.0
     search_rounds: int = 1  # searches run (more when a measurement exceeded the target)
     meets_target: bool | None = None  # measured latency within every latency limit
+    latency_backend: str | None = None  # the runtime the latency was measured on
+    int8_accuracy: float | None = None  # test top-1 of its INT8 model (an INT8 backend's)
 
     @property
     def random_mean_accuracy(self) -> float | None:
@@ -86,6 +90,8 @@ class Specialized:
             "search_seconds": self.search_seconds,
             "search_rounds": self.search_rounds,
             "meets_target": self.meets_target,
+            "latency_backend": self.latency_backend,
+            "int8_accuracy": self.int8_accuracy,
         }
 
 
@@ -238,6 +244,7 @@ def _search_and_measure(
         row.predicted_latency_ms = latency_table.predict(arch)
         if not latency_table.measurable_here:  # another device's table: predicted only
             return row
+        row.latency_backend = getattr(latency_table, "backend", None)
         row.measured_latency_ms = latency_table.measure_ms(supernet.extract(arch), arch.r, repeats)
         row.meets_target = all(row.measured_latency_ms <= c.limit for c in latency_limits)
         if row.meets_target:
@@ -307,11 +314,18 @@ def specialize(
         )
         if evaluator is not None:
             row.measured_accuracy = evaluator.evaluate_arch(supernet, row.arch)
+            if _precision(latency_table) == "int8":  # what ships on that runtime, measured
+                row.int8_accuracy = int8_top1(supernet, row.arch, evaluator)
             others = feasible_random(supernet, constraints, random_baseline, seed, space=space)
             for other in others:
                 row.random_accuracies.append(evaluator.evaluate_arch(supernet, other))
         results.append(row)
     return results
+
+
+def _precision(table: LatencyModel | None) -> str | None:
+    backend = getattr(table, "backend", None)  # the authors' tables name none
+    return None if backend is None else get_backend(backend).precision
 
 
 def format_specialized(space: Any, rows: Sequence[Specialized]) -> str:
@@ -324,34 +338,23 @@ def format_specialized(space: Any, rows: Sequence[Specialized]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
-    return format_table(
-        (
-            "target",
-            "arch",
-            "MMACs",
-            "Mparams",
-            "latency ms",
-            "in target",
-            "pred. top-1",
-            "top-1",
-            "random top-1",
-        ),
-        [
-            (
-                r.target,
-                arch_summary(space, r.arch),
-                f"{r.macs / 1e6:.1f}",
-                f"{r.params / 1e6:.2f}",
-                ms(
-                    r.measured_latency_ms
-                    if r.measured_latency_ms is not None
-                    else r.predicted_latency_ms
-                ),
-                {True: "yes", False: "NO", None: "-"}[r.meets_target],
-                pct(r.predicted_accuracy),
-                pct(r.measured_accuracy),
-                pct(r.random_mean_accuracy),
-            )
-            for r in rows
-        ],
-    )
+    int8 = any(r.int8_accuracy is not None for r in rows)  # an INT8 backend's: side by side
+    headers = ["target", "arch", "MMACs", "Mparams", "latency ms", "in target", "pred. top-1"]
+    headers += ["top-1", *(["int8 top-1"] if int8 else []), "random top-1"]
+    lines = []
+    for r in rows:
+        latency = r.measured_latency_ms
+        line = [
+            r.target,
+            arch_summary(space, r.arch),
+            f"{r.macs / 1e6:.1f}",
+            f"{r.params / 1e6:.2f}",
+            ms(latency if latency is not None else r.predicted_latency_ms),
+            {True: "yes", False: "NO", None: "-"}[r.meets_target],
+            pct(r.predicted_accuracy),
+            pct(r.measured_accuracy),
+            *([pct(r.int8_accuracy)] if int8 else []),
+            pct(r.random_mean_accuracy),
+        ]
+        lines.append(tuple(line))
+    return format_table(tuple(headers), lines)

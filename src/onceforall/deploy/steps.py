@@ -40,6 +40,7 @@ from ..storage.run_layout import RunLayout
 from ..training.run_dir import supernet_digest
 from .export import ExportResult, export_subnet
 from .latency_steps import LatencyTableResult, latency_table_step
+from .quantized import MIN_AGREEMENT
 from .specialize import Specialized, parse_target, search_costs, search_space, specialize
 
 __all__ = [
@@ -291,11 +292,14 @@ def export_step(
     threads: int | None = None,
     extra_metadata: dict[str, Any] | None = None,
     run: RunLayout | None = None,
+    int8: bool = False,
+    int8_min_agreement: float = MIN_AGREEMENT,
 ) -> ExportResult:
     """Export ``arch`` to the folder ``out``, BN-recalibrated and measured on the same
     images as specialisation (so the export's top-1 is the one ``specialize`` measured).
     With the ``run`` the supernet comes from, its metadata names the run and the
-    supernet's digest."""
+    supernet's digest. With ``int8`` the INT8 ONNX model is written too, calibrated on the
+    run's held-out images."""
     if run is not None:
         source = {"source_run": str(run.root), "supernet_sha256": supernet_digest(run.root)}
         extra_metadata = source | dict(extra_metadata or {})
@@ -309,4 +313,6 @@ def export_step(
         onnx=onnx,
         threads=threads,
         extra_metadata=extra_metadata,
+        int8=int8,
+        int8_min_agreement=int8_min_agreement,
     )

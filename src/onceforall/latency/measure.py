@@ -1,10 +1,9 @@
 """Latency measured on the device at hand: warm-up, then the median of repeated runs.
 
-Two backends: ``"torch"`` (PyTorch eager, CPU or CUDA) and ``"onnxruntime"`` (the model
-exported to ONNX with a fixed input shape, run by ONNX Runtime on the CPU). ONNX Runtime is
-optional (``pip install onnxruntime``). A :class:`Runner` is one model prepared for one
-backend; :func:`measure_latency` times one, and the latency table times hundreds of them
-interleaved (see :mod:`onceforall.latency.table`).
+The backends (:mod:`.backends`: PyTorch eager on CPU or CUDA, ONNX Runtime in FP32 and
+INT8 on the CPU) prepare a network to be called; this module times it. A :class:`Runner`
+is one model prepared for one backend; :func:`measure_latency` times one, and the latency
+table times hundreds of them interleaved (see :mod:`onceforall.latency.table`).
 """
 
 from __future__ import annotations
@@ -13,18 +12,17 @@ import os
 import platform
 import random
 import statistics
-import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import check_whole_number
-from ..storage.onnx_export import export_onnx
+from .backends import BACKENDS, get_backend, torch_threads
 
 __all__ = [
     "BACKENDS",
@@ -38,8 +36,6 @@ __all__ = [
     "timing_scope",
     "torch_threads",
 ]
-
-BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -59,48 +55,9 @@ class LatencyStats:
     backend: str = "torch"
 
 
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Temporarily set PyTorch's intra-op thread count (``None`` leaves it alone)."""
-    if threads is None:
-        yield
-        return
-    check_whole_number("threads", threads, 1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _check_backend(backend: str, device: str | torch.device) -> torch.device:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
-    device = torch.device(device)
-    if backend == "onnxruntime" and device.type != "cpu":
-        raise ValueError("the onnxruntime backend runs on the CPU only; use device='cpu'")
-    return device
-
-
-def _onnxruntime() -> Any:
-    """The ``onnxruntime`` module, or an ImportError that says how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise ImportError(
-            "the onnxruntime latency backend needs ONNX Runtime and the ONNX exporter: "
-            "pip install onnxruntime onnx onnxscript (or the onceforall[deploy] extra)"
-        ) from exc
-    return onnxruntime
-
-
 def backend_versions(backend: str) -> dict[str, str]:
     """Versions of the software that produced a timing (saved with tables and results)."""
-    versions = {"torch": torch.__version__}
-    if backend == "onnxruntime":
-        versions["onnxruntime"] = _onnxruntime().__version__
-    return versions
+    return get_backend(backend).versions()
 
 
 def _cpu_model() -> str:
@@ -126,56 +83,30 @@ def device_description(device: str | torch.device = "cpu") -> str:
     return "; ".join(parts)
 
 
-def _torch_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    if x.device.type != "cuda":
-        return lambda: model(x)
-
-    def run() -> None:
-        model(x)
-        torch.cuda.synchronize(x.device)
-
-    return run
-
-
 class Runner:
     """One model prepared for one backend: calling it runs one forward pass on a fixed
     random input (and waits for the device). Use inside :func:`timing_scope`."""
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | str | os.PathLike,
         input_shape: Sequence[int],
         *,
         backend: str = "torch",
         device: str | torch.device = "cpu",
         threads: int | None = None,
     ) -> None:
-        self.device = _check_backend(backend, device)
-        self.backend = backend
+        runtime = get_backend(backend)
+        self.device = torch.device(device)
+        runtime.check_device(self.device)
+        self.backend = runtime.name
         self.input_shape = tuple(int(s) for s in input_shape)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(*self.input_shape, generator=gen)
-        self._run: Callable[[], Any]
-        if backend == "torch":
-            self.threads = torch.get_num_threads() if threads is None else threads
-            model = model.eval().to(self.device)
-            x = x.to(self.device)
-            self._run = _torch_call(model, x)
-        else:
-            ort = _onnxruntime()
-            self.threads = threads or 0
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            with tempfile.TemporaryDirectory(prefix="ofa-onnx-") as tmp:
-                path = Path(tmp) / "model.onnx"
-                export_onnx(model, self.input_shape, path)
-                session = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
-            feed = {session.get_inputs()[0].name: x.numpy()}
-            self._run = lambda: session.run(None, feed)
+        if isinstance(model, nn.Module):
+            prepared = runtime.prepare(model, self.input_shape, device=self.device, threads=threads)
+        else:  # a model file of the runtime (an export's model.int8.onnx, say)
+            prepared = runtime.prepare_file(Path(model), self.input_shape, threads)
+        self._run = prepared.run
+        self.threads = prepared.threads
 
     def __call__(self) -> None:
         self._run()
@@ -189,7 +120,7 @@ class Runner:
 
 
 def make_runner(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     input_shape: Sequence[int],
     *,
     backend: str = "torch",
@@ -200,15 +131,10 @@ def make_runner(
     return Runner(model, input_shape, backend=backend, device=device, threads=threads)
 
 
-@contextmanager
-def timing_scope(backend: str, threads: int | None) -> Iterator[None]:
-    """What torch runners need around their calls: the thread count, inference mode.
-    (ONNX Runtime sessions carry their thread count themselves.)"""
-    with ExitStack() as stack:
-        if backend == "torch":
-            stack.enter_context(torch_threads(threads))
-            stack.enter_context(torch.inference_mode())
-        yield
+def timing_scope(backend: str, threads: int | None) -> AbstractContextManager[Any]:
+    """What a backend's runners need around their calls (PyTorch: the thread count and
+    inference mode; ONNX Runtime sessions carry their settings themselves)."""
+    return get_backend(backend).scope(threads)
 
 
 def time_interleaved(
@@ -245,7 +171,7 @@ def time_interleaved(
 
 
 def measure_latency(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike,
     resolution: int,
     *,
     backend: str = "torch",
@@ -255,8 +181,9 @@ def measure_latency(
     warmup: int = 5,
     repeats: int = 30,
 ) -> LatencyStats:
-    """Time ``model`` in eval mode on a random ``(batch, 3, r, r)`` input: ``warmup``
-    untimed runs, then the median (and 10th / 90th percentiles) of ``repeats`` runs."""
+    """Time ``model`` in eval mode (or a model file of ``backend``) on a random
+    ``(batch, 3, r, r)`` input: ``warmup`` untimed runs, then the median (and 10th / 90th
+    percentiles) of ``repeats`` runs."""
     check_whole_number("repeats", repeats, 1)
     check_whole_number("batch_size", batch_size, 1)
     runner = make_runner(

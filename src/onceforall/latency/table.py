@@ -42,10 +42,10 @@ from ..models.mbconv import OFAMBConvNet
 from ..storage.atomic import write_text_atomic
 from ..storage.reading import loads_json, read_text
 from . import parts as lp
+from .backends import get_backend
 from .base import LatencyTableError, MissingResolutionError
 from .calibration import fit_calibration
 from .measure import (
-    BACKENDS,
     backend_versions,
     device_description,
     make_runner,
@@ -244,8 +244,7 @@ class LatencyTable:
         ``calibration_archs`` whole networks per resolution (smallest, largest, seeded
         random ones) in the same rounds, then fit the calibration. With ``existing`` (a
         table timed alike), only what it lacks is timed."""
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown latency backend {backend!r}; known: {', '.join(BACKENDS)}")
+        runtime = get_backend(backend)
         check_whole_number("repeats", repeats, 1)
         check_whole_number("calibration_archs", calibration_archs, 0)
         check_whole_number("batch_size", batch_size, 1)
@@ -255,14 +254,13 @@ class LatencyTable:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not {statistic!r}")
         lp.check_per_block(supernet)
         device = torch.device(device)
-        if backend == "torch":
-            threads = torch.get_num_threads() if threads is None else threads
+        threads = runtime.threads_for(threads)
         table = cls(
             supernet_name=getattr(supernet, "name", None),
             fingerprint=lp.fingerprint(supernet),
             backend=backend,
             batch_size=batch_size,
-            threads=threads or 0,
+            threads=threads,
             statistic=statistic,
             device=str(device),
             device_description=device_description(device),

@@ -35,6 +35,7 @@ __all__ = [
     "ARCH",
     "FORMAT",
     "FORMAT_VERSION",
+    "INT8_ONNX",
     "METADATA",
     "ONNX",
     "SPEC",
@@ -49,6 +50,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
+INT8_ONNX = "model.int8.onnx"  # ONNX Runtime's INT8 (deploy.quantized)
 ARCH = "arch.json"
 SPEC = "spec.json"
 METADATA = "metadata.json"

@@ -15,6 +15,7 @@
     RUN/accuracy_predictor.pt     the MLP accuracy predictor
     RUN/latency_table.json        per-block latencies measured on this device (or another,
                                   from a latency bundle's results)
+    RUN/latency_tables/B.json     the tables of other backends B (ofa latency-table --backend)
     RUN/latency_bundles/          the manifest of every latency bundle made for the run
     RUN/specialized.json          chosen sub-network per target, predicted and measured
     RUN/pareto.png                sampled archs, predicted front, chosen sub-networks
@@ -104,6 +105,11 @@ class RunLayout:
     @property
     def latency_table(self) -> Path:
         return self.root / "latency_table.json"
+
+    def latency_table_of(self, backend: str) -> Path:
+        """Where a table of ``backend`` is kept beside the run's own (``latency_table``,
+        timed on the backend its config names)."""
+        return self.root / "latency_tables" / f"{backend}.json"
 
     @property
     def latency_bundles(self) -> Path:

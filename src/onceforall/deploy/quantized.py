@@ -1,0 +1,171 @@
+"""The INT8 model of an export (``model.int8.onnx``, ONNX Runtime), checked before it is
+kept.
+
+Calibration and the check use held-out training images only (the images BN
+recalibration uses; never the test split): the first half calibrates the activation
+ranges, the second half checks that INT8 predicts the class FP32 PyTorch predicts
+(top-1 agreement, at least :data:`MIN_AGREEMENT`). The INT8 model's own test top-1 and
+its latency on this CPU are measured and recorded with the file in ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..arch import ArchValue
+from ..evaluation import SubnetEvaluator, recalibrate_bn
+from ..latency.backends import get_backend
+from ..latency.backends.onnxruntime import QUANTIZED_OPS, quantize_int8, session
+from ..latency.measure import backend_versions, measure_latency
+from ..models import Supernet
+from ..storage.onnx_export import ExportError, export_onnx
+
+__all__ = [
+    "INT8_BACKEND",
+    "MIN_AGREEMENT",
+    "Int8Images",
+    "int8_top1",
+    "runtime_record",
+    "write_int8",
+]
+
+INT8_BACKEND = "onnxruntime-int8"
+MIN_AGREEMENT = 0.9  # below this, the quantized model is not the network: refused
+
+
+@dataclass(frozen=True)
+class Int8Images:
+    """Where an INT8 model's images come from: ``held_out`` batches of held-out training
+    images (calibration, then the agreement check), ``test`` batches (its test top-1;
+    None: not measured) and the agreement below which the model is refused."""
+
+    held_out: Iterable
+    test: Iterable | None = None
+    min_agreement: float = MIN_AGREEMENT
+
+
+def _images(batch: Any) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _halves(batches: Iterable) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images of ``batches`` as arrays, split into a first and a second half."""
+    arrays = [_images(b).float().cpu().numpy() for b in batches]
+    images = np.concatenate(arrays) if arrays else np.zeros((0,))
+    if len(images) < 2:
+        raise ExportError(
+            f"quantizing to INT8 needs at least 2 held-out images (calibration and check); "
+            f"got {len(images)}"
+        )
+    middle = (len(images) + 1) // 2
+    return _chunks(images[:middle]), _chunks(images[middle:])
+
+
+def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+def _logits(runs: Any, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    name = runs.get_inputs()[0].name
+    for x in images:
+        yield runs.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+def _top1(runs: Any, batches: Iterable) -> float:
+    correct = seen = 0
+    for batch in batches:
+        x, labels = batch[0].float().cpu().numpy(), batch[1].cpu().numpy()
+        (logits,) = _logits(runs, [x])
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+    return 100.0 * correct / max(seen, 1)
+
+
+def runtime_record(
+    path: Path,
+    backend: str,
+    resolution: int,
+    test: Iterable | None,
+    threads: int | None,
+    runs: Any = None,
+) -> dict[str, Any]:
+    """What ``metadata.json`` records of the model file at ``path`` (ONNX Runtime, FP32
+    or INT8): runtime, precision, versions, batch-1 latency on this CPU and its own test
+    top-1 over ``test`` (None: not measured)."""
+    runs = runs if runs is not None else session(path, threads)
+    latency = measure_latency(path, resolution, backend=backend, threads=threads)
+    return {
+        "runtime": "onnxruntime",
+        "precision": get_backend(backend).precision,
+        "versions": backend_versions(backend),
+        "latency_ms": latency.median_ms,
+        "latency_threads": latency.threads,
+        "top1": None if test is None else _top1(runs, test),
+    }
+
+
+@torch.no_grad()
+def write_int8(
+    model: nn.Module,
+    fp32_path: Path,
+    out_path: Path,
+    images: Int8Images,
+    *,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Quantize the checked FP32 ONNX model at ``fp32_path`` (the export of ``model``) to
+    ``out_path``, check it and measure it; returns what ``metadata.json`` records of it.
+    Raises :class:`ExportError` (and removes ``out_path``) when it disagrees with
+    ``model`` on more than ``1 - images.min_agreement`` of the held-out images."""
+    calibration, check = _halves(images.held_out)
+    quantize_int8(fp32_path, out_path, calibration)
+    runs = session(out_path, threads)
+    model = model.eval().cpu()
+    same = total = 0
+    for x, got in zip(check, _logits(runs, check)):
+        want = model(torch.from_numpy(x)).argmax(1).numpy()
+        same += int((got.argmax(1) == want).sum())
+        total += len(x)
+    agreement, min_agreement = same / total, images.min_agreement
+    if not agreement >= min_agreement:
+        out_path.unlink(missing_ok=True)
+        raise ExportError(
+            f"the INT8 model predicts the FP32 network's class on only {agreement:.1%} of "
+            f"{total} held-out images (at least {min_agreement:.0%} required); "
+            f"{out_path.name} not written"
+        )
+    resolution = calibration[0].shape[-1]
+    return {
+        **runtime_record(out_path, INT8_BACKEND, resolution, images.test, threads, runs),
+        "agreement_top1": agreement,
+        "calibration_images": int(sum(len(x) for x in calibration)),
+        "agreement_images": total,
+        "quantization": {
+            "method": "onnxruntime quantize_static, QDQ",
+            "operators": list(QUANTIZED_OPS),
+            "weights": "int8, per channel",
+            "activations": "uint8, min/max over the calibration images",
+        },
+    }
+
+
+def int8_top1(supernet: Supernet, arch: ArchValue, evaluator: SubnetEvaluator) -> float:
+    """Test top-1 of ``arch``'s INT8 model as an export would write it (BN recalibrated,
+    exported, quantized on the held-out images), with ONNX Runtime: what specialisation
+    on an INT8 backend reports beside the FP32 top-1. Not refused for disagreement: it
+    is a measurement, the agreement check is the export's."""
+    held_out = evaluator.batches("calibration", arch.r)
+    net = recalibrate_bn(supernet, arch, held_out, evaluator.calibration_images).eval().cpu()
+    with tempfile.TemporaryDirectory(prefix="ofa-int8-") as tmp:
+        fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        export_onnx(net, (2, 3, arch.r, arch.r), fp32, dynamic_batch=True)
+        calibration, _ = _halves(held_out)
+        quantize_int8(fp32, int8, calibration)
+        return _top1(session(int8, None), evaluator.batches("test", arch.r))

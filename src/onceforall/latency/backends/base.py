@@ -1,0 +1,80 @@
+"""What every runtime offers the rest of the library: prepare a network to be called on
+a fixed input (for timing), say which software versions did it, and what it needs.
+
+A backend is one runtime at one precision (``onnxruntime`` and ``onnxruntime-int8`` are
+two). Latency measurement, the per-block table and the forecast ask a :class:`Backend`;
+none of them branches on which runtime it holds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Backend", "Prepared", "fixed_input"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A network ready to run: ``run()`` is one forward pass on the fixed input (waiting
+    for the device); ``threads`` the intra-op thread count it runs with (0: the runtime's
+    own default)."""
+
+    run: Callable[[], Any]
+    threads: int
+
+
+class Backend(ABC):
+    """One runtime at one precision."""
+
+    name: str  # as tables, configs and the command line spell it
+    runtime: str  # the runtime's own name, recorded with each table
+    precision: str  # "fp32" or "int8"
+    cpu_only: bool = True
+
+    @abstractmethod
+    def prepare(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        device: torch.device,
+        threads: int | None,
+    ) -> Prepared:
+        """``model`` converted (and quantized, for INT8) for this runtime, called on a
+        seeded random input of ``input_shape``."""
+
+    def prepare_file(self, path: Path, input_shape: Sequence[int], threads: int | None) -> Prepared:
+        """A model file of this runtime (as an export writes it) called on the seeded
+        random input; runtimes that time modules only refuse."""
+        raise ValueError(f"the {self.name} backend times modules, not model files")
+
+    @abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Versions of the software a timing comes from (saved with tables and results);
+        raises :class:`~onceforall.errors.MissingDependencyError` when not installed."""
+
+    def scope(self, threads: int | None) -> AbstractContextManager[Any]:
+        """What calls of prepared networks need around them (PyTorch: thread count and
+        inference mode; runtimes with sessions carry their settings themselves)."""
+        return nullcontext()
+
+    def threads_for(self, threads: int | None) -> int:
+        """The intra-op thread count a network prepared with ``threads`` runs with (0:
+        the runtime's own default)."""
+        return threads or 0
+
+    def check_device(self, device: torch.device) -> None:
+        if self.cpu_only and device.type != "cpu":
+            raise ValueError(f"the {self.name} backend runs on the CPU only; use device='cpu'")
+
+
+def fixed_input(input_shape: Sequence[int]) -> torch.Tensor:
+    """The seeded random input every backend times a network on."""
+    return torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))

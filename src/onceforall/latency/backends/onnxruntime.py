@@ -1,0 +1,133 @@
+"""ONNX Runtime on the CPU, in FP32 and in INT8.
+
+FP32: the network exported to ONNX with a fixed input shape (what ``model.onnx`` is).
+INT8: that model after ONNX Runtime's own post-training static quantization: QDQ format,
+convolutions and the classifier quantized (per-channel signed INT8 weights, unsigned INT8
+activations with min/max ranges calibrated on sample batches), the rest (h-swish,
+squeeze-excite gates, residual additions) left in FP32. On an x86 CPU with VNNI, signed
+activations ran 3-4x slower than unsigned ones, and quantizing every operator was slower
+than quantizing the convolutions alone (``docs/benchmarks.md``, "INT8 on ONNX Runtime").
+For timing, the calibration batches are random (the ranges do not change the speed); an
+export calibrates on held-out training images (:func:`quantize_int8`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...storage.onnx_export import export_onnx, require
+from .base import Backend, Prepared, fixed_input
+
+__all__ = ["QUANTIZED_OPS", "OnnxRuntime", "OnnxRuntimeInt8", "quantize_int8", "session"]
+
+_INSTALL = "timing on ONNX Runtime"
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+
+
+def _ort() -> Any:
+    return require("onnxruntime", _INSTALL)
+
+
+def session(path: str | Path, threads: int | None) -> Any:
+    """An ONNX Runtime CPU session of the model at ``path`` with ``threads`` intra-op
+    threads (None or 0: one per physical core) and quiet logging."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def quantize_int8(
+    fp32_path: str | Path, out_path: str | Path, batches: Iterable[np.ndarray]
+) -> None:
+    """Write ``out_path``: the FP32 ONNX model at ``fp32_path`` with its convolutions and
+    linear layers quantized to INT8 by ONNX Runtime (QDQ, per-channel weights, min/max
+    activation ranges over ``batches``, each an ``input`` array). The model is
+    pre-processed first (shape inference, graph optimisation) as ONNX Runtime's
+    quantization guide asks."""
+    require("onnx", _INSTALL)
+    quantization = require("onnxruntime.quantization", _INSTALL)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {"input": np.ascontiguousarray(batch, np.float32)}
+
+    with tempfile.TemporaryDirectory(prefix="ofa-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantization.quantize_static(
+            str(prepared),
+            str(out_path),
+            Reader(),
+            quant_format=quantization.QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+        )
+
+
+class OnnxRuntime(Backend):
+    name = "onnxruntime"
+    runtime = "onnxruntime"
+    precision = "fp32"
+
+    def _model_file(self, model: nn.Module, input_shape: Sequence[int], tmp: Path) -> Path:
+        path = tmp / "model.onnx"
+        export_onnx(model, input_shape, path)
+        return path
+
+    def prepare(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        device: torch.device,
+        threads: int | None,
+    ) -> Prepared:
+        self.check_device(device)
+        _ort()
+        with tempfile.TemporaryDirectory(prefix="ofa-onnx-") as tmp:
+            return self.prepare_file(
+                self._model_file(model, input_shape, Path(tmp)), input_shape, threads
+            )
+
+    def prepare_file(self, path: Path, input_shape: Sequence[int], threads: int | None) -> Prepared:
+        runs = session(path, threads)  # the session holds the model: the file may go
+        feed = {runs.get_inputs()[0].name: fixed_input(input_shape).numpy()}
+        return Prepared(lambda: runs.run(None, feed), self.threads_for(threads))
+
+    def versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "onnxruntime": _ort().__version__}
+
+
+class OnnxRuntimeInt8(OnnxRuntime):
+    name = "onnxruntime-int8"
+    precision = "int8"
+
+    calibration_batches = 4  # random ones: timing does not depend on the ranges
+
+    def _model_file(self, model: nn.Module, input_shape: Sequence[int], tmp: Path) -> Path:
+        fp32 = super()._model_file(model, input_shape, tmp)
+        gen = torch.Generator().manual_seed(1)
+        batches = [
+            torch.randn(*input_shape, generator=gen).numpy()
+            for _ in range(self.calibration_batches)
+        ]
+        path = tmp / "model.int8.onnx"
+        quantize_int8(fp32, path, batches)
+        return path

@@ -1,0 +1,145 @@
+"""ONNX Runtime INT8 as a backend (issue 15): its own latency table beside the run's,
+search and specialisation on it, and the INT8 model of an export, calibrated on held-out
+training images only and checked against PyTorch before it is kept. Real quantization by
+ONNX Runtime of networks trained for a few steps on Fashion-MNIST."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from onceforall.cli import main
+from onceforall.deploy.export import load_exported
+from onceforall.deploy.quantized import Int8Images, write_int8
+from onceforall.deploy.run_inputs import evaluator_for_run
+from onceforall.latency import LatencyTable
+from onceforall.storage.onnx_export import export_and_check_onnx
+from onceforall.storage.run_layout import RunLayout
+from onceforall.training import load_run
+from tests.conftest import copy_run, needs_fashion_mnist
+
+pytest.importorskip("onnxruntime.quantization")
+pytestmark = needs_fashion_mnist
+
+ARCH = {
+    "ks": [3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5, 7, 3, 5],
+    "e": [3, 4, 6, 3, 4, 6, 3, 4, 6, 3, 4, 6, 3, 4, 6, 3, 4, 6, 3, 4],
+    "d": [2, 3, 4, 2, 3],
+    "r": [24],
+}
+
+
+@pytest.fixture(scope="module")
+def run(trained_run, tmp_path_factory) -> Path:
+    return copy_run(trained_run, tmp_path_factory.mktemp("int8"))
+
+
+def test_an_export_holds_the_int8_model_checked_and_measured(run, tmp_path, capsys) -> None:
+    out = tmp_path / "export"
+    command = ["export", "--run", str(run), "--arch", json.dumps(ARCH), "--out", str(out)]
+    both = ["--backend", "onnxruntime", "--backend", "onnxruntime-int8"]
+    # A network trained for ten steps has near ties that INT8 flips: a lower bar here.
+    assert main([*command, *both, "--int8-min-agreement", "0.6"]) == 0
+    printed = capsys.readouterr().out
+    assert "model.int8.onnx: onnxruntime int8" in printed and "agrees with FP32 on" in printed
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert {"model.onnx", "model.int8.onnx"} <= set(metadata["files"])
+    fp32, int8 = metadata["runtimes"]["model.onnx"], metadata["runtimes"]["model.int8.onnx"]
+    assert (fp32["precision"], int8["precision"]) == ("fp32", "int8")
+    assert fp32["versions"]["onnxruntime"] == int8["versions"]["onnxruntime"]
+    assert fp32["latency_ms"] > 0 and int8["latency_ms"] > 0
+    # FP32 ONNX Runtime computes what PyTorch computes: the same test top-1.
+    assert fp32["top1"] == pytest.approx(metadata["top1"], abs=1e-9)
+    assert 0 <= int8["top1"] <= 100 and int8["agreement_top1"] >= 0.6
+    config, _ = load_run(run)
+    held_out = min(config.bn_recal_images, config.holdout_size)
+    assert int8["calibration_images"] + int8["agreement_images"] == held_out
+    load_exported(out)  # every file, the INT8 model included, checked against its hash
+
+    # The file is the network: ONNX Runtime's INT8 logits track PyTorch's.
+    import onnxruntime as ort
+
+    model = load_exported(out).eval()
+    session = ort.InferenceSession(str(out / "model.int8.onnx"))
+    evaluator = evaluator_for_run(config, "fashion-mnist")
+    images = torch.cat([b[0] for b in evaluator.batches("calibration", 24)])
+    (got,) = session.run(None, {"input": images.numpy()})
+    with torch.no_grad():
+        want = model(images).numpy()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.6
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98
+
+
+def test_int8_calibration_reads_held_out_training_images_only(run, tmp_path) -> None:
+    config, supernet = load_run(run)
+    evaluator = evaluator_for_run(config, "fashion-mnist")
+    arch = supernet.parse_arch(ARCH)
+    # The images are the evaluator's calibration set: the run's held-out training images
+    # (by index: the held-out split, which training never reads), never the test file.
+    splits = config.open_splits("fashion-mnist")
+    calibration = evaluator.calibration_set
+    assert list(calibration.indices) == list(splits.holdout.indices)
+    assert not set(splits.holdout.indices) & set(splits.train.indices)
+    assert calibration.dataset is not splits.test.dataset
+    assert len(calibration.dataset) > len(splits.test)  # the training file (320+160 vs 64)
+
+    net = supernet.extract(arch).eval()
+    fp32 = tmp_path / "model.onnx"
+    export_and_check_onnx(net, 24, fp32, threads=1)
+    held_out = evaluator.batches("calibration", 24)
+    with_test = write_int8(net, fp32, tmp_path / "a.onnx", Int8Images(held_out, test=None))
+    # Whatever test images are given, the quantized model is the same file: its ranges
+    # come from the held-out images alone.
+    test = evaluator.batches("test", 24)
+    write_int8(net, fp32, tmp_path / "b.onnx", Int8Images(held_out, test=test))
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert with_test["top1"] is None
+    # Other held-out images give other ranges: the bytes do depend on the images.
+    shifted = [(images * 0.5, labels) for images, labels in held_out]
+    write_int8(net, fp32, tmp_path / "c.onnx", Int8Images(shifted, min_agreement=0.0))
+    assert (tmp_path / "a.onnx").read_bytes() != (tmp_path / "c.onnx").read_bytes()
+
+
+def test_a_failed_agreement_check_keeps_nothing(run, tmp_path) -> None:
+    config, supernet = load_run(run)
+    evaluator = evaluator_for_run(config, "fashion-mnist")
+    net = supernet.extract(supernet.parse_arch(ARCH)).eval()
+    fp32 = tmp_path / "model.onnx"
+    export_and_check_onnx(net, 24, fp32, threads=1)
+    from onceforall.storage.onnx_export import ExportError
+
+    held_out = evaluator.batches("calibration", 24)
+    with pytest.raises(ExportError, match=r"predicts the FP32 network's class on only"):
+        write_int8(net, fp32, tmp_path / "q.onnx", Int8Images(held_out, min_agreement=1.01))
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.slow  # an INT8 table: every block shape quantized and timed (about a minute)
+def test_a_run_keeps_an_int8_table_beside_its_own_and_searches_on_it(run, capsys) -> None:
+    layout = RunLayout(run)
+    args = ["--run", str(run), "--num-archs", "8", "--calibration-images", "32"]
+    assert main(["acc-dataset", *args, "--eval-images", "32"]) == 0
+    assert main(["train-predictor", "--run", str(run), "--epochs", "5"]) == 0
+    table_args = ["--resolutions", "24", "--repeats", "3", "--threads", "1"]
+    own = ["latency-table", "--run", str(run), *table_args]
+    assert main(own) == 0  # the run's own backend (torch: its config names none)
+    assert main([*own, "--backend", "onnxruntime-int8"]) == 0
+    int8_path = layout.latency_table_of("onnxruntime-int8")
+    _, supernet = load_run(run)
+    table = LatencyTable.load(int8_path, supernet)
+    assert table.backend == "onnxruntime-int8" and "onnxruntime" in table.versions
+    assert LatencyTable.load(layout.latency_table, supernet).backend == "torch"  # untouched
+    capsys.readouterr()
+    target = "latency_ms<=1000"
+    search = ["search", "--run", str(run), "--target", target, "--generations", "5"]
+    assert main([*search, "--backend", "onnxruntime-int8"]) == 0
+    spec = ["specialize", "--run", str(run), "--target", target, "--generations", "5"]
+    assert main([*spec, "--backend", "onnxruntime-int8", "--random-baseline", "0"]) == 0
+    [row] = json.loads(layout.specialized.read_text())
+    assert row["measured_latency_ms"] > 0 and row["latency_backend"] == "onnxruntime-int8"
+    assert 0 <= row["int8_accuracy"] <= 100  # its INT8 model, measured on the test split
+    assert "int8 top-1" in capsys.readouterr().out  # beside the FP32 top-1
