@@ -11,7 +11,11 @@ from ..errors import ConfigError
 from ..storage.run_layout import RunLayout
 from .args import count, device, fraction, load_arch_text, positive, resolution
 
-EXPORT_BACKENDS = ("onnxruntime", "onnxruntime-int8")  # the model files an export can hold
+EXPORT_BACKENDS = (
+    "onnxruntime",
+    "onnxruntime-int8",
+    "openvino",
+)  # the model files an export can hold
 
 
 def _predictor_and_table(args: argparse.Namespace, config: Any, supernet: Any) -> tuple[Any, Any]:
@@ -117,6 +121,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         run=RunLayout(args.run),
         int8="onnxruntime-int8" in backends,
         int8_min_agreement=args.int8_min_agreement,
+        openvino="openvino" in backends,
     )
     top1 = "-" if result.top1 is None else f"{result.top1:.2f} %"
     print(
@@ -257,8 +262,9 @@ def add_deploy_commands(sub: Any) -> None:
         action="append",
         choices=EXPORT_BACKENDS,
         help="a runtime's model file to write beside the safetensors weights (repeatable): "
-        "onnxruntime (model.onnx, the default) and onnxruntime-int8 (model.int8.onnx, "
-        "quantized on the run's held-out images); each is checked before it is kept",
+        "onnxruntime (model.onnx, the default), onnxruntime-int8 (model.int8.onnx, "
+        "quantized on the run's held-out images) and openvino (model.xml and model.bin); "
+        "each is checked before it is kept",
     )
     p.add_argument(
         "--int8-min-agreement",

@@ -50,7 +50,8 @@ from ..storage.onnx_export import (
     require,
 )
 from ..storage.run_guard import lock_beside
-from .quantized import MIN_AGREEMENT, Int8Images, runtime_record, write_int8
+from .quantized import MIN_AGREEMENT, Int8Images, write_int8
+from .runtime_files import OPENVINO_BIN, OPENVINO_XML, runtime_record, write_openvino
 
 __all__ = [
     "ExportError",
@@ -113,6 +114,7 @@ def export_subnet(
     extra_metadata: Mapping[str, Any] | None = None,
     int8: bool = False,
     int8_min_agreement: float = MIN_AGREEMENT,
+    openvino: bool = False,
 ) -> ExportResult:
     """Extract ``arch`` from ``supernet``, recalibrate its BN statistics on
     ``n_calibration`` images of ``calibration_loader``, evaluate it on ``test_loader``
@@ -122,7 +124,8 @@ def export_subnet(
     Both loaders must yield images at ``arch``'s resolution. With ``onnx`` the ONNX model
     is run with onnxruntime and compared with PyTorch before it is kept; a mismatch raises
     :class:`ExportError` and leaves no ``model.onnx``. With ``int8`` the INT8 model is
-    written too, calibrated and checked on ``calibration_loader``'s held-out images.
+    written too, calibrated and checked on ``calibration_loader``'s held-out images; with
+    ``openvino``, OpenVINO's IR.
     ``extra_metadata`` (e.g. ``{"source_run": "runs/fmnist"}``) is merged into
     ``metadata.json``.
     """
@@ -154,6 +157,7 @@ def export_subnet(
             threads=threads,
             extra_metadata=extra_metadata,
             int8=Int8Images(held_out, test_loader, int8_min_agreement) if int8 else None,
+            openvino=openvino,
             runtime_test=test_loader,
         )
 
@@ -215,6 +219,7 @@ def write_export(
     threads: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
     int8: Int8Images | None = None,
+    openvino: bool = False,
     runtime_test: Iterable | None = None,
 ) -> ExportResult:
     """Write a finished static sub-network (one with ``arch`` and ``spec()``, its BN
@@ -224,10 +229,12 @@ def write_export(
 
     Each runtime's model file is timed on this CPU and, given ``runtime_test`` batches,
     evaluated on them; with ``int8`` the INT8 model is written too (needs ``onnx``),
-    checked as :func:`~onceforall.deploy.quantized.write_int8` says. ``metadata.json``
-    records per file its runtime, precision, latency and test top-1 (``runtimes``)."""
-    if int8 is not None and not onnx:
-        raise ValueError("the INT8 model is quantized from the ONNX export: keep onnx=True")
+    checked as :func:`~onceforall.deploy.quantized.write_int8` says, and with
+    ``openvino`` OpenVINO's IR (converted from the ONNX model, checked against PyTorch).
+    ``metadata.json`` records per file its runtime, precision, latency and test top-1
+    (``runtimes``)."""
+    if (int8 is not None or openvino) and not onnx:
+        raise ValueError("INT8 and OpenVINO models are made from the ONNX export: keep onnx")
     safetensors_torch, extra = _check_inputs(out_dir, onnx, extra_metadata)
     subnet = subnet.eval()
     arch: ArchValue = subnet.arch
@@ -285,6 +292,12 @@ def write_export(
                 metadata["runtimes"][ONNX] = runtime_record(
                     folder / ONNX, "onnxruntime", arch.r, runtime_test, threads
                 )
+            if openvino:
+                metadata["runtimes"][OPENVINO_XML] = write_openvino(
+                    subnet, folder / ONNX, folder, arch.r, runtime_test, threads
+                )
+                for name in (OPENVINO_XML, OPENVINO_BIN):
+                    files[name] = (folder / name).read_bytes()
             if int8 is not None:
                 metadata["runtimes"][INT8_ONNX] = write_int8(
                     subnet,

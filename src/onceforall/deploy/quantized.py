@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -22,17 +22,16 @@ from torch import nn
 from ..arch import ArchValue
 from ..evaluation import SubnetEvaluator, recalibrate_bn
 from ..latency.backends import get_backend
-from ..latency.backends.onnxruntime import QUANTIZED_OPS, quantize_int8, session
-from ..latency.measure import backend_versions, measure_latency
+from ..latency.backends.onnxruntime import QUANTIZED_OPS, quantize_int8
 from ..models import Supernet
 from ..storage.onnx_export import ExportError, export_onnx
+from .runtime_files import runtime_record, top1_of
 
 __all__ = [
     "INT8_BACKEND",
     "MIN_AGREEMENT",
     "Int8Images",
     "int8_top1",
-    "runtime_record",
     "write_int8",
 ]
 
@@ -72,45 +71,6 @@ def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
-def _logits(runs: Any, images: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    name = runs.get_inputs()[0].name
-    for x in images:
-        yield runs.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
-
-
-def _top1(runs: Any, batches: Iterable) -> float:
-    correct = seen = 0
-    for batch in batches:
-        x, labels = batch[0].float().cpu().numpy(), batch[1].cpu().numpy()
-        (logits,) = _logits(runs, [x])
-        correct += int((logits.argmax(1) == labels).sum())
-        seen += len(labels)
-    return 100.0 * correct / max(seen, 1)
-
-
-def runtime_record(
-    path: Path,
-    backend: str,
-    resolution: int,
-    test: Iterable | None,
-    threads: int | None,
-    runs: Any = None,
-) -> dict[str, Any]:
-    """What ``metadata.json`` records of the model file at ``path`` (ONNX Runtime, FP32
-    or INT8): runtime, precision, versions, batch-1 latency on this CPU and its own test
-    top-1 over ``test`` (None: not measured)."""
-    runs = runs if runs is not None else session(path, threads)
-    latency = measure_latency(path, resolution, backend=backend, threads=threads)
-    return {
-        "runtime": "onnxruntime",
-        "precision": get_backend(backend).precision,
-        "versions": backend_versions(backend),
-        "latency_ms": latency.median_ms,
-        "latency_threads": latency.threads,
-        "top1": None if test is None else _top1(runs, test),
-    }
-
-
 @torch.no_grad()
 def write_int8(
     model: nn.Module,
@@ -126,12 +86,12 @@ def write_int8(
     ``model`` on more than ``1 - images.min_agreement`` of the held-out images."""
     calibration, check = _halves(images.held_out)
     quantize_int8(fp32_path, out_path, calibration)
-    runs = session(out_path, threads)
+    predict = get_backend(INT8_BACKEND).load_file(out_path, threads)
     model = model.eval().cpu()
     same = total = 0
-    for x, got in zip(check, _logits(runs, check)):
+    for x in check:
         want = model(torch.from_numpy(x)).argmax(1).numpy()
-        same += int((got.argmax(1) == want).sum())
+        same += int((predict(x).argmax(1) == want).sum())
         total += len(x)
     agreement, min_agreement = same / total, images.min_agreement
     if not agreement >= min_agreement:
@@ -143,7 +103,7 @@ def write_int8(
         )
     resolution = calibration[0].shape[-1]
     return {
-        **runtime_record(out_path, INT8_BACKEND, resolution, images.test, threads, runs),
+        **runtime_record(out_path, INT8_BACKEND, resolution, images.test, threads, predict),
         "agreement_top1": agreement,
         "calibration_images": int(sum(len(x) for x in calibration)),
         "agreement_images": total,
@@ -168,4 +128,5 @@ def int8_top1(supernet: Supernet, arch: ArchValue, evaluator: SubnetEvaluator) -
         export_onnx(net, (2, 3, arch.r, arch.r), fp32, dynamic_batch=True)
         calibration, _ = _halves(held_out)
         quantize_int8(fp32, int8, calibration)
-        return _top1(session(int8, None), evaluator.batches("test", arch.r))
+        predict = get_backend(INT8_BACKEND).load_file(int8, None)
+        return top1_of(predict, evaluator.batches("test", arch.r))

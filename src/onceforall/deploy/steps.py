@@ -294,12 +294,13 @@ def export_step(
     run: RunLayout | None = None,
     int8: bool = False,
     int8_min_agreement: float = MIN_AGREEMENT,
+    openvino: bool = False,
 ) -> ExportResult:
     """Export ``arch`` to the folder ``out``, BN-recalibrated and measured on the same
     images as specialisation (so the export's top-1 is the one ``specialize`` measured).
     With the ``run`` the supernet comes from, its metadata names the run and the
     supernet's digest. With ``int8`` the INT8 ONNX model is written too, calibrated on the
-    run's held-out images."""
+    run's held-out images; with ``openvino`` OpenVINO's IR."""
     if run is not None:
         source = {"source_run": str(run.root), "supernet_sha256": supernet_digest(run.root)}
         extra_metadata = source | dict(extra_metadata or {})
@@ -315,4 +316,5 @@ def export_step(
         extra_metadata=extra_metadata,
         int8=int8,
         int8_min_agreement=int8_min_agreement,
+        openvino=openvino,
     )

@@ -39,7 +39,7 @@ class ExportError(OnceForAllError, RuntimeError):
     """An export failed its checks, or an export directory cannot be loaded safely."""
 
 
-def require(module: str, purpose: str) -> Any:
+def require(module: str, purpose: str, extra: str = "onceforall[deploy]") -> Any:
     """Import an optional dependency, or say which extra installs it."""
     try:
         return importlib.import_module(module)
@@ -47,7 +47,7 @@ def require(module: str, purpose: str) -> Any:
         package = module.split(".")[0]
         raise MissingDependencyError(
             f"{purpose} needs the '{package}' package, which is not installed: "
-            "pip install 'onceforall[deploy]'"
+            f"pip install '{extra}'"
         ) from exc
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from ...errors import ConfigError
 from .base import Backend, Prepared, fixed_input
 from .onnxruntime import OnnxRuntime, OnnxRuntimeInt8
+from .openvino import OpenVino
 from .torch_eager import TorchEager, torch_threads
 
 __all__ = ["BACKENDS", "Backend", "Prepared", "fixed_input", "get_backend", "torch_threads"]
 
 _REGISTRY: dict[str, Backend] = {
-    backend.name: backend for backend in (TorchEager(), OnnxRuntime(), OnnxRuntimeInt8())
+    backend.name: backend
+    for backend in (TorchEager(), OnnxRuntime(), OnnxRuntimeInt8(), OpenVino())
 }
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,6 +55,11 @@ class Backend(ABC):
         """A model file of this runtime (as an export writes it) called on the seeded
         random input; runtimes that time modules only refuse."""
         raise ValueError(f"the {self.name} backend times modules, not model files")
+
+    def load_file(self, path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+        """A model file of this runtime as a function from a batch of images (N, 3, r, r)
+        to its logits, to check and evaluate an export's file."""
+        raise ValueError(f"the {self.name} backend runs modules, not model files")
 
     @abstractmethod
     def versions(self) -> dict[str, str]:

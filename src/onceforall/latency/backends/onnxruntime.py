@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -110,6 +110,11 @@ class OnnxRuntime(Backend):
         runs = session(path, threads)  # the session holds the model: the file may go
         feed = {runs.get_inputs()[0].name: fixed_input(input_shape).numpy()}
         return Prepared(lambda: runs.run(None, feed), self.threads_for(threads))
+
+    def load_file(self, path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+        runs = session(path, threads)
+        name = runs.get_inputs()[0].name
+        return lambda x: runs.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "onnxruntime": _ort().__version__}

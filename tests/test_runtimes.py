@@ -1,11 +1,13 @@
-"""ONNX Runtime INT8 as a backend (issue 15): its own latency table beside the run's,
-search and specialisation on it, and the INT8 model of an export, calibrated on held-out
-training images only and checked against PyTorch before it is kept. Real quantization by
-ONNX Runtime of networks trained for a few steps on Fashion-MNIST."""
+"""Runtimes as backends (issue 15): ONNX Runtime INT8 with its own latency table beside
+the run's, search and specialisation on it, and the INT8 model of an export, calibrated
+on held-out training images only and checked against PyTorch before it is kept; OpenVINO
+timing networks and holding an export's model.xml. Real quantization and conversion by
+the runtimes, of networks trained for a few steps on Fashion-MNIST."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,45 @@ def test_an_export_holds_the_int8_model_checked_and_measured(run, tmp_path, caps
         want = model(images).numpy()
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.6
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.98
+
+
+def test_an_export_holds_openvinos_model_checked_and_measured(run, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    out = tmp_path / "export"
+    command = ["export", "--run", str(run), "--arch", json.dumps(ARCH), "--out", str(out)]
+    assert main([*command, "--backend", "openvino"]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert {"model.onnx", "model.xml", "model.bin"} <= set(metadata["files"])
+    record = metadata["runtimes"]["model.xml"]
+    assert (record["runtime"], record["precision"]) == ("openvino", "fp32")
+    assert "openvino" in record["versions"] and record["latency_ms"] > 0
+    assert record["top1"] == pytest.approx(metadata["top1"], abs=1e-9)  # FP32: the network
+    assert record["max_abs_error"] < 1e-3
+    # The IR runs in OpenVINO alone and computes what the exported network computes, at
+    # the precision the metadata names (OpenVINO's own default is bf16 where the CPU has
+    # it, which is not FP32).
+    import openvino as ov
+
+    assert record["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    model = load_exported(out).eval()
+    x = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    compiled = ov.Core().compile_model(str(out / "model.xml"), "CPU", record["config"])
+    got = compiled({0: x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_networks_time_on_every_installed_backend(run) -> None:
+    """The same network on each runtime: one timing each, through one interface."""
+    from onceforall.latency.backends import BACKENDS
+    from onceforall.latency.measure import measure_latency
+
+    _, supernet = load_run(run)
+    net = supernet.extract(supernet.parse_arch(ARCH))
+    for backend in BACKENDS:
+        stats = measure_latency(net, 24, backend=backend, threads=1, repeats=2, warmup=1)
+        assert stats.backend == backend and stats.median_ms > 0 and stats.threads == 1
 
 
 def test_int8_calibration_reads_held_out_training_images_only(run, tmp_path) -> None:
@@ -143,3 +184,16 @@ def test_a_run_keeps_an_int8_table_beside_its_own_and_searches_on_it(run, capsys
     assert row["measured_latency_ms"] > 0 and row["latency_backend"] == "onnxruntime-int8"
     assert 0 <= row["int8_accuracy"] <= 100  # its INT8 model, measured on the test split
     assert "int8 top-1" in capsys.readouterr().out  # beside the FP32 top-1
+
+
+def test_a_backend_not_installed_names_its_extra(run, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    monkeypatch.delenv("OFA_DEBUG", raising=False)
+    command = ["latency-table", "--run", str(run), "--backend", "openvino", "--repeats", "1"]
+    assert main([*command, "--out", str(run / "t.json")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "ofa: the openvino backend needs the 'openvino' package, which is not installed: "
+        "pip install 'onceforall[openvino]'"
+    )
+    assert not (run / "t.json").exists()
