@@ -8,6 +8,7 @@ none of them branches on which runtime it holds.
 
 from __future__ import annotations
 
+import tempfile
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Backend", "Prepared", "fixed_input"]
+from ...storage.onnx_export import export_onnx
+
+__all__ = ["Backend", "FileBackend", "Prepared", "fixed_input"]
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,38 @@ class Backend(ABC):
 def fixed_input(input_shape: Sequence[int]) -> torch.Tensor:
     """The seeded random input every backend times a network on."""
     return torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+
+
+class FileBackend(Backend):
+    """A runtime that runs model files converted from the network's ONNX export (ONNX
+    Runtime, OpenVINO): a module is exported (and converted by :meth:`model_file`) into
+    a temporary folder, then prepared as a file."""
+
+    def prepare(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        *,
+        device: torch.device,
+        threads: int | None,
+    ) -> Prepared:
+        self.check_device(device)
+        self.versions()  # installed, or the error that names the extra: before exporting
+        with tempfile.TemporaryDirectory(prefix=f"ofa-{self.name}-") as tmp:
+            path = self.model_file(model, input_shape, Path(tmp))
+            return self.prepare_file(path, input_shape, threads)  # the runtime holds it now
+
+    def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
+        """The file this runtime runs, written into ``folder``: the ONNX export (with a
+        fixed input shape) unless the runtime converts it further."""
+        path = folder / "model.onnx"
+        export_onnx(model, input_shape, path)
+        return path
+
+    @abstractmethod
+    def prepare_file(
+        self, path: Path, input_shape: Sequence[int], threads: int | None
+    ) -> Prepared: ...
+
+    @abstractmethod
+    def load_file(self, path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]: ...

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...storage.onnx_export import export_onnx, require
-from .base import Backend, Prepared, fixed_input
+from ...storage.onnx_export import require
+from .base import FileBackend, Prepared, fixed_input
 
 __all__ = ["QUANTIZED_OPS", "OnnxRuntime", "OnnxRuntimeInt8", "quantize_int8", "session"]
 
@@ -81,30 +81,10 @@ def quantize_int8(
         )
 
 
-class OnnxRuntime(Backend):
+class OnnxRuntime(FileBackend):
     name = "onnxruntime"
     runtime = "onnxruntime"
     precision = "fp32"
-
-    def _model_file(self, model: nn.Module, input_shape: Sequence[int], tmp: Path) -> Path:
-        path = tmp / "model.onnx"
-        export_onnx(model, input_shape, path)
-        return path
-
-    def prepare(
-        self,
-        model: nn.Module,
-        input_shape: Sequence[int],
-        *,
-        device: torch.device,
-        threads: int | None,
-    ) -> Prepared:
-        self.check_device(device)
-        _ort()
-        with tempfile.TemporaryDirectory(prefix="ofa-onnx-") as tmp:
-            return self.prepare_file(
-                self._model_file(model, input_shape, Path(tmp)), input_shape, threads
-            )
 
     def prepare_file(self, path: Path, input_shape: Sequence[int], threads: int | None) -> Prepared:
         runs = session(path, threads)  # the session holds the model: the file may go
@@ -126,13 +106,13 @@ class OnnxRuntimeInt8(OnnxRuntime):
 
     calibration_batches = 4  # random ones: timing does not depend on the ranges
 
-    def _model_file(self, model: nn.Module, input_shape: Sequence[int], tmp: Path) -> Path:
-        fp32 = super()._model_file(model, input_shape, tmp)
+    def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
+        fp32 = super().model_file(model, input_shape, folder)
         gen = torch.Generator().manual_seed(1)
         batches = [
             torch.randn(*input_shape, generator=gen).numpy()
             for _ in range(self.calibration_batches)
         ]
-        path = tmp / "model.int8.onnx"
+        path = folder / "model.int8.onnx"
         quantize_int8(fp32, path, batches)
         return path

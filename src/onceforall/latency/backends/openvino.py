@@ -5,16 +5,14 @@ Optional: ``pip install 'onceforall[openvino]'``."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from ...storage.onnx_export import export_onnx, require
-from .base import Backend, Prepared, fixed_input
+from ...storage.onnx_export import require
+from .base import FileBackend, Prepared, fixed_input
 
 __all__ = ["OpenVino", "compiled", "cpu_config", "save_ir"]
 
@@ -49,25 +47,10 @@ def save_ir(onnx_path: str | Path, xml_path: str | Path) -> None:
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 
 
-class OpenVino(Backend):
+class OpenVino(FileBackend):
     name = "openvino"
     runtime = "openvino"
     precision = "fp32"
-
-    def prepare(
-        self,
-        model: nn.Module,
-        input_shape: Sequence[int],
-        *,
-        device: torch.device,
-        threads: int | None,
-    ) -> Prepared:
-        self.check_device(device)
-        _ov()
-        with tempfile.TemporaryDirectory(prefix="ofa-openvino-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(model, input_shape, path)
-            return self.prepare_file(path, input_shape, threads)
 
     def prepare_file(self, path: Path, input_shape: Sequence[int], threads: int | None) -> Prepared:
         request = compiled(path, threads).create_infer_request()
