@@ -7,7 +7,7 @@ the passes; the gap between the passes is the noise floor of the measurement its
 ``--statistic`` (median, or min: the best run) is used for the table and the reference.
 
     python bench/latency_table.py                                   # torch, r 24 28 32
-    python bench/latency_table.py --backend onnxruntime --threads 1
+    python bench/latency_table.py --backend onnxruntime --threads 1  # or onnxruntime-int8...
     python bench/latency_table.py --resolutions 160 192 224 --num-classes 1000
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from onceforall import Arch, create_supernet
-from onceforall.latency.measure import device_description, measure_latency
+from onceforall.latency.measure import BACKENDS, device_description, measure_latency
 from onceforall.latency.table import STATISTICS, LatencyTable
 
 EVAL_SEED = 2024  # held-out archs; the table's calibration archs use another seed
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--supernet", default="ofa_mbv3_w1.0")
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--resolutions", type=int, nargs="+", default=[24, 28, 32])
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--archs", type=int, default=50, help="held-out networks")
     parser.add_argument("--repeats", type=int, default=30, help="table rounds")
