@@ -51,6 +51,7 @@ TINY_RUN = {
         "num_targets": 2,
         "random_baseline": 1,
         "generations": 10,
+        "export_int8": True,
     },
 }
 
@@ -110,6 +111,13 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
         np.testing.assert_allclose(got, expected, atol=1e-4 * max(1, np.abs(expected).max()))
         metadata = json.loads((folder / "metadata.json").read_text())
         assert metadata["arch"] == arch and metadata["latency_ms"] > 0
+        # Its INT8 model too (specialize.export_int8), or one line saying why not: a
+        # failed INT8 check leaves the FP32 export standing.
+        runtimes = metadata["runtimes"]
+        assert runtimes["model.onnx"]["precision"] == "fp32"
+        assert ("model.int8.onnx" in runtimes) != (f"{metadata['target']}: no INT8" in printed)
+    table = printed[printed.index("the exports' model files on this CPU") :]
+    assert "model.onnx ms" in table and all(f.name in table for f in exports)
 
     # `ofa export` of a chosen arch measures what the pipeline's export measured.
     folder = exports[0]

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..deploy.quantized import MIN_AGREEMENT
-from ..deploy.report import arch_summary, format_table
+from ..deploy.report import arch_summary, format_runtimes, format_table
 from ..errors import ConfigError
 from ..storage.run_layout import RunLayout
 from .args import count, device, fraction, load_arch_text, positive, resolution
@@ -165,6 +165,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "top-1: test split after BN recalibration; random top-1: mean of random "
         "sub-networks meeting the same target; latency: measured on this device"
     )
+    runtimes = format_runtimes(summary.exports)
+    if runtimes:
+        print("\nthe exports' model files on this CPU (batch 1, ms; test top-1, %):")
+        print(runtimes)
     if summary.plot:
         print(f"Pareto plot: {summary.plot}")
     for path in summary.exports:

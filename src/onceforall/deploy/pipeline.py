@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from ..compat.latency_tables import check_latency_table, open_latency_table
 from ..compat.predictors import open_predictor
+from ..evaluation import SubnetEvaluator
 from ..latency.base import LatencyModel
 from ..models import Supernet
 from ..predictors.base import ArchPredictor
@@ -33,6 +34,7 @@ from ..predictors.dataset import (
 )
 from ..search import pareto_search
 from ..storage.checkpoint import list_checkpoints
+from ..storage.onnx_export import ExportError
 from ..storage.reading import read_weights_only
 from ..storage.run_guard import claim_run_directory, run_lock
 from ..storage.run_layout import RunLayout
@@ -43,6 +45,7 @@ from ..training.finetune import FinetuneSettings
 from ..training.forecast import Forecast
 from ..training.run_dir import start_over
 from . import forecast as later
+from .export import ExportResult
 from .finetune_step import finetune_step
 from .run_inputs import evaluator_for_run
 from .specialize import Specialized, search_costs, search_space, spread_latency_targets
@@ -203,18 +206,11 @@ def _run_steps(
     # 6. Export.
     exports: list[Path] = []
     if settings.export:
-        say("[6/6] exporting the chosen sub-networks (safetensors + ONNX, checked)")
+        int8 = " and INT8" if settings.export_int8 else ""
+        say(f"[6/6] exporting the chosen sub-networks (safetensors + ONNX{int8}, checked)")
         with _timed(forecast, later.EXPORT):
             for row in chosen:
-                result = export_step(
-                    supernet,
-                    row.arch,
-                    layout.export(row.target),
-                    evaluator=evaluator,
-                    threads=threads,
-                    extra_metadata={"target": row.target},
-                    run=layout,
-                )
+                result = _export(supernet, row, layout, evaluator, threads, settings, say)
                 exports.append(result.out_dir)
     if settings.finetune_epochs > 0:
         exports += _finetune(config, data, layout, supernet, chosen, say, device, progress)
@@ -229,6 +225,41 @@ def _run_steps(
         took=dict(forecast.done),
         took_line=forecast.summary(total_s=time.perf_counter() - started),
     )
+
+
+def _export(
+    supernet: Supernet,
+    row: Specialized,
+    layout: RunLayout,
+    evaluator: SubnetEvaluator,
+    threads: int | None,
+    settings: SpecializeConfig,
+    say: Callable[[str], None],
+) -> ExportResult:
+    """Export one winner; an INT8 model that fails its check is left out (said in one
+    line), not the export: the run's FP32 results stand."""
+
+    def export(int8: bool) -> ExportResult:
+        return export_step(
+            supernet,
+            row.arch,
+            layout.export(row.target),
+            evaluator=evaluator,
+            threads=threads,
+            extra_metadata={"target": row.target},
+            run=layout,
+            int8=int8,
+        )
+
+    if not settings.export_int8:
+        return export(False)
+    try:
+        return export(True)
+    except ExportError as exc:
+        if "INT8" not in str(exc):
+            raise
+        say(f"  {row.target}: no INT8 model ({exc})")
+        return export(False)
 
 
 def _finetune(

@@ -1,9 +1,12 @@
-"""Profile sub-networks of a supernet: arch, MACs, parameters, measured latency."""
+"""Profile sub-networks of a supernet (arch, MACs, parameters, measured latency) and the
+tables the commands print."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
@@ -12,7 +15,14 @@ from ..arch import ArchValue, Space
 from ..latency.measure import measure_latency
 from ..models import Supernet
 
-__all__ = ["SubnetProfile", "profile_subnets", "spread_archs", "format_table", "arch_summary"]
+__all__ = [
+    "SubnetProfile",
+    "arch_summary",
+    "format_runtimes",
+    "format_table",
+    "profile_subnets",
+    "spread_archs",
+]
 
 
 @dataclass(frozen=True)
@@ -79,3 +89,28 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     out = [line(text[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in text[1:]]
     return "\n".join(out)
+
+
+def format_runtimes(exports: Sequence[Path]) -> str | None:
+    """Per export, each runtime model file's latency on this CPU and test top-1 (from its
+    ``metadata.json``), one line per export; None when no export holds one."""
+    rows, names = [], []
+    for folder in exports:
+        runtimes = json.loads((Path(folder) / "metadata.json").read_text()).get("runtimes") or {}
+        rows.append((Path(folder).name, runtimes))
+        names += [name for name in runtimes if name not in names]
+    if not names:
+        return None
+    headers = ["export"]
+    for name in names:
+        headers += [f"{name} ms", f"{name} top-1"]
+    lines = []
+    for folder, runtimes in rows:
+        line = [folder]
+        for name in names:
+            record = runtimes.get(name)
+            top1 = None if record is None else record.get("top1")
+            line.append("-" if record is None else f"{record['latency_ms']:.2f}")
+            line.append("-" if top1 is None else f"{top1:.2f}")
+        lines.append(tuple(line))
+    return format_table(tuple(headers), lines)

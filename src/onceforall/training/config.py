@@ -85,6 +85,7 @@ class SpecializeConfig:
     random_baseline: int = 5  # random archs measured per target, for comparison
     generations: int = 500
     export: bool = True
+    export_int8: bool = False  # also model.int8.onnx (ONNX Runtime INT8) in each export
     # Fine-tune each chosen sub-network for this many epochs after its export (0: none),
     # into RUN/exports/<target>_finetuned; lr per 64 images, as the stages'.
     finetune_epochs: float = 0.0
@@ -132,8 +133,11 @@ class SpecializeConfig:
                 check_target(target)
             except ConfigError as exc:
                 raise ConfigError(f"specialize.targets: {exc}") from None
-        if not isinstance(self.export, bool):
-            raise ConfigError(f"specialize.export must be true or false, not {self.export!r}")
+        for name in ("export", "export_int8"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"specialize.{name} must be true or false, not {getattr(self, name)!r}"
+                )
         for name in ("finetune_epochs", "finetune_lr"):
             value = getattr(self, name)
             if (
