@@ -12,6 +12,7 @@ smallest and largest (at its largest resolution), FP32 PyTorch against the INT8 
 an export would write (calibrated on held-out images; ONNX Runtime).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/runtimes.py [--run runs/demo] [--threads 1]
+        [--no-speed | --no-accuracy]
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--no-imagenet", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
+    parser.add_argument("--no-speed", action="store_true", help="accuracy only (needs --run)")
     args = parser.parse_args()
 
     backends = installed()
@@ -133,7 +135,7 @@ def main() -> None:
         for row in json.loads(chosen.read_text()) if chosen.is_file() else []:
             arch = supernet.parse_arch(row["arch"])
             nets[f"{row['target']} r{arch.r}"] = (supernet.extract(arch).eval(), arch.r)
-    for batch in args.batches:
+    for batch in [] if args.no_speed else args.batches:
         start = time.perf_counter()
         times = time_networks(nets, backends, batch, args.threads, args.rounds)
         print_speed(nets, backends, times, batch)
