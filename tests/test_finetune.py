@@ -171,3 +171,13 @@ def test_two_workers_stay_identical(trained_run, tmp_path) -> None:
         params = record["consistency"]["params"]
         assert len(params) == 2 and params[0] == params[1]
     assert json.loads((out / "metadata.json").read_text())["finetune"]["steps"] == 10
+
+
+def test_resuming_with_another_arch_is_refused(tuned, capsys) -> None:
+    run, out = tuned
+    other = json.loads(ARCH)
+    other["ks"] = [7] * 20
+    command = ["finetune", "--run", str(run), "--arch", json.dumps(other), "--out", str(out)]
+    assert main([*command, "--resume"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "holds the checkpoints of a fine-tuning of another arch" in line, line

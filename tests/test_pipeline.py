@@ -197,6 +197,27 @@ def test_ofa_run_trains_and_specialises_proxylessnas(tmp_path: Path, capsys) -> 
     record = json.loads((tuned / "metadata.json").read_text())["finetune"]
     assert record["epochs"] == 1 and record["steps"] == 4  # 64 images, batch 16
     assert load_exported(tuned).arch == model.arch
+    # The step again with the same winner (a rerun of ofa run whose search chose the
+    # same network): the finished fine-tuning is reused, not trained nor exported again.
+    from onceforall.deploy.finetune_step import finetune_winners
+    from onceforall.deploy.specialize import Specialized
+    from onceforall.storage.run_layout import RunLayout
+
+    stamp = (tuned / "metadata.json").stat().st_mtime_ns
+    said: list[str] = []
+    config_, supernet_ = load_run(run)
+    winner = Specialized(row["target"], arch, row["predicted_accuracy"], 0, 0)
+    args = (config_, "fashion-mnist", RunLayout(run), supernet_, [winner], said.append)
+    assert finetune_winners(*args, None, False) == [tuned]
+    assert said[-1] == f"  {row['target']}: reusing {tuned}"
+    assert (tuned / "metadata.json").stat().st_mtime_ns == stamp
+    # A rerun whose search chose another network for the target: the checkpoints of the
+    # old one's fine-tuning are set aside, not resumed into the new network.
+    other = supernet_.space.smallest(arch.r)
+    assert other != arch
+    moved = Specialized(row["target"], other, 0.0, 0, 0)
+    assert finetune_winners(*args[:4], [moved], said.append, None, False) == [tuned]
+    assert load_exported(tuned).arch == other
 
 
 @pytest.mark.slow

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from ..evaluation import recalibrate_bn
@@ -25,12 +26,12 @@ from ..storage.export_folder import METADATA, load_exported
 from ..storage.run_guard import run_lock
 from ..storage.run_layout import RunLayout
 from ..training.config import TrainConfig
-from ..training.finetune import FinetuneSettings, finetune
+from ..training.finetune import FinetuneSettings, finetune, finetuned_arch
 from ..training.run_dir import supernet_digest
 from .export import ExportResult, check_export_target, write_export
 from .run_inputs import evaluator_for_run
 
-__all__ = ["finetune_step", "finetune_work_dir"]
+__all__ = ["finetune_step", "finetune_winners", "finetune_work_dir"]
 
 
 def finetune_work_dir(run: RunLayout, out: str | os.PathLike) -> Path:
@@ -130,3 +131,67 @@ def finetune_step(
                 "finetune": record,
             },
         )
+
+
+def finetune_winners(
+    config: TrainConfig,
+    data: str | os.PathLike,
+    layout: RunLayout,
+    supernet: Supernet,
+    chosen: Sequence[Any],
+    say: Callable[[str], None],
+    device: str | None,
+    progress: bool,
+) -> list[Path]:
+    """``ofa run``'s step: fine-tune each chosen sub-network (``specialize.finetune_epochs``)
+    into ``exports/<target>_finetuned``; a killed run resumes each where it stopped, a
+    finished one is reused. Returns the export folders."""
+    settings = config.specialize
+    recipe = FinetuneSettings(epochs=settings.finetune_epochs, lr=settings.finetune_lr)
+    say(f"fine-tuning the chosen sub-networks for {recipe.epochs:g} epochs (lr {recipe.lr:g})")
+    written = []
+    digest = supernet_digest(layout.root)
+    for row in chosen:
+        out = layout.export(f"{row.target} finetuned")
+        if _finetuned_already(out, row.arch, recipe, digest):
+            say(f"  {row.target}: reusing {out}")
+            written.append(out)
+            continue
+        work = finetune_work_dir(layout, out)
+        if finetuned_arch(work) not in (None, row.arch.to_dict()):
+            shutil.rmtree(work)  # another winner's fine-tuning (the target's choice changed)
+        result = finetune_step(
+            supernet,
+            config,
+            layout,
+            out,
+            recipe,
+            data=str(data),
+            arch=row.arch,
+            resume=True,
+            device=device,
+            progress=progress,
+        )
+        if result is not None:
+            record = result.metadata["finetune"]
+            say(
+                f"  {row.target}: test top-1 {record['top1_before']:.2f} % -> "
+                f"{record['top1_after']:.2f} % ({result.out_dir})"
+            )
+            written.append(result.out_dir)
+    return written
+
+
+def _finetuned_already(out: Path, arch: Any, recipe: FinetuneSettings, digest: str) -> bool:
+    """Whether ``out`` is the export of this fine-tuning already: the same arch, epochs
+    and lr, from the same supernet (a rerun of ``ofa run`` does not train it again)."""
+    try:
+        metadata = json.loads((out / "metadata.json").read_text())
+        record = metadata["finetune"]
+        return (
+            metadata["arch"] == arch.to_dict()
+            and metadata.get("supernet_sha256") == digest
+            and (record["epochs"], record["lr"]) == (recipe.epochs, recipe.lr)
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # absent or not that export: fine-tune (an unreadable one is replaced)

@@ -41,12 +41,11 @@ from ..storage.run_layout import RunLayout
 from ..training import TrainConfig, load_run, train
 from ..training.config import SpecializeConfig
 from ..training.distributed import parse_device
-from ..training.finetune import FinetuneSettings
 from ..training.forecast import Forecast
 from ..training.run_dir import start_over
 from . import forecast as later
 from .export import ExportResult
-from .finetune_step import finetune_step
+from .finetune_step import finetune_winners
 from .run_inputs import evaluator_for_run
 from .specialize import Specialized, search_costs, search_space, spread_latency_targets
 from .steps import (
@@ -213,7 +212,7 @@ def _run_steps(
                 result = _export(supernet, row, layout, evaluator, threads, settings, say)
                 exports.append(result.out_dir)
     if settings.finetune_epochs > 0:
-        exports += _finetune(config, data, layout, supernet, chosen, say, device, progress)
+        exports += finetune_winners(config, data, layout, supernet, chosen, say, device, progress)
     return RunSummary(
         layout.root,
         supernet.space,
@@ -260,45 +259,6 @@ def _export(
             raise
         say(f"  {row.target}: no INT8 model ({exc})")
         return export(False)
-
-
-def _finetune(
-    config: TrainConfig,
-    data: str | os.PathLike,
-    layout: RunLayout,
-    supernet: Supernet,
-    chosen: list,
-    say: Callable[[str], None],
-    device: str | None,
-    progress: bool,
-) -> list[Path]:
-    """Fine-tune each chosen sub-network (``specialize.finetune_epochs``) into
-    ``exports/<target>_finetuned``; a killed run resumes each where it stopped."""
-    settings = config.specialize
-    recipe = FinetuneSettings(epochs=settings.finetune_epochs, lr=settings.finetune_lr)
-    say(f"fine-tuning the chosen sub-networks for {recipe.epochs:g} epochs (lr {recipe.lr:g})")
-    written = []
-    for row in chosen:
-        result = finetune_step(
-            supernet,
-            config,
-            layout,
-            layout.export(f"{row.target} finetuned"),
-            recipe,
-            data=str(data),
-            arch=row.arch,
-            resume=True,
-            device=device,
-            progress=progress,
-        )
-        if result is not None:
-            record = result.metadata["finetune"]
-            say(
-                f"  {row.target}: test top-1 {record['top1_before']:.2f} % -> "
-                f"{record['top1_after']:.2f} % ({result.out_dir})"
-            )
-            written.append(result.out_dir)
-    return written
 
 
 def _measure_accuracy(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -107,6 +108,23 @@ class StaticTrainee(nn.Module):
         return self.network(x)
 
 
+def finetuned_arch(work_dir: str | Path) -> dict | None:
+    """The arch the fine-tuning in ``work_dir`` trains (its ``metrics.jsonl`` says), or
+    None where there is none or it cannot be read."""
+    try:
+        lines = RunLayout(work_dir).metrics.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(record, dict) and record.get("type") == "finetune":
+            return record.get("arch")
+    return None
+
+
 def finetune(
     start: nn.Module,
     config: TrainConfig,
@@ -162,6 +180,12 @@ def finetune(
         raise ConfigError(
             f"{work.checkpoints} holds the checkpoints of a fine-tuning: resume it "
             "(--resume), or delete the folder to start over"
+        )
+    trained = finetuned_arch(work.root)
+    if found is not None and trained is not None and trained != arch.to_dict():
+        raise ConfigError(
+            f"{work.checkpoints} holds the checkpoints of a fine-tuning of another arch "
+            f"({trained}): delete {work.root} to start over, or choose another --out"
         )
     if found is not None:
         path, state = found
