@@ -28,6 +28,7 @@ from onceforall import create_supernet
 from onceforall.deploy.quantized import int8_top1
 from onceforall.deploy.run_inputs import evaluator_for_run
 from onceforall.latency.backends import BACKENDS
+from onceforall.latency.backends.onnxruntime import QUANTIZED_OPS
 from onceforall.latency.measure import (
     backend_versions,
     device_description,
@@ -78,7 +79,7 @@ def print_speed(nets: dict, backends: list[str], times: dict, batch: int) -> Non
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def accuracy(run: str, data: str) -> None:
+def accuracy(run: str, data: str, operators: list[str]) -> None:
     config, supernet = load_run(run)
     evaluator = evaluator_for_run(config, data)
     r = max(supernet.space.resolutions)
@@ -87,13 +88,14 @@ def accuracy(run: str, data: str) -> None:
     if chosen.is_file():
         for row in json.loads(chosen.read_text()):
             nets[row["target"]] = supernet.parse_arch(row["arch"])
-    print(f"\naccuracy on {run}'s test split ({len(evaluator.test_set)} images):")
+    print(f"\naccuracy on {run}'s test split ({len(evaluator.test_set)} images); INT8 quantizes")
+    print(f"{', '.join(operators)}:")
     print("| network | FP32 top-1 | INT8 top-1 | change |")
     print("| --- | ---: | ---: | ---: |")
     for name, arch in nets.items():
         start = time.perf_counter()
         fp32 = evaluator.evaluate_arch(supernet, arch)
-        int8 = int8_top1(supernet, arch, evaluator)
+        int8 = int8_top1(supernet, arch, evaluator, operators)
         took = time.perf_counter() - start
         print(
             f"| {name} (r{arch.r}) | {fp32:.2f} | {int8:.2f} | {int8 - fp32:+.2f} | ({took:.0f} s)"
@@ -110,6 +112,9 @@ def main() -> None:
     parser.add_argument("--no-imagenet", action="store_true")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-speed", action="store_true", help="accuracy only (needs --run)")
+    parser.add_argument(
+        "--int8-ops", nargs="+", default=list(QUANTIZED_OPS), help="ONNX operators INT8 quantizes"
+    )
     args = parser.parse_args()
 
     backends = installed()
@@ -141,7 +146,7 @@ def main() -> None:
         print_speed(nets, backends, times, batch)
         print(f"({time.perf_counter() - start:.0f} s; load now {os.getloadavg()[0]:.2f})")
     if args.run and not args.no_accuracy:
-        accuracy(args.run, args.data)
+        accuracy(args.run, args.data, args.int8_ops)
 
 
 if __name__ == "__main__":

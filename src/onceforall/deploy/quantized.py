@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -109,14 +109,19 @@ def write_int8(
         "agreement_images": total,
         "quantization": {
             "method": "onnxruntime quantize_static, QDQ",
-            "operators": list(QUANTIZED_OPS),
+            "operators": list(QUANTIZED_OPS),  # the rest stays FP32
             "weights": "int8, per channel",
             "activations": "uint8, min/max over the calibration images",
         },
     }
 
 
-def int8_top1(supernet: Supernet, arch: ArchValue, evaluator: SubnetEvaluator) -> float:
+def int8_top1(
+    supernet: Supernet,
+    arch: ArchValue,
+    evaluator: SubnetEvaluator,
+    operators: Sequence[str] = QUANTIZED_OPS,
+) -> float:
     """Test top-1 of ``arch``'s INT8 model as an export would write it (BN recalibrated,
     exported, quantized on the held-out images), with ONNX Runtime: what specialisation
     on an INT8 backend reports beside the FP32 top-1. Not refused for disagreement: it
@@ -127,6 +132,6 @@ def int8_top1(supernet: Supernet, arch: ArchValue, evaluator: SubnetEvaluator) -
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         export_onnx(net, (2, 3, arch.r, arch.r), fp32, dynamic_batch=True)
         calibration, _ = _halves(held_out)
-        quantize_int8(fp32, int8, calibration)
+        quantize_int8(fp32, int8, calibration, operators)
         predict = get_backend(INT8_BACKEND).load_file(int8, None)
         return top1_of(predict, evaluator.batches("test", arch.r))

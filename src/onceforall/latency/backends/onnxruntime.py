@@ -2,12 +2,13 @@
 
 FP32: the network exported to ONNX with a fixed input shape (what ``model.onnx`` is).
 INT8: that model after ONNX Runtime's own post-training static quantization: QDQ format,
-convolutions and the classifier quantized (per-channel signed INT8 weights, unsigned INT8
-activations with min/max ranges calibrated on sample batches), the rest (h-swish,
-squeeze-excite gates, residual additions) left in FP32. On an x86 CPU with VNNI, signed
-activations ran 3-4x slower than unsigned ones, and quantizing every operator was slower
-than quantizing the convolutions alone (``docs/benchmarks.md``, "INT8 on ONNX Runtime").
-For timing, the calibration batches are random (the ranges do not change the speed); an
+per-channel signed INT8 weights, unsigned INT8 activations with min/max ranges
+calibrated on sample batches, on the operators of :data:`QUANTIZED_OPS` (convolutions,
+the classifier, residual additions, squeeze-excite products and pooling, activations).
+On the EPYC (AVX-512 VNNI) that set ran 1.09-1.16x faster than FP32 at batch 1, the
+convolutions alone 0.88-1.03x, and signed activations 2-3x slower than FP32
+(``bench/int8_variants.py``; ``docs/benchmarks.md``, "Runtimes side by side"). For
+timing, the calibration batches are random (the ranges do not change the speed); an
 export calibrates on held-out training images (:func:`quantize_int8`).
 """
 
@@ -27,7 +28,18 @@ from .base import FileBackend, Prepared, fixed_input
 __all__ = ["QUANTIZED_OPS", "OnnxRuntime", "OnnxRuntimeInt8", "quantize_int8", "session"]
 
 _INSTALL = "timing on ONNX Runtime"
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+# ONNX operators quantized (HardSwish and HardSigmoid are how h-swish and its gate export).
+QUANTIZED_OPS = (
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "GlobalAveragePool",
+    "HardSwish",
+    "HardSigmoid",
+    "Relu",
+)
 
 
 def _ort() -> Any:
@@ -46,11 +58,15 @@ def session(path: str | Path, threads: int | None) -> Any:
 
 
 def quantize_int8(
-    fp32_path: str | Path, out_path: str | Path, batches: Iterable[np.ndarray]
+    fp32_path: str | Path,
+    out_path: str | Path,
+    batches: Iterable[np.ndarray],
+    operators: Sequence[str] = QUANTIZED_OPS,
 ) -> None:
-    """Write ``out_path``: the FP32 ONNX model at ``fp32_path`` with its convolutions and
-    linear layers quantized to INT8 by ONNX Runtime (QDQ, per-channel weights, min/max
-    activation ranges over ``batches``, each an ``input`` array). The model is
+    """Write ``out_path``: the FP32 ONNX model at ``fp32_path`` with its ``operators``
+    (default: :data:`QUANTIZED_OPS`) quantized to INT8 by ONNX Runtime (QDQ,
+    per-channel weights, min/max activation ranges over ``batches``, each an ``input``
+    array). The model is
     pre-processed first (shape inference, graph optimisation) as ONNX Runtime's
     quantization guide asks."""
     require("onnx", _INSTALL)
@@ -73,7 +89,7 @@ def quantize_int8(
             str(out_path),
             Reader(),
             quant_format=quantization.QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
+            op_types_to_quantize=list(operators),
             per_channel=True,
             activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
