@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--no-imagenet", action="store_true")
+    parser.add_argument("--backends", nargs="+", help="default: every installed one")
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-speed", action="store_true", help="accuracy only (needs --run)")
     parser.add_argument(
@@ -117,7 +118,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    backends = installed()
+    backends = [b for b in installed() if not args.backends or b in args.backends]
     print(device_description())
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     flags = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16") if f in lscpu]
