@@ -177,6 +177,11 @@ def test_fit_recovers_a_known_model() -> None:
     noisy = 1.5 * raw * (1 + rng.normal(0, 0.02, 12))
     overhead, scale, per_mparam, error = fit_calibration(features, noisy)
     assert 1.4 < scale < 1.6 and 0 < error < 0.1
+    # Parts that add up to more than the network (a negative overhead would fit best):
+    # refused, a scale alone keeps every term of the table positive.
+    shrunk = -0.5 + 1.0 * raw
+    overhead, scale, per_mparam, error = fit_calibration(features, shrunk)
+    assert overhead >= 0 and scale > 0 and per_mparam >= 0 and error > 0
     # One network: a scale, with no way to estimate its error.
     overhead, scale, per_mparam, error = fit_calibration(features[:1], 3.0 * raw[:1])
     assert (overhead, per_mparam) == (0.0, 0.0) and np.isclose(scale, 3.0) and np.isnan(error)

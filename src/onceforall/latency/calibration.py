@@ -42,14 +42,15 @@ def fit_calibration(
     """(overhead, scale, ms_per_mparam, error) of the calibration model with the lowest
     leave-one-out mean relative error: scale only, overhead + scale, or both plus a cost
     per parameter (weights streamed from memory rather than from a core's cache). The
-    simpler model wins ties; unphysical fits (scale <= 0, negative cost per parameter)
-    are skipped. ``error`` is the winner's leave-one-out error (NaN when unknown)."""
+    simpler model wins ties; unphysical fits (negative overhead, scale <= 0, negative cost
+    per parameter) are skipped, so every calibrated term of a table stays positive however
+    noisy the timings. ``error`` is the winner's leave-one-out error (NaN when unknown)."""
     best: tuple[float, float, float, float] | None = None
     for columns in _MODELS:
         if len(measured) < (1 if len(columns) == 1 else len(columns) + 1):
             continue
         coef = dict(zip(columns, _solve(features, measured, columns)))
-        if coef[1] <= 0 or coef.get(2, 0.0) < 0:
+        if coef.get(0, 0.0) < 0 or coef[1] <= 0 or coef.get(2, 0.0) < 0:
             continue
         error = _loo_error(features, measured, columns)
         if best is None or error < best[3]:
