@@ -51,7 +51,8 @@ def report(name: str, gap: np.ndarray, measured: np.ndarray) -> None:
     err = np.abs(gap) / measured * 100
     print(
         f"  abs % error, {name:27s} median {np.median(err):5.1f}  "
-        f"p90 {np.percentile(err, 90):5.1f}  max {err.max():5.1f}"
+        f"p90 {np.percentile(err, 90):5.1f}  max {err.max():5.1f}  "
+        f"within 10 %: {np.mean(err <= 10) * 100:3.0f} % of networks"
     )
 
 

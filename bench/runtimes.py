@@ -28,7 +28,7 @@ from onceforall import create_supernet
 from onceforall.deploy.quantized import int8_top1
 from onceforall.deploy.run_inputs import evaluator_for_run
 from onceforall.latency.backends import BACKENDS
-from onceforall.latency.backends.onnxruntime import QUANTIZED_OPS
+from onceforall.latency.backends.onnxruntime import QUANTIZED_OPS, OnnxRuntimeInt8
 from onceforall.latency.measure import (
     backend_versions,
     device_description,
@@ -95,7 +95,7 @@ def accuracy(run: str, data: str, operators: list[str]) -> None:
     for name, arch in nets.items():
         start = time.perf_counter()
         fp32 = evaluator.evaluate_arch(supernet, arch)
-        int8 = int8_top1(supernet, arch, evaluator, operators)
+        int8 = int8_top1(supernet, arch, evaluator, OnnxRuntimeInt8(operators))
         took = time.perf_counter() - start
         print(
             f"| {name} (r{arch.r}) | {fp32:.2f} | {int8:.2f} | {int8 - fp32:+.2f} | ({took:.0f} s)"

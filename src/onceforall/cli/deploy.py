@@ -15,6 +15,7 @@ EXPORT_BACKENDS = (
     "onnxruntime",
     "onnxruntime-int8",
     "openvino",
+    "openvino-int8",
 )  # the model files an export can hold
 
 
@@ -119,9 +120,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         onnx=not args.no_onnx,
         threads=args.threads,
         run=RunLayout(args.run),
-        int8="onnxruntime-int8" in backends,
+        runtimes=sorted(backends),
         int8_min_agreement=args.int8_min_agreement,
-        openvino="openvino" in backends,
     )
     top1 = "-" if result.top1 is None else f"{result.top1:.2f} %"
     print(
@@ -267,8 +267,9 @@ def add_deploy_commands(sub: Any) -> None:
         choices=EXPORT_BACKENDS,
         help="a runtime's model file to write beside the safetensors weights (repeatable): "
         "onnxruntime (model.onnx, the default), onnxruntime-int8 (model.int8.onnx, "
-        "quantized on the run's held-out images) and openvino (model.xml and model.bin); "
-        "each is checked before it is kept",
+        "ONNX Runtime's quantizer), openvino (model.xml and model.bin) and openvino-int8 "
+        "(model.int8.xml/.bin, NNCF's quantizer); INT8 models are calibrated on the run's "
+        "held-out images; each file is checked before it is kept",
     )
     p.add_argument(
         "--int8-min-agreement",

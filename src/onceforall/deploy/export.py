@@ -19,13 +19,14 @@ import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
 from ..arch import ArchInput, ArchValue
 from ..evaluation import evaluate, recalibrate_bn
+from ..latency.backends import QuantizedBackend, get_backend
 from ..latency.measure import device_description, measure_latency
 from ..models import Supernet
 from ..storage.atomic import atomic_directory, remove_stale_directories
@@ -33,7 +34,6 @@ from ..storage.export_folder import (
     ARCH,
     FORMAT,
     FORMAT_VERSION,
-    INT8_ONNX,
     METADATA,
     ONNX,
     SPEC,
@@ -51,7 +51,10 @@ from ..storage.onnx_export import (
 )
 from ..storage.run_guard import lock_beside
 from .quantized import MIN_AGREEMENT, Int8Images, write_int8
-from .runtime_files import OPENVINO_BIN, OPENVINO_XML, runtime_record, write_openvino
+from .runtime_files import runtime_record, write_openvino
+
+# FP32 model files other than model.onnx, by backend (INT8 ones: deploy.quantized).
+_FP32_WRITERS = {"openvino": write_openvino}
 
 __all__ = [
     "ExportError",
@@ -112,9 +115,8 @@ def export_subnet(
     latency_resolution: int | None = None,
     threads: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
-    int8: bool = False,
+    runtimes: Sequence[str] = (),
     int8_min_agreement: float = MIN_AGREEMENT,
-    openvino: bool = False,
 ) -> ExportResult:
     """Extract ``arch`` from ``supernet``, recalibrate its BN statistics on
     ``n_calibration`` images of ``calibration_loader``, evaluate it on ``test_loader``
@@ -123,9 +125,9 @@ def export_subnet(
 
     Both loaders must yield images at ``arch``'s resolution. With ``onnx`` the ONNX model
     is run with onnxruntime and compared with PyTorch before it is kept; a mismatch raises
-    :class:`ExportError` and leaves no ``model.onnx``. With ``int8`` the INT8 model is
-    written too, calibrated and checked on ``calibration_loader``'s held-out images; with
-    ``openvino``, OpenVINO's IR.
+    :class:`ExportError` and leaves no ``model.onnx``. ``runtimes`` names the other
+    backends to write model files for (:func:`write_export`); INT8 ones are calibrated
+    and checked on ``calibration_loader``'s held-out images.
     ``extra_metadata`` (e.g. ``{"source_run": "runs/fmnist"}``) is merged into
     ``metadata.json``.
     """
@@ -143,7 +145,7 @@ def export_subnet(
         accuracy = None
         if test_loader is not None:
             accuracy = evaluate(subnet, _at_resolution(test_loader, arch.r, "test_loader"))
-        held_out = _first_images(calibration_loader, n_calibration)
+        held_out = _FirstImages(calibration_loader, n_calibration)
         return write_export(
             subnet,
             out_dir,
@@ -156,21 +158,27 @@ def export_subnet(
             latency_resolution=latency_resolution,
             threads=threads,
             extra_metadata=extra_metadata,
-            int8=Int8Images(held_out, test_loader, int8_min_agreement) if int8 else None,
-            openvino=openvino,
+            runtimes=runtimes,
+            int8_images=Int8Images(held_out, test_loader, int8_min_agreement),
             runtime_test=test_loader,
         )
 
 
-def _first_images(loader: Iterable, n: int) -> Iterator[torch.Tensor]:
-    """The first ``n`` images of ``loader``'s batches."""
-    left = n
-    for batch in loader:
-        if left <= 0:
-            return
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        yield images[:left]
-        left -= len(images)
+class _FirstImages:
+    """The first ``n`` images of ``loader``'s batches, read anew each time it is iterated
+    (each INT8 model of an export calibrates and checks on them)."""
+
+    def __init__(self, loader: Iterable, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        left = self.n
+        for batch in self.loader:
+            if left <= 0:
+                return
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            yield images[:left]
+            left -= len(images)
 
 
 def check_export_target(out_dir: PathLike) -> None:
@@ -218,8 +226,8 @@ def write_export(
     latency_resolution: int | None = None,
     threads: int | None = None,
     extra_metadata: Mapping[str, Any] | None = None,
-    int8: Int8Images | None = None,
-    openvino: bool = False,
+    runtimes: Sequence[str] = (),
+    int8_images: Int8Images | None = None,
     runtime_test: Iterable | None = None,
 ) -> ExportResult:
     """Write a finished static sub-network (one with ``arch`` and ``spec()``, its BN
@@ -227,14 +235,21 @@ def write_export(
     module docstring atomically. ``accuracy`` is :func:`evaluate`'s result, if measured.
     Used by :func:`export_subnet` and by the import of the authors' specialised nets.
 
-    Each runtime's model file is timed on this CPU and, given ``runtime_test`` batches,
-    evaluated on them; with ``int8`` the INT8 model is written too (needs ``onnx``),
-    checked as :func:`~onceforall.deploy.quantized.write_int8` says, and with
-    ``openvino`` OpenVINO's IR (converted from the ONNX model, checked against PyTorch).
-    ``metadata.json`` records per file its runtime, precision, latency and test top-1
-    (``runtimes``)."""
-    if (int8 is not None or openvino) and not onnx:
-        raise ValueError("INT8 and OpenVINO models are made from the ONNX export: keep onnx")
+    Besides ``model.onnx`` (ONNX Runtime), the model files of the backends in
+    ``runtimes`` are written, all made from the ONNX export: ``openvino`` (OpenVINO's IR,
+    checked against PyTorch) and the INT8 backends (``onnxruntime-int8``,
+    ``openvino-int8``: quantized and checked on ``int8_images`` as
+    :func:`~onceforall.deploy.quantized.write_int8` says). Each file is timed on this
+    CPU and, given ``runtime_test`` batches, evaluated on them; ``metadata.json`` records
+    per file its backend, runtime, precision, latency and test top-1 (``runtimes``)."""
+    extra_runtimes = [get_backend(name) for name in runtimes if name != "onnxruntime"]
+    if extra_runtimes and not onnx:
+        raise ValueError("the runtimes' model files are made from the ONNX export: keep onnx")
+    for runtime in extra_runtimes:
+        if isinstance(runtime, QuantizedBackend) and int8_images is None:
+            raise ValueError(f"{runtime.name} needs int8_images (calibration and check)")
+        if not isinstance(runtime, QuantizedBackend) and runtime.name not in _FP32_WRITERS:
+            raise ValueError(f"an export has no model file for the {runtime.name} backend")
     safetensors_torch, extra = _check_inputs(out_dir, onnx, extra_metadata)
     subnet = subnet.eval()
     arch: ArchValue = subnet.arch
@@ -292,21 +307,17 @@ def write_export(
                 metadata["runtimes"][ONNX] = runtime_record(
                     folder / ONNX, "onnxruntime", arch.r, runtime_test, threads
                 )
-            if openvino:
-                metadata["runtimes"][OPENVINO_XML] = write_openvino(
-                    subnet, folder / ONNX, folder, arch.r, runtime_test, threads
-                )
-                for name in (OPENVINO_XML, OPENVINO_BIN):
-                    files[name] = (folder / name).read_bytes()
-            if int8 is not None:
-                metadata["runtimes"][INT8_ONNX] = write_int8(
-                    subnet,
-                    folder / ONNX,
-                    folder / INT8_ONNX,
-                    int8,
-                    threads=threads,
-                )
-                files[INT8_ONNX] = (folder / INT8_ONNX).read_bytes()
+            for runtime in extra_runtimes:
+                if isinstance(runtime, QuantizedBackend):
+                    written, record = write_int8(
+                        subnet, folder / ONNX, folder, int8_images, backend=runtime, threads=threads
+                    )
+                else:
+                    written, record = _FP32_WRITERS[runtime.name](
+                        subnet, folder / ONNX, folder, arch.r, runtime_test, threads
+                    )
+                metadata["runtimes"][written[0].name] = record
+                files.update((path.name, path.read_bytes()) for path in written)
             metadata["files"] = {
                 name: {"sha256": sha256(data), "bytes": len(data)} for name, data in files.items()
             }

@@ -46,6 +46,7 @@ from ..training.run_dir import start_over
 from . import forecast as later
 from .export import ExportResult
 from .finetune_step import finetune_winners
+from .quantized import INT8_BACKEND
 from .run_inputs import evaluator_for_run
 from .specialize import Specialized, search_costs, search_space, spread_latency_targets
 from .steps import (
@@ -247,7 +248,7 @@ def _export(
             threads=threads,
             extra_metadata={"target": row.target},
             run=layout,
-            int8=int8,
+            runtimes=[INT8_BACKEND] if int8 else [],
         )
 
     if not settings.export_int8:

@@ -1,5 +1,6 @@
-"""The INT8 model of an export (``model.int8.onnx``, ONNX Runtime), checked before it is
-kept.
+"""The INT8 models of an export (``model.int8.onnx`` for ONNX Runtime, ``model.int8.xml``
+for OpenVINO: each runtime's own quantizer, :class:`~onceforall.latency.backends.
+QuantizedBackend`), checked before they are kept.
 
 Calibration and the check use held-out training images only (the images BN
 recalibration uses; never the test split): the first half calibrates the activation
@@ -13,7 +14,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -21,8 +22,7 @@ from torch import nn
 
 from ..arch import ArchValue
 from ..evaluation import SubnetEvaluator, recalibrate_bn
-from ..latency.backends import get_backend
-from ..latency.backends.onnxruntime import QUANTIZED_OPS, quantize_int8
+from ..latency.backends import QuantizedBackend, get_backend
 from ..models import Supernet
 from ..storage.onnx_export import ExportError, export_onnx
 from .runtime_files import runtime_record, top1_of
@@ -71,22 +71,35 @@ def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
+def quantized_backend(backend: str | QuantizedBackend) -> QuantizedBackend:
+    """The INT8 backend ``backend`` names; :class:`ValueError` for an FP32 one."""
+    runtime = get_backend(backend)
+    if not isinstance(runtime, QuantizedBackend):
+        raise ValueError(f"{runtime.name} is not an INT8 backend")
+    return runtime
+
+
 @torch.no_grad()
 def write_int8(
     model: nn.Module,
     fp32_path: Path,
-    out_path: Path,
+    folder: Path,
     images: Int8Images,
     *,
+    backend: str | QuantizedBackend = INT8_BACKEND,
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Quantize the checked FP32 ONNX model at ``fp32_path`` (the export of ``model``) to
-    ``out_path``, check it and measure it; returns what ``metadata.json`` records of it.
-    Raises :class:`ExportError` (and removes ``out_path``) when it disagrees with
-    ``model`` on more than ``1 - images.min_agreement`` of the held-out images."""
+) -> tuple[list[Path], dict[str, Any]]:
+    """Quantize the checked FP32 ONNX model at ``fp32_path`` (the export of ``model``)
+    with ``backend``'s quantizer into ``folder`` (its ``int8_file``), check it and
+    measure it; returns the files written (the model first) and what ``metadata.json``
+    records of it. Raises :class:`ExportError` (and removes what it wrote) when it
+    disagrees with ``model`` on more than ``1 - images.min_agreement`` of the held-out
+    images."""
+    runtime = quantized_backend(backend)
+    out_path = folder / runtime.int8_file
     calibration, check = _halves(images.held_out)
-    quantize_int8(fp32_path, out_path, calibration)
-    predict = get_backend(INT8_BACKEND).load_file(out_path, threads)
+    runtime.quantize(fp32_path, out_path, calibration)
+    predict = runtime.load_file(out_path, threads)
     model = model.eval().cpu()
     same = total = 0
     for x in check:
@@ -95,24 +108,21 @@ def write_int8(
         total += len(x)
     agreement, min_agreement = same / total, images.min_agreement
     if not agreement >= min_agreement:
-        out_path.unlink(missing_ok=True)
+        for path in runtime.companions(out_path):
+            path.unlink(missing_ok=True)
         raise ExportError(
-            f"the INT8 model predicts the FP32 network's class on only {agreement:.1%} of "
-            f"{total} held-out images (at least {min_agreement:.0%} required); "
-            f"{out_path.name} not written"
+            f"{runtime.name}'s INT8 model predicts the FP32 network's class on only "
+            f"{agreement:.1%} of {total} held-out images (at least {min_agreement:.0%} "
+            f"required); {out_path.name} not written"
         )
     resolution = calibration[0].shape[-1]
-    return {
-        **runtime_record(out_path, INT8_BACKEND, resolution, images.test, threads, predict),
+    record = runtime_record(out_path, runtime, resolution, images.test, threads, predict)
+    return runtime.companions(out_path), {
+        **record,
         "agreement_top1": agreement,
         "calibration_images": int(sum(len(x) for x in calibration)),
         "agreement_images": total,
-        "quantization": {
-            "method": "onnxruntime quantize_static, QDQ",
-            "operators": list(QUANTIZED_OPS),  # the rest stays FP32
-            "weights": "int8, per channel",
-            "activations": "uint8, min/max over the calibration images",
-        },
+        "quantization": runtime.quantization(),
     }
 
 
@@ -120,18 +130,18 @@ def int8_top1(
     supernet: Supernet,
     arch: ArchValue,
     evaluator: SubnetEvaluator,
-    operators: Sequence[str] = QUANTIZED_OPS,
+    backend: str | QuantizedBackend = INT8_BACKEND,
 ) -> float:
-    """Test top-1 of ``arch``'s INT8 model as an export would write it (BN recalibrated,
-    exported, quantized on the held-out images), with ONNX Runtime: what specialisation
-    on an INT8 backend reports beside the FP32 top-1. Not refused for disagreement: it
-    is a measurement, the agreement check is the export's."""
+    """Test top-1 of ``arch``'s INT8 model on ``backend`` as an export would write it (BN
+    recalibrated, exported, quantized on the held-out images): what specialisation on
+    an INT8 backend reports beside the FP32 top-1. Not refused for disagreement: it is a
+    measurement, the agreement check is the export's."""
+    runtime = quantized_backend(backend)
     held_out = evaluator.batches("calibration", arch.r)
     net = recalibrate_bn(supernet, arch, held_out, evaluator.calibration_images).eval().cpu()
     with tempfile.TemporaryDirectory(prefix="ofa-int8-") as tmp:
-        fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / runtime.int8_file
         export_onnx(net, (2, 3, arch.r, arch.r), fp32, dynamic_batch=True)
         calibration, _ = _halves(held_out)
-        quantize_int8(fp32, int8, calibration, operators)
-        predict = get_backend(INT8_BACKEND).load_file(int8, None)
-        return top1_of(predict, evaluator.batches("test", arch.r))
+        runtime.quantize(fp32, int8, calibration)
+        return top1_of(runtime.load_file(int8, None), evaluator.batches("test", arch.r))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..latency.backends import get_backend
+from ..latency.backends import Backend, get_backend
 from ..latency.backends.openvino import cpu_config, save_ir
 from ..latency.measure import backend_versions, measure_latency
 from ..storage.onnx_export import ExportError
@@ -42,7 +42,7 @@ def top1_of(predict: Predict, batches: Iterable) -> float:
 
 def runtime_record(
     path: Path,
-    backend: str,
+    backend: str | Backend,
     resolution: int,
     test: Iterable | None,
     threads: int | None,
@@ -55,6 +55,7 @@ def runtime_record(
     predict = predict or runtime.load_file(path, threads)
     latency = measure_latency(path, resolution, backend=backend, threads=threads)
     return {
+        "backend": runtime.name,
         "runtime": runtime.runtime,
         "precision": runtime.precision,
         "versions": backend_versions(backend),
@@ -72,10 +73,11 @@ def write_openvino(
     resolution: int,
     test: Iterable | None,
     threads: int | None,
-) -> dict[str, Any]:
+) -> tuple[list[Path], dict[str, Any]]:
     """Convert the checked ``onnx_path`` to OpenVINO IR in ``folder`` (``model.xml``,
     ``model.bin``), check its logits against ``model``'s on random batches of 1 and 2
-    and measure it; :class:`ExportError` (and nothing left) on a mismatch."""
+    and measure it; returns the files and what ``metadata.json`` records of them.
+    :class:`ExportError` (and nothing left) on a mismatch."""
     xml = folder / OPENVINO_XML
     save_ir(onnx_path, xml)
     predict = get_backend("openvino").load_file(xml, threads)
@@ -96,7 +98,7 @@ def write_openvino(
             f"OpenVINO's model disagrees with PyTorch: max |openvino - torch| = {worst:.3g} "
             f"> {tolerance:.3g}; {OPENVINO_XML} not written"
         )
-    return {
+    return [xml, folder / OPENVINO_BIN], {
         **runtime_record(xml, "openvino", resolution, test, threads, predict),
         "config": cpu_config(threads),  # compile with these to get what was checked
         "max_abs_error": worst,

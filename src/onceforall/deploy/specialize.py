@@ -315,7 +315,7 @@ def specialize(
         if evaluator is not None:
             row.measured_accuracy = evaluator.evaluate_arch(supernet, row.arch)
             if _precision(latency_table) == "int8":  # what ships on that runtime, measured
-                row.int8_accuracy = int8_top1(supernet, row.arch, evaluator)
+                row.int8_accuracy = int8_top1(supernet, row.arch, evaluator, latency_table.backend)
             others = feasible_random(supernet, constraints, random_baseline, seed, space=space)
             for other in others:
                 row.random_accuracies.append(evaluator.evaluate_arch(supernet, other))

@@ -292,15 +292,15 @@ def export_step(
     threads: int | None = None,
     extra_metadata: dict[str, Any] | None = None,
     run: RunLayout | None = None,
-    int8: bool = False,
+    runtimes: Sequence[str] = (),
     int8_min_agreement: float = MIN_AGREEMENT,
-    openvino: bool = False,
 ) -> ExportResult:
     """Export ``arch`` to the folder ``out``, BN-recalibrated and measured on the same
     images as specialisation (so the export's top-1 is the one ``specialize`` measured).
     With the ``run`` the supernet comes from, its metadata names the run and the
-    supernet's digest. With ``int8`` the INT8 ONNX model is written too, calibrated on the
-    run's held-out images; with ``openvino`` OpenVINO's IR."""
+    supernet's digest. ``runtimes``: the backends whose model files are written besides
+    ``model.onnx`` (:func:`~onceforall.deploy.export.write_export`); INT8 ones are
+    calibrated on the run's held-out images."""
     if run is not None:
         source = {"source_run": str(run.root), "supernet_sha256": supernet_digest(run.root)}
         extra_metadata = source | dict(extra_metadata or {})
@@ -314,7 +314,6 @@ def export_step(
         onnx=onnx,
         threads=threads,
         extra_metadata=extra_metadata,
-        int8=int8,
+        runtimes=runtimes,
         int8_min_agreement=int8_min_agreement,
-        openvino=openvino,
     )

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import check_whole_number
-from .backends import BACKENDS, get_backend, torch_threads
+from .backends import BACKENDS, Backend, get_backend, torch_threads
 
 __all__ = [
     "BACKENDS",
@@ -55,7 +55,7 @@ class LatencyStats:
     backend: str = "torch"
 
 
-def backend_versions(backend: str) -> dict[str, str]:
+def backend_versions(backend: str | Backend) -> dict[str, str]:
     """Versions of the software that produced a timing (saved with tables and results)."""
     return get_backend(backend).versions()
 
@@ -92,7 +92,7 @@ class Runner:
         model: nn.Module | str | os.PathLike,
         input_shape: Sequence[int],
         *,
-        backend: str = "torch",
+        backend: str | Backend = "torch",
         device: str | torch.device = "cpu",
         threads: int | None = None,
     ) -> None:
@@ -123,7 +123,7 @@ def make_runner(
     model: nn.Module | str | os.PathLike,
     input_shape: Sequence[int],
     *,
-    backend: str = "torch",
+    backend: str | Backend = "torch",
     device: str | torch.device = "cpu",
     threads: int | None = None,
 ) -> Runner:
@@ -131,7 +131,7 @@ def make_runner(
     return Runner(model, input_shape, backend=backend, device=device, threads=threads)
 
 
-def timing_scope(backend: str, threads: int | None) -> AbstractContextManager[Any]:
+def timing_scope(backend: str | Backend, threads: int | None) -> AbstractContextManager[Any]:
     """What a backend's runners need around their calls (PyTorch: the thread count and
     inference mode; ONNX Runtime sessions carry their settings themselves)."""
     return get_backend(backend).scope(threads)
@@ -174,7 +174,7 @@ def measure_latency(
     model: nn.Module | str | os.PathLike,
     resolution: int,
     *,
-    backend: str = "torch",
+    backend: str | Backend = "torch",
     batch_size: int = 1,
     device: str | torch.device = "cpu",
     threads: int | None = None,
@@ -206,5 +206,5 @@ def measure_latency(
         batch_size=batch_size,
         device=str(runner.device),
         threads=runner.threads,
-        backend=backend,
+        backend=runner.backend,
     )

@@ -4,16 +4,24 @@ name. Each is a :class:`~.base.Backend`; ask :func:`get_backend` for one by name
 from __future__ import annotations
 
 from ...errors import ConfigError
-from .base import Backend, Prepared, fixed_input
+from .base import Backend, Prepared, QuantizedBackend, fixed_input
 from .onnxruntime import OnnxRuntime, OnnxRuntimeInt8
-from .openvino import OpenVino
+from .openvino import OpenVino, OpenVinoInt8
 from .torch_eager import TorchEager, torch_threads
 
-__all__ = ["BACKENDS", "Backend", "Prepared", "fixed_input", "get_backend", "torch_threads"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Prepared",
+    "QuantizedBackend",
+    "fixed_input",
+    "get_backend",
+    "torch_threads",
+]
 
 _REGISTRY: dict[str, Backend] = {
     backend.name: backend
-    for backend in (TorchEager(), OnnxRuntime(), OnnxRuntimeInt8(), OpenVino())
+    for backend in (TorchEager(), OnnxRuntime(), OnnxRuntimeInt8(), OpenVino(), OpenVinoInt8())
 }
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 

@@ -122,3 +122,38 @@ class FileBackend(Backend):
 
     @abstractmethod
     def load_file(self, path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]: ...
+
+
+class QuantizedBackend(FileBackend):
+    """A runtime's INT8 model, made by its own post-training quantizer from the FP32
+    ONNX export and calibration batches (:meth:`quantize`). Timing calibrates on random
+    batches (the ranges do not change the speed); an export calibrates on held-out
+    training images (:func:`~onceforall.deploy.quantized.write_int8`)."""
+
+    precision = "int8"
+    int8_file: str  # the file name an export gives the quantized model
+    calibration_batches = 4
+
+    def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
+        fp32 = super().model_file(model, input_shape, folder)
+        gen = torch.Generator().manual_seed(1)
+        batches = [
+            torch.randn(*input_shape, generator=gen).numpy()
+            for _ in range(self.calibration_batches)
+        ]
+        path = folder / self.int8_file
+        self.quantize(fp32, path, batches)
+        return path
+
+    @abstractmethod
+    def quantize(self, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]) -> None:
+        """Write ``out_path`` (and its companion files): the FP32 ONNX model at
+        ``fp32_path`` quantized to INT8, activation ranges calibrated on ``batches``."""
+
+    @abstractmethod
+    def quantization(self) -> dict[str, Any]:
+        """What ``metadata.json`` records of how the model was quantized."""
+
+    def companions(self, path: Path) -> list[Path]:
+        """Every file :meth:`quantize` writes for ``path`` (``path`` first)."""
+        return [path]

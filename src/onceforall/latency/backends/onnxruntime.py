@@ -20,10 +20,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from ...storage.onnx_export import require
-from .base import FileBackend, Prepared, fixed_input
+from .base import FileBackend, Prepared, QuantizedBackend, fixed_input
 
 __all__ = ["QUANTIZED_OPS", "OnnxRuntime", "OnnxRuntimeInt8", "quantize_int8", "session"]
 
@@ -116,19 +115,23 @@ class OnnxRuntime(FileBackend):
         return {"torch": torch.__version__, "onnxruntime": _ort().__version__}
 
 
-class OnnxRuntimeInt8(OnnxRuntime):
+class OnnxRuntimeInt8(QuantizedBackend, OnnxRuntime):
+    """ONNX Runtime's INT8 model of the ``operators`` quantized (default
+    :data:`QUANTIZED_OPS`; other sets are for experiments, ``bench/int8_variants.py``)."""
+
     name = "onnxruntime-int8"
-    precision = "int8"
+    int8_file = "model.int8.onnx"
 
-    calibration_batches = 4  # random ones: timing does not depend on the ranges
+    def __init__(self, operators: Sequence[str] = QUANTIZED_OPS) -> None:
+        self.operators = tuple(operators)
 
-    def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
-        fp32 = super().model_file(model, input_shape, folder)
-        gen = torch.Generator().manual_seed(1)
-        batches = [
-            torch.randn(*input_shape, generator=gen).numpy()
-            for _ in range(self.calibration_batches)
-        ]
-        path = folder / "model.int8.onnx"
-        quantize_int8(fp32, path, batches)
-        return path
+    def quantize(self, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]) -> None:
+        quantize_int8(fp32_path, out_path, batches, self.operators)
+
+    def quantization(self) -> dict[str, Any]:
+        return {
+            "method": "onnxruntime quantize_static, QDQ",
+            "operators": list(self.operators),  # the rest stays FP32
+            "weights": "int8, per channel",
+            "activations": "uint8, min/max over the calibration images",
+        }
