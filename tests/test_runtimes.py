@@ -147,14 +147,54 @@ def test_an_export_holds_openvinos_int8_model_checked_and_measured(run, tmp_path
     assert (got.argmax(1) == want.argmax(1)).mean() == pytest.approx(record["agreement_top1"])
 
 
+@pytest.mark.slow  # a conversion by litert-torch: 20-40 s
+@pytest.mark.skipif(not _has("litert_torch"), reason="no litert-torch")
+def test_an_export_holds_litert_model_checked_and_measured(run, tmp_path) -> None:
+    out = tmp_path / "export"
+    command = ["export", "--run", str(run), "--arch", json.dumps(ARCH), "--out", str(out)]
+    assert main([*command, "--backend", "litert"]) == 0
+    metadata = json.loads((out / "metadata.json").read_text())
+    assert {"model.onnx", "model.tflite"} <= set(metadata["files"])
+    record = metadata["runtimes"]["model.tflite"]
+    assert (record["backend"], record["runtime"], record["precision"]) == (
+        "litert",
+        "litert",
+        "fp32",
+    )
+    assert "litert-torch" in record["versions"] and record["latency_ms"] > 0
+    assert record["max_abs_error"] < 1e-3
+    assert record["top1"] == pytest.approx(metadata["top1"], abs=1e-9)  # FP32: the network
+    # The file runs in LiteRT's interpreter alone (NCHW input, batch 1) and computes
+    # what the exported network computes.
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = load_exported(out).eval()
+    runs = Interpreter(model_path=str(out / "model.tflite"))
+    runs.allocate_tensors()
+    (source,), (target,) = runs.get_input_details(), runs.get_output_details()
+    assert tuple(source["shape"]) == (1, 3, 24, 24)
+    x = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(4))
+    runs.set_tensor(source["index"], x.numpy())
+    runs.invoke()
+    got = runs.get_tensor(target["index"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
 def test_networks_time_on_every_installed_backend(run) -> None:
     """The same network on each runtime: one timing each, through one interface."""
     from onceforall.latency.backends import BACKENDS
-    from onceforall.latency.measure import measure_latency
+    from onceforall.latency.measure import backend_versions, measure_latency
+    from onceforall.storage.onnx_export import MissingDependencyError
 
     _, supernet = load_run(run)
     net = supernet.extract(supernet.parse_arch(ARCH))
     for backend in BACKENDS:
+        try:
+            backend_versions(backend)
+        except MissingDependencyError:
+            continue  # an optional runtime not installed here: its own tests skip too
         stats = measure_latency(net, 24, backend=backend, threads=1, repeats=2, warmup=1)
         assert stats.backend == backend and stats.median_ms > 0 and stats.threads == 1
 
@@ -270,4 +310,13 @@ def test_a_backend_not_installed_names_its_extra(run, monkeypatch, capsys) -> No
     assert line == (
         "ofa: the openvino-int8 backend needs the 'nncf' package, which is not installed: "
         "pip install 'onceforall[openvino]'"
+    )
+    # LiteRT: its own extra.
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
+    command[command.index("openvino-int8")] = "litert"
+    assert main([*command, "--out", str(run / "t.json")]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "ofa: the litert backend needs the 'litert_torch' package, which is not installed: "
+        "pip install 'onceforall[litert]'"
     )

@@ -16,6 +16,7 @@ EXPORT_BACKENDS = (
     "onnxruntime-int8",
     "openvino",
     "openvino-int8",
+    "litert",
 )  # the model files an export can hold
 
 
@@ -267,9 +268,10 @@ def add_deploy_commands(sub: Any) -> None:
         choices=EXPORT_BACKENDS,
         help="a runtime's model file to write beside the safetensors weights (repeatable): "
         "onnxruntime (model.onnx, the default), onnxruntime-int8 (model.int8.onnx, "
-        "ONNX Runtime's quantizer), openvino (model.xml and model.bin) and openvino-int8 "
-        "(model.int8.xml/.bin, NNCF's quantizer); INT8 models are calibrated on the run's "
-        "held-out images; each file is checked before it is kept",
+        "ONNX Runtime's quantizer), openvino (model.xml and model.bin), openvino-int8 "
+        "(model.int8.xml/.bin, NNCF's quantizer) and litert (model.tflite); INT8 models "
+        "are calibrated on the run's held-out images; each file is checked before it is "
+        "kept",
     )
     p.add_argument(
         "--int8-min-agreement",

@@ -51,10 +51,10 @@ from ..storage.onnx_export import (
 )
 from ..storage.run_guard import lock_beside
 from .quantized import MIN_AGREEMENT, Int8Images, write_int8
-from .runtime_files import runtime_record, write_openvino
+from .runtime_files import runtime_record, write_litert, write_openvino
 
 # FP32 model files other than model.onnx, by backend (INT8 ones: deploy.quantized).
-_FP32_WRITERS = {"openvino": write_openvino}
+_FP32_WRITERS = {"openvino": write_openvino, "litert": write_litert}
 
 __all__ = [
     "ExportError",
@@ -236,8 +236,9 @@ def write_export(
     Used by :func:`export_subnet` and by the import of the authors' specialised nets.
 
     Besides ``model.onnx`` (ONNX Runtime), the model files of the backends in
-    ``runtimes`` are written, all made from the ONNX export: ``openvino`` (OpenVINO's IR,
-    checked against PyTorch) and the INT8 backends (``onnxruntime-int8``,
+    ``runtimes`` are written: ``openvino`` (OpenVINO's IR, from the ONNX export),
+    ``litert`` (``model.tflite``, from the module), each checked against PyTorch, and the
+    INT8 backends (``onnxruntime-int8``,
     ``openvino-int8``: quantized and checked on ``int8_images`` as
     :func:`~onceforall.deploy.quantized.write_int8` says). Each file is timed on this
     CPU and, given ``runtime_test`` batches, evaluated on them; ``metadata.json`` records

@@ -8,6 +8,7 @@ onnxruntime latency backend. onnx, onnxruntime and onnxscript are optional
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 import warnings
@@ -49,6 +50,19 @@ def require(module: str, purpose: str, extra: str = "onceforall[deploy]") -> Any
             f"{purpose} needs the '{package}' package, which is not installed: "
             f"pip install '{extra}'"
         ) from exc
+
+
+def require_installed(module: str, purpose: str, extra: str = "onceforall[deploy]") -> None:
+    """Like :func:`require`, without importing ``module`` here (a child process will)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise MissingDependencyError(
+            f"{purpose} needs the '{module.split('.')[0]}' package, which is not installed: "
+            f"pip install '{extra}'"
+        )
 
 
 def _has_dynamo_flag() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ...errors import ConfigError
 from .base import Backend, Prepared, QuantizedBackend, fixed_input
+from .litert import LiteRt
 from .onnxruntime import OnnxRuntime, OnnxRuntimeInt8
 from .openvino import OpenVino, OpenVinoInt8
 from .torch_eager import TorchEager, torch_threads
@@ -21,7 +22,14 @@ __all__ = [
 
 _REGISTRY: dict[str, Backend] = {
     backend.name: backend
-    for backend in (TorchEager(), OnnxRuntime(), OnnxRuntimeInt8(), OpenVino(), OpenVinoInt8())
+    for backend in (
+        TorchEager(),
+        OnnxRuntime(),
+        OnnxRuntimeInt8(),
+        OpenVino(),
+        OpenVinoInt8(),
+        LiteRt(),
+    )
 }
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 
