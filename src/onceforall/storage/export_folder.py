@@ -6,6 +6,9 @@ An export directory holds::
     arch.json          the arch in the authors' format ({"ks", "e", "d", "r": [r]})
     spec.json          family + config + arch: enough to rebuild the network's modules
     model.onnx         the same network for onnxruntime (checked against PyTorch first)
+    (optional, ``ofa export --backend``) model.int8.onnx, model.xml/.bin,
+    model.int8.xml/.bin, model.tflite: the model files of other runtimes, each checked
+    before it was kept (see ``metadata["runtimes"]``)
     metadata.json      accuracy, MACs, params, latency and its device, versions, and the
                        SHA-256 and size of every other file
 
@@ -35,7 +38,6 @@ __all__ = [
     "ARCH",
     "FORMAT",
     "FORMAT_VERSION",
-    "INT8_ONNX",
     "METADATA",
     "ONNX",
     "SPEC",
@@ -50,7 +52,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
-INT8_ONNX = "model.int8.onnx"  # ONNX Runtime's INT8 (deploy.quantized)
 ARCH = "arch.json"
 SPEC = "spec.json"
 METADATA = "metadata.json"
