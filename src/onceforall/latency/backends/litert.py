@@ -60,9 +60,26 @@ def _interpreter_module() -> Any:
     return require("ai_edge_litert.interpreter", _PURPOSE, extra=_EXTRA)
 
 
+@contextlib.contextmanager
+def _no_native_output(*fds: int) -> Iterator[None]:
+    """File descriptors ``fds`` sent to /dev/null meanwhile: the converter's and the
+    interpreter's native code log to them directly (absl, TensorFlow Lite)."""
+    saved = [os.dup(fd) for fd in fds]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            os.dup2(devnull, fd)
+        yield
+    finally:
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(devnull)
+
+
 def _convert(model: nn.Module, input_shape: tuple[int, ...], path: str) -> None:
-    """The conversion, in the child process."""
-    with _quiet():
+    """The conversion, in the child process (whose output is its own to silence)."""
+    with _no_native_output(1, 2), _quiet():
         converter = importlib.import_module("litert_torch")
         with torch.no_grad():
             converter.convert(model, (fixed_input(input_shape),)).export(path)
@@ -82,8 +99,9 @@ def interpreter(path: str | Path, threads: int | None) -> Any:
     """The LiteRT interpreter of the ``.tflite`` file at ``path``, tensors allocated,
     with ``threads`` threads (None or 0: its default)."""
     module = _interpreter_module()
-    runs = module.Interpreter(model_path=str(path), num_threads=threads or None)
-    runs.allocate_tensors()
+    with _no_native_output(2):  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        runs = module.Interpreter(model_path=str(path), num_threads=threads or None)
+        runs.allocate_tensors()
     return runs
 
 
