@@ -9,7 +9,8 @@ Ratios are against ONNX Runtime FP32 of the same network and batch.
 
 Accuracy (with ``--run``): test top-1 of the run's chosen sub-networks and of its
 smallest and largest (at its largest resolution), FP32 PyTorch against the INT8 model
-an export would write (calibrated on held-out images; ONNX Runtime).
+an export would write (calibrated on held-out images), for each installed INT8 backend
+(ONNX Runtime's with ``--int8-ops``, OpenVINO's NNCF).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/runtimes.py [--run runs/demo] [--threads 1]
         [--no-speed | --no-accuracy]
@@ -27,7 +28,7 @@ import time
 from onceforall import create_supernet
 from onceforall.deploy.quantized import int8_top1
 from onceforall.deploy.run_inputs import evaluator_for_run
-from onceforall.latency.backends import BACKENDS
+from onceforall.latency.backends import BACKENDS, QuantizedBackend, get_backend
 from onceforall.latency.backends.onnxruntime import QUANTIZED_OPS, OnnxRuntimeInt8
 from onceforall.latency.measure import (
     backend_versions,
@@ -79,7 +80,19 @@ def print_speed(nets: dict, backends: list[str], times: dict, batch: int) -> Non
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
-def accuracy(run: str, data: str, operators: list[str]) -> None:
+def int8_backends(backends: list[str], operators: list[str]) -> list[QuantizedBackend]:
+    """The INT8 backends among ``backends``; ONNX Runtime's quantizing ``operators``."""
+    found = []
+    for name in backends:
+        runtime = get_backend(name)
+        if isinstance(runtime, OnnxRuntimeInt8):
+            runtime = OnnxRuntimeInt8(operators)
+        if isinstance(runtime, QuantizedBackend):
+            found.append(runtime)
+    return found
+
+
+def accuracy(run: str, data: str, int8: list[QuantizedBackend], operators: list[str]) -> None:
     config, supernet = load_run(run)
     evaluator = evaluator_for_run(config, data)
     r = max(supernet.space.resolutions)
@@ -88,18 +101,19 @@ def accuracy(run: str, data: str, operators: list[str]) -> None:
     if chosen.is_file():
         for row in json.loads(chosen.read_text()):
             nets[row["target"]] = supernet.parse_arch(row["arch"])
-    print(f"\naccuracy on {run}'s test split ({len(evaluator.test_set)} images); INT8 quantizes")
-    print(f"{', '.join(operators)}:")
-    print("| network | FP32 top-1 | INT8 top-1 | change |")
-    print("| --- | ---: | ---: | ---: |")
+    print(f"\naccuracy on {run}'s test split ({len(evaluator.test_set)} images); ONNX Runtime's")
+    print(f"INT8 quantizes {', '.join(operators)}; top-1 (change against FP32):")
+    print("| network | FP32 | " + " | ".join(b.name for b in int8) + " |")
+    print("| --- | ---: |" + " ---: |" * len(int8))
     for name, arch in nets.items():
         start = time.perf_counter()
         fp32 = evaluator.evaluate_arch(supernet, arch)
-        int8 = int8_top1(supernet, arch, evaluator, OnnxRuntimeInt8(operators))
+        cells = []
+        for backend in int8:
+            top1 = int8_top1(supernet, arch, evaluator, backend)
+            cells.append(f"{top1:.2f} ({top1 - fp32:+.2f})")
         took = time.perf_counter() - start
-        print(
-            f"| {name} (r{arch.r}) | {fp32:.2f} | {int8:.2f} | {int8 - fp32:+.2f} | ({took:.0f} s)"
-        )
+        print(f"| {name} (r{arch.r}) | {fp32:.2f} | " + " | ".join(cells) + f" | ({took:.0f} s)")
 
 
 def main() -> None:
@@ -147,7 +161,7 @@ def main() -> None:
         print_speed(nets, backends, times, batch)
         print(f"({time.perf_counter() - start:.0f} s; load now {os.getloadavg()[0]:.2f})")
     if args.run and not args.no_accuracy:
-        accuracy(args.run, args.data, args.int8_ops)
+        accuracy(args.run, args.data, int8_backends(backends, args.int8_ops), args.int8_ops)
 
 
 if __name__ == "__main__":

@@ -147,14 +147,15 @@ def test_an_export_holds_openvinos_int8_model_checked_and_measured(run, tmp_path
     assert (got.argmax(1) == want.argmax(1)).mean() == pytest.approx(record["agreement_top1"])
 
 
-@pytest.mark.slow  # a conversion by litert-torch: 20-40 s
+@pytest.mark.slow  # two conversions by litert-torch: 20-40 s each
 @pytest.mark.skipif(not _has("litert_torch"), reason="no litert-torch")
-def test_an_export_holds_litert_model_checked_and_measured(run, tmp_path) -> None:
+def test_an_export_holds_litert_models_checked_and_measured(run, tmp_path) -> None:
     out = tmp_path / "export"
     command = ["export", "--run", str(run), "--arch", json.dumps(ARCH), "--out", str(out)]
-    assert main([*command, "--backend", "litert"]) == 0
+    both = ["--backend", "litert", "--backend", "litert-int8", "--int8-min-agreement", "0.4"]
+    assert main([*command, *both]) == 0
     metadata = json.loads((out / "metadata.json").read_text())
-    assert {"model.onnx", "model.tflite"} <= set(metadata["files"])
+    assert {"model.onnx", "model.tflite", "model.int8.tflite"} <= set(metadata["files"])
     record = metadata["runtimes"]["model.tflite"]
     assert (record["backend"], record["runtime"], record["precision"]) == (
         "litert",
@@ -181,6 +182,31 @@ def test_an_export_holds_litert_model_checked_and_measured(run, tmp_path) -> Non
         want = model(x).numpy()
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
+    # The INT8 file: INT8 in and out, its own scales; run alone, with the images
+    # quantized by hand, it agrees with the network as often as the export recorded.
+    record = metadata["runtimes"]["model.int8.tflite"]
+    assert (record["backend"], record["precision"]) == ("litert-int8", "int8")
+    assert "torchao" in record["versions"] and record["latency_ms"] > 0
+    assert record["quantization"]["input_output"].startswith("int8")
+    runs = Interpreter(model_path=str(out / "model.int8.tflite"))
+    runs.allocate_tensors()
+    (source,), (target,) = runs.get_input_details(), runs.get_output_details()
+    assert source["dtype"] == np.int8 and target["dtype"] == np.int8
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        (scale, zero), (out_scale, out_zero) = source["quantization"], target["quantization"]
+        logits = []
+        for image in images:
+            q = np.clip(np.round(image / scale) + zero, -128, 127).astype(np.int8)
+            runs.set_tensor(source["index"], q[None])
+            runs.invoke()
+            logits.append(runs.get_tensor(target["index"]).astype(np.float32) - out_zero)
+        return np.concatenate(logits) * out_scale
+
+    config, _ = load_run(run)
+    got, want = _logits(predict, model, config, record)
+    assert (got.argmax(1) == want.argmax(1)).mean() == pytest.approx(record["agreement_top1"])
+
 
 def test_networks_time_on_every_installed_backend(run) -> None:
     """The same network on each runtime: one timing each, through one interface."""
@@ -202,6 +228,10 @@ def test_networks_time_on_every_installed_backend(run) -> None:
 INT8_BACKENDS = [
     "onnxruntime-int8",
     pytest.param("openvino-int8", marks=pytest.mark.skipif(not _has("nncf"), reason="no nncf")),
+    pytest.param(  # three conversions by litert-torch: 20-40 s each
+        "litert-int8",
+        marks=[pytest.mark.slow, pytest.mark.skipif(not _has("torchao"), reason="no torchao")],
+    ),
 ]
 
 

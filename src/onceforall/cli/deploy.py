@@ -17,6 +17,7 @@ EXPORT_BACKENDS = (
     "openvino",
     "openvino-int8",
     "litert",
+    "litert-int8",
 )  # the model files an export can hold
 
 
@@ -269,7 +270,8 @@ def add_deploy_commands(sub: Any) -> None:
         help="a runtime's model file to write beside the safetensors weights (repeatable): "
         "onnxruntime (model.onnx, the default), onnxruntime-int8 (model.int8.onnx, "
         "ONNX Runtime's quantizer), openvino (model.xml and model.bin), openvino-int8 "
-        "(model.int8.xml/.bin, NNCF's quantizer) and litert (model.tflite); INT8 models "
+        "(model.int8.xml/.bin, NNCF's quantizer), litert (model.tflite) and litert-int8 "
+        "(model.int8.tflite, litert-torch's quantizer); INT8 models "
         "are calibrated on the run's held-out images; each file is checked before it is "
         "kept",
     )

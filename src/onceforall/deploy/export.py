@@ -238,8 +238,8 @@ def write_export(
     Besides ``model.onnx`` (ONNX Runtime), the model files of the backends in
     ``runtimes`` are written: ``openvino`` (OpenVINO's IR, from the ONNX export),
     ``litert`` (``model.tflite``, from the module), each checked against PyTorch, and the
-    INT8 backends (``onnxruntime-int8``,
-    ``openvino-int8``: quantized and checked on ``int8_images`` as
+    INT8 backends (``onnxruntime-int8``, ``openvino-int8``, ``litert-int8``: each
+    runtime's own quantizer, quantized and checked on ``int8_images`` as
     :func:`~onceforall.deploy.quantized.write_int8` says). Each file is timed on this
     CPU and, given ``runtime_test`` batches, evaluated on them; ``metadata.json`` records
     per file its backend, runtime, precision, latency and test top-1 (``runtimes``)."""

@@ -1,6 +1,6 @@
 """The INT8 models of an export (``model.int8.onnx`` for ONNX Runtime, ``model.int8.xml``
-for OpenVINO: each runtime's own quantizer, :class:`~onceforall.latency.backends.
-QuantizedBackend`), checked before they are kept.
+for OpenVINO, ``model.int8.tflite`` for LiteRT: each runtime's own quantizer,
+:class:`~onceforall.latency.backends.QuantizedBackend`), checked before they are kept.
 
 Calibration and the check use held-out training images only (the images BN
 recalibration uses; never the test split): the first half calibrates the activation
@@ -98,9 +98,9 @@ def write_int8(
     runtime = quantized_backend(backend)
     out_path = folder / runtime.int8_file
     calibration, check = _halves(images.held_out)
-    runtime.quantize(fp32_path, out_path, calibration)
-    predict = runtime.load_file(out_path, threads)
     model = model.eval().cpu()
+    runtime.quantize(model, fp32_path, out_path, calibration)
+    predict = runtime.load_file(out_path, threads)
     same = total = 0
     for x in check:
         want = model(torch.from_numpy(x)).argmax(1).numpy()
@@ -143,5 +143,5 @@ def int8_top1(
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / runtime.int8_file
         export_onnx(net, (2, 3, arch.r, arch.r), fp32, dynamic_batch=True)
         calibration, _ = _halves(held_out)
-        runtime.quantize(fp32, int8, calibration)
+        runtime.quantize(net, fp32, int8, calibration)
         return top1_of(runtime.load_file(int8, None), evaluator.batches("test", arch.r))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ...errors import ConfigError
 from .base import Backend, Prepared, QuantizedBackend, fixed_input
-from .litert import LiteRt
+from .litert import LiteRt, LiteRtInt8
 from .onnxruntime import OnnxRuntime, OnnxRuntimeInt8
 from .openvino import OpenVino, OpenVinoInt8
 from .torch_eager import TorchEager, torch_threads
@@ -29,6 +29,7 @@ _REGISTRY: dict[str, Backend] = {
         OpenVino(),
         OpenVinoInt8(),
         LiteRt(),
+        LiteRtInt8(),
     )
 }
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)

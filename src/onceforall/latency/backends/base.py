@@ -21,7 +21,14 @@ from torch import nn
 
 from ...storage.onnx_export import export_onnx
 
-__all__ = ["Backend", "FileBackend", "Prepared", "fixed_input"]
+__all__ = [
+    "Backend",
+    "FileBackend",
+    "Prepared",
+    "QuantizedBackend",
+    "fixed_input",
+    "random_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,13 @@ def fixed_input(input_shape: Sequence[int]) -> torch.Tensor:
     return torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
 
 
+def random_batches(input_shape: Sequence[int], count: int) -> list[np.ndarray]:
+    """``count`` seeded random batches of ``input_shape``: what an INT8 model timed for a
+    table is calibrated on (the ranges do not change the speed)."""
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(*input_shape, generator=gen).numpy() for _ in range(count)]
+
+
 class FileBackend(Backend):
     """A runtime that runs model files converted from the network's ONNX export (ONNX
     Runtime, OpenVINO): a module is exported (and converted by :meth:`model_file`) into
@@ -126,29 +140,29 @@ class FileBackend(Backend):
 
 class QuantizedBackend(FileBackend):
     """A runtime's INT8 model, made by its own post-training quantizer from the FP32
-    ONNX export and calibration batches (:meth:`quantize`). Timing calibrates on random
-    batches (the ranges do not change the speed); an export calibrates on held-out
-    training images (:func:`~onceforall.deploy.quantized.write_int8`)."""
+    network (its ONNX export, or the module for runtimes that convert from PyTorch) and
+    calibration batches (:meth:`quantize`). Timing calibrates on random batches (the
+    ranges do not change the speed); an export calibrates on held-out training images
+    (:func:`~onceforall.deploy.quantized.write_int8`)."""
 
     precision = "int8"
     int8_file: str  # the file name an export gives the quantized model
     calibration_batches = 4
 
     def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
-        fp32 = super().model_file(model, input_shape, folder)
-        gen = torch.Generator().manual_seed(1)
-        batches = [
-            torch.randn(*input_shape, generator=gen).numpy()
-            for _ in range(self.calibration_batches)
-        ]
+        fp32 = FileBackend.model_file(self, model, input_shape, folder)  # the ONNX export
+        batches = random_batches(input_shape, self.calibration_batches)
         path = folder / self.int8_file
-        self.quantize(fp32, path, batches)
+        self.quantize(model, fp32, path, batches)
         return path
 
     @abstractmethod
-    def quantize(self, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]) -> None:
-        """Write ``out_path`` (and its companion files): the FP32 ONNX model at
-        ``fp32_path`` quantized to INT8, activation ranges calibrated on ``batches``."""
+    def quantize(
+        self, model: nn.Module, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
+    ) -> None:
+        """Write ``out_path`` (and its companion files): the FP32 network ``model``, whose
+        ONNX export is ``fp32_path`` (the quantizer reads the one its runtime converts
+        from), quantized to INT8, activation ranges calibrated on ``batches``."""
 
     @abstractmethod
     def quantization(self) -> dict[str, Any]:

@@ -1,18 +1,22 @@
-"""LiteRT (TFLite) on the CPU, in FP32: the network converted by ``litert-torch`` from the
-PyTorch module itself (not from ONNX) into a ``.tflite`` file, run by the
+"""LiteRT (TFLite) on the CPU, FP32 and INT8: the network converted by ``litert-torch`` from
+the PyTorch module itself (not from ONNX) into a ``.tflite`` file, run by the
 ``ai-edge-litert`` interpreter (XNNPACK) with a fixed thread count. The converted model
 keeps PyTorch's NCHW input (the converter adds the transposes) and a fixed input shape,
-batch size included. An export keeps it as ``model.tflite``.
+batch size included. An export keeps it as ``model.tflite`` (``model.int8.tflite``).
 Optional: ``pip install 'onceforall[litert]'``.
+
+INT8 is litert-torch's own post-training static quantization (PT2E: symmetric INT8
+weights per channel, INT8 activations with min/max ranges). Its model takes and returns
+INT8 tensors, as full-integer TFLite models do on phones; :meth:`LiteRt.load_file`
+quantizes the images and dequantizes the logits with the file's own scales, and timing
+feeds it an already quantized input.
 
 The conversion runs in a child process (spawned, not forked): the converter imports JAX,
 which runs threads that a later fork of this process (a data loader's workers) could
 deadlock on, and registers global state in torch. A conversion takes 20-50 s on the
 2-core machines (it traces and lowers the network through StableHLO), so a per-block
 table on this backend takes an hour or more; whole networks are what it times in
-practice (``docs/benchmarks.md``, "Runtimes side by side"). Its INT8 path (PT2E static
-quantization, INT8 input and output tensors) ran slower than FP32 on the AVX2 machine
-and is not a backend yet.
+practice (``docs/benchmarks.md``, "Runtimes side by side").
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ import torch
 from torch import nn
 
 from ...storage.onnx_export import require, require_installed
-from .base import FileBackend, Prepared, fixed_input
+from .base import FileBackend, Prepared, QuantizedBackend, fixed_input, random_batches
 
-__all__ = ["LiteRt", "convert_tflite", "interpreter"]
+__all__ = ["LiteRt", "LiteRtInt8", "convert_tflite", "interpreter"]
 
 _PURPOSE = "the litert backend"
 _EXTRA = "onceforall[litert]"
@@ -77,22 +81,56 @@ def _no_native_output(*fds: int) -> Iterator[None]:
         os.close(devnull)
 
 
-def _convert(model: nn.Module, input_shape: tuple[int, ...], path: str) -> None:
+def _quantized(model: nn.Module, example: tuple[torch.Tensor], calibration: list) -> tuple:
+    """``model`` with litert-torch's PT2E static INT8 quantization applied (activation
+    ranges observed on the ``calibration`` arrays, in chunks of the example's batch size),
+    and the converter's configuration for it."""
+    pt2e = importlib.import_module("litert_torch.quantize.pt2e_quantizer")
+    quant_config = importlib.import_module("litert_torch.quantize.quant_config")
+    steps = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+    config = pt2e.get_symmetric_quantization_config(is_per_channel=True)
+    quantizer = pt2e.PT2EQuantizer().set_global(config)
+    graph = steps.prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+    per_call = len(example[0])
+    for batch in calibration:
+        for chunk in torch.from_numpy(np.ascontiguousarray(batch, np.float32)).split(per_call):
+            if len(chunk) == per_call:
+                graph(chunk)
+    graph = steps.convert_pt2e(graph, fold_quantize=False)
+    return graph, {"quant_config": quant_config.QuantConfig(pt2e_quantizer=quantizer)}
+
+
+def _convert(
+    model: nn.Module, input_shape: tuple[int, ...], path: str, calibration: list | None
+) -> None:
     """The conversion, in the child process (whose output is its own to silence)."""
     with _no_native_output(1, 2), _quiet():
         converter = importlib.import_module("litert_torch")
+        example = (fixed_input(input_shape),)
         with torch.no_grad():
-            converter.convert(model, (fixed_input(input_shape),)).export(path)
+            options: dict[str, Any] = {}
+            if calibration is not None:
+                model, options = _quantized(model, example, calibration)
+            converter.convert(model, example, **options).export(path)
 
 
-def convert_tflite(model: nn.Module, input_shape: Sequence[int], path: str | Path) -> None:
-    """Write ``model`` (eval mode, CPU) to ``path`` as a FP32 ``.tflite`` file taking an
-    input of ``input_shape`` (NCHW, as in PyTorch), converted in a spawned process."""
+def convert_tflite(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    path: str | Path,
+    calibration: Sequence[np.ndarray] | None = None,
+) -> None:
+    """Write ``model`` (eval mode, CPU) to ``path`` as a ``.tflite`` file taking an input
+    of ``input_shape`` (NCHW, as in PyTorch), converted in a spawned process: FP32, or
+    INT8 with activation ranges over the ``calibration`` batches when given."""
     require_installed("litert_torch", _PURPOSE, extra=_EXTRA)
+    if calibration is not None:
+        require_installed("torchao", "the litert-int8 backend", extra=_EXTRA)
+        calibration = [np.asarray(b, np.float32) for b in calibration]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=context) as pool:
         shape = tuple(int(s) for s in input_shape)
-        pool.submit(_convert, model.eval().cpu(), shape, str(path)).result()
+        pool.submit(_convert, model.eval().cpu(), shape, str(path), calibration).result()
 
 
 def interpreter(path: str | Path, threads: int | None) -> Any:
@@ -103,6 +141,26 @@ def interpreter(path: str | Path, threads: int | None) -> Any:
         runs = module.Interpreter(model_path=str(path), num_threads=threads or None)
         runs.allocate_tensors()
     return runs
+
+
+def _to_input(detail: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    """Images ``x`` as the interpreter's input tensor ``detail`` takes them: float, or
+    quantized with the tensor's own scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return np.ascontiguousarray(x, dtype)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    q = np.clip(np.round(x / scale) + zero_point, info.min, info.max)
+    return np.ascontiguousarray(q.astype(dtype))
+
+
+def _from_output(detail: dict[str, Any], y: np.ndarray) -> np.ndarray:
+    """The output tensor ``detail``'s values ``y`` as float logits (dequantized)."""
+    if np.dtype(detail["dtype"]).kind == "f":
+        return np.array(y, np.float32)
+    scale, zero_point = detail["quantization"]
+    return (y.astype(np.float32) - zero_point) * np.float32(scale)
 
 
 class LiteRt(FileBackend):
@@ -118,7 +176,7 @@ class LiteRt(FileBackend):
     def prepare_file(self, path: Path, input_shape: Sequence[int], threads: int | None) -> Prepared:
         runs = interpreter(path, threads)
         (source,) = runs.get_input_details()
-        x = np.ascontiguousarray(fixed_input(input_shape).numpy())
+        x = _to_input(source, fixed_input(input_shape).numpy())
         if tuple(source["shape"]) != tuple(x.shape):
             raise ValueError(
                 f"{path.name} takes inputs of shape {tuple(source['shape'])}, not {x.shape}"
@@ -132,7 +190,8 @@ class LiteRt(FileBackend):
 
     def load_file(self, path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
         """The file as a function of a batch of any size: its input shape is fixed (batch
-        1 as an export writes it), so the batch runs image by image."""
+        1 as an export writes it), so the batch runs image by image. INT8 inputs and
+        outputs are quantized and dequantized here."""
         runs = interpreter(path, threads)
         (source,) = runs.get_input_details()
         target = runs.get_output_details()[0]
@@ -146,9 +205,9 @@ class LiteRt(FileBackend):
                 if len(chunk) < per_call:  # the last, short chunk: padded, then cut
                     pad = np.zeros((per_call - len(chunk), *chunk.shape[1:]), np.float32)
                     chunk = np.concatenate([chunk, pad])
-                runs.set_tensor(source["index"], chunk)
+                runs.set_tensor(source["index"], _to_input(source, chunk))
                 runs.invoke()
-                outputs.append(np.array(runs.get_tensor(target["index"])))
+                outputs.append(_from_output(target, runs.get_tensor(target["index"])))
             return np.concatenate(outputs)[: len(x)]
 
         return predict
@@ -163,3 +222,36 @@ class LiteRt(FileBackend):
             "litert-torch": version("litert-torch"),
             "ai-edge-litert": version("ai-edge-litert"),
         }
+
+
+class LiteRtInt8(QuantizedBackend, LiteRt):
+    """LiteRT's INT8 model, quantized by litert-torch (PT2E, from the module: the ONNX
+    export is not used). An export's file takes batch 1, as LiteRT's FP32 file does."""
+
+    name = "litert-int8"
+    int8_file = "model.int8.tflite"
+
+    def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
+        path = folder / self.int8_file
+        batches = random_batches(input_shape, self.calibration_batches)
+        convert_tflite(model, input_shape, path, calibration=batches)
+        return path
+
+    def quantize(
+        self, model: nn.Module, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
+    ) -> None:
+        convert_tflite(model, (1, *batches[0].shape[1:]), out_path, calibration=batches)
+
+    def quantization(self) -> dict[str, Any]:
+        return {
+            "method": "litert-torch PT2E static quantization",
+            "weights": "int8, symmetric, per channel",
+            "activations": "int8, symmetric, min/max over the calibration images",
+            "input_output": "int8 (scale and zero point in the file)",
+        }
+
+    def versions(self) -> dict[str, str]:
+        require_installed("torchao", "the litert-int8 backend", extra=_EXTRA)
+        from importlib.metadata import version
+
+        return {**super().versions(), "torchao": version("torchao")}

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ...storage.onnx_export import require
 from .base import FileBackend, Prepared, QuantizedBackend, fixed_input
@@ -125,7 +126,9 @@ class OnnxRuntimeInt8(QuantizedBackend, OnnxRuntime):
     def __init__(self, operators: Sequence[str] = QUANTIZED_OPS) -> None:
         self.operators = tuple(operators)
 
-    def quantize(self, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]) -> None:
+    def quantize(
+        self, model: nn.Module, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
+    ) -> None:
         quantize_int8(fp32_path, out_path, batches, self.operators)
 
     def quantization(self) -> dict[str, Any]:

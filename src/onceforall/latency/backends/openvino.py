@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ...storage.onnx_export import require
 from .base import FileBackend, Prepared, QuantizedBackend, fixed_input
@@ -117,7 +118,9 @@ class OpenVinoInt8(QuantizedBackend, OpenVino):
     name = "openvino-int8"
     int8_file = "model.int8.xml"
 
-    def quantize(self, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]) -> None:
+    def quantize(
+        self, model: nn.Module, fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
+    ) -> None:
         quantize_nncf(fp32_path, out_path, batches)
 
     def quantization(self) -> dict[str, Any]:
