@@ -3,14 +3,14 @@
 Speed: OFA-MobileNetV3 w1.0 sub-networks at ImageNet size (224 px, 1,000 classes; the
 smallest and the largest) and, with ``--run``, the sub-networks the run chose
 (``RUN/specialized.json``) at their own resolution, each prepared for every installed
-backend (PyTorch eager, ONNX Runtime FP32 and INT8, OpenVINO) and timed in interleaved
+backend (PyTorch eager, ONNX Runtime, OpenVINO and LiteRT, FP32 and INT8) and timed in interleaved
 rounds (every runner once per round, in a seeded random order), at batch 1 and batch 32.
 Ratios are against ONNX Runtime FP32 of the same network and batch.
 
 Accuracy (with ``--run``): test top-1 of the run's chosen sub-networks and of its
 smallest and largest (at its largest resolution), FP32 PyTorch against the INT8 model
 an export would write (calibrated on held-out images), for each installed INT8 backend
-(ONNX Runtime's with ``--int8-ops``, OpenVINO's NNCF).
+(ONNX Runtime's with ``--int8-ops``, OpenVINO's NNCF, LiteRT's PT2E).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/runtimes.py [--run runs/demo] [--threads 1]
         [--no-speed | --no-accuracy]
