@@ -246,7 +246,7 @@ class LiteRtInt8(QuantizedBackend, LiteRt):
         return {
             "method": "litert-torch PT2E static quantization",
             "weights": "int8, symmetric, per channel",
-            "activations": "int8, symmetric, min/max over the calibration images",
+            "activations": "int8, per tensor, zero point, min/max over the calibration images",
             "input_output": "int8 (scale and zero point in the file)",
         }
 
