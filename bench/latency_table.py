@@ -6,9 +6,15 @@ and prints the absolute percentage error of the table's predictions against the 
 the passes; the gap between the passes is the noise floor of the measurement itself.
 ``--statistic`` (median, or min: the best run) is used for the table and the reference.
 
-    python bench/latency_table.py                                   # torch, r 24 28 32
-    python bench/latency_table.py --backend onnxruntime --threads 1  # or onnxruntime-int8...
-    python bench/latency_table.py --resolutions 160 192 224 --num-classes 1000
+``--reference interleaved`` (the default) times the held-out networks the way the table
+times its parts: two fresh runners per network (pass 1 and pass 2) and a fresh runner for
+each of the table's calibration networks, all in the same rounds, one call of each per
+round in a random order. The two passes then differ only by the measurement's own noise,
+not by the host's speed drifting between them; the calibration networks, timed once at
+the build and again now, measure that drift, and the table's error is also reported
+against the reference divided by it (the table re-anchored to the host's speed of the
+moment). ``standalone`` times each network on its own with ``measure_latency``, its
+repeats back to back, one pass after the other.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from onceforall import Arch, create_supernet
-from onceforall.latency.measure import BACKENDS, device_description, measure_latency
+from onceforall.latency.measure import (
+    BACKENDS,
+    device_description,
+    make_runner,
+    measure_latency,
+    time_interleaved,
+    timing_scope,
+)
 from onceforall.latency.table import STATISTICS, LatencyTable
 
 EVAL_SEED = 2024  # held-out archs; the table's calibration archs use another seed
@@ -41,6 +54,40 @@ def held_out_archs(supernet, table: LatencyTable, count: int) -> list[Arch]:
             seen.add(supernet.space.canonical(a))
             archs.append(a)
     return archs
+
+
+def time_standalone(subnets, archs, args) -> list[float]:
+    """Each network on its own, its repeats back to back (what ``measure_latency`` does)."""
+    return [
+        getattr(
+            measure_latency(
+                m, a.r, backend=args.backend, threads=args.threads, repeats=args.eval_repeats
+            ),
+            f"{args.statistic}_ms",
+        )
+        for m, a in zip(subnets, archs)
+    ]
+
+
+def time_in_rounds(net, subnets, archs, table: LatencyTable, args) -> tuple[list, list, float]:
+    """Both passes and the table's calibration networks in the same interleaved rounds:
+    (pass 1, pass 2, drift), drift being the calibration networks' median ratio of their
+    time now to their time at the build."""
+    threads = args.threads or None
+    anchors = [net.extract(a).eval() for a, _ in table.calibration]
+    models = [*subnets, *subnets, *anchors]
+    shapes = [a.r for a in archs] * 2 + [a.r for a, _ in table.calibration]
+    runners = [
+        make_runner(m, (1, 3, r, r), backend=args.backend, threads=threads)
+        for m, r in zip(models, shapes)
+    ]
+    with timing_scope(args.backend, threads):
+        samples = time_interleaved(runners, args.eval_repeats, seed=1)
+    ms = [STATISTICS[args.statistic](s) for s in samples]
+    n = len(subnets)
+    then = [t for _, t in table.calibration]
+    drift = float(np.median(np.array(ms[2 * n :]) / np.array(then))) if then else 1.0
+    return ms[:n], ms[n : 2 * n], drift
 
 
 def load_text() -> str:
@@ -67,6 +114,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="table rounds")
     parser.add_argument("--eval-repeats", type=int, default=30, help="runs per network")
     parser.add_argument("--statistic", choices=tuple(STATISTICS), default="median")
+    parser.add_argument(
+        "--reference",
+        choices=("interleaved", "standalone"),
+        default="interleaved",
+        help="how the held-out networks are timed whole",
+    )
     parser.add_argument(
         "--calibration-archs", type=int, default=12, help="whole networks timed per resolution"
     )
@@ -98,30 +151,27 @@ def main() -> None:
     archs = held_out_archs(net, table, args.archs)
     subnets = [net.extract(a).eval() for a in archs]
     start = time.perf_counter()
-    passes = [  # two passes: their mean is the reference, their gap the noise floor
-        [
-            getattr(
-                measure_latency(
-                    m, a.r, backend=args.backend, threads=args.threads, repeats=args.eval_repeats
-                ),
-                f"{args.statistic}_ms",
-            )
-            for m, a in zip(subnets, archs)
-        ]
-        for _ in range(2)
-    ]
-    print(f"timed {len(archs)} held-out networks twice in {time.perf_counter() - start:.1f} s")
+    if args.reference == "standalone":  # two passes: mean the reference, gap the noise
+        first, second, drift = *(time_standalone(subnets, archs, args) for _ in (1, 2)), None
+    else:
+        first, second, drift = time_in_rounds(net, subnets, archs, table, args)
+    seconds = time.perf_counter() - start
+    print(f"timed {len(archs)} held-out networks twice ({args.reference}) in {seconds:.1f} s")
     print(f"after: {load_text()}")
-    first, second = np.array(passes)
+    first, second = np.array(first), np.array(second)
     measured = (first + second) / 2
     predicted = np.array([table.predict(a) for a in archs])
     raw = np.array([table.features(a)[0] for a in archs])
     print(
-        f"measured ({args.statistic} of {args.eval_repeats} runs, mean of 2 passes): "
+        f"measured ({args.statistic} of {args.eval_repeats} runs, {args.reference}, mean of "
+        f"2 passes): "
         f"{measured.min():.2f} to {measured.max():.2f} ms"
     )
     report("table prediction", predicted - measured, measured)
     report("uncalibrated sum of parts", raw - measured, measured)
+    if drift is not None:
+        print(f"  host speed drift since the build (calibration networks, now / then): {drift:.3f}")
+        report("table, re-anchored to drift", predicted - measured / drift, measured / drift)
     report("noise: pass 1 vs pass 2", first - second, measured)
     bias = np.median((predicted - measured) / measured * 100)
     print(f"  median signed error of the table: {bias:+.1f} %")

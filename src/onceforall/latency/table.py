@@ -18,7 +18,8 @@ in the core's cache, each call pays its own overhead), so a calibration model is
 the whole networks: a scale, an overhead plus a scale, or both plus a cost per parameter,
 whichever predicts left-out networks best. It is folded into the entries
 (``block_ms = scale * ms + ms_per_mparam * mparams``, the overhead into ``fixed_ms``), so
-every term stays a lookup.
+every term stays a lookup. The overhead can be negative (the parts, each timed as its own
+call, pay a call's fixed cost that the network pays once; see :mod:`.calibration`).
 """
 
 from __future__ import annotations
