@@ -152,7 +152,8 @@ def main() -> None:
     subnets = [net.extract(a).eval() for a in archs]
     start = time.perf_counter()
     if args.reference == "standalone":  # two passes: mean the reference, gap the noise
-        first, second, drift = *(time_standalone(subnets, archs, args) for _ in (1, 2)), None
+        first, second = (time_standalone(subnets, archs, args) for _ in (1, 2))
+        drift = None
     else:
         first, second, drift = time_in_rounds(net, subnets, archs, table, args)
     seconds = time.perf_counter() - start
@@ -164,8 +165,7 @@ def main() -> None:
     raw = np.array([table.features(a)[0] for a in archs])
     print(
         f"measured ({args.statistic} of {args.eval_repeats} runs, {args.reference}, mean of "
-        f"2 passes): "
-        f"{measured.min():.2f} to {measured.max():.2f} ms"
+        f"2 passes): {measured.min():.2f} to {measured.max():.2f} ms"
     )
     report("table prediction", predicted - measured, measured)
     report("uncalibrated sum of parts", raw - measured, measured)
