@@ -13,10 +13,9 @@ feeds it an already quantized input.
 
 The conversion runs in a child process (spawned, not forked): the converter imports JAX,
 which runs threads that a later fork of this process (a data loader's workers) could
-deadlock on, and registers global state in torch. A conversion takes 20-50 s on the
-2-core machines (it traces and lowers the network through StableHLO), so a per-block
-table on this backend takes an hour or more; whole networks are what it times in
-practice (``docs/benchmarks.md``, "Runtimes side by side").
+deadlock on, and registers global state in torch. Starting that child and importing the
+converter is most of a conversion's cost, so one child serves every conversion of a
+process (:class:`Converter`): a per-block table's hundreds of parts pay it once.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import multiprocessing
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -39,7 +39,7 @@ from torch import nn
 from ...storage.onnx_export import require, require_installed
 from .base import FileBackend, Prepared, QuantizedBackend, fixed_input, random_batches
 
-__all__ = ["LiteRt", "LiteRtInt8", "convert_tflite", "interpreter"]
+__all__ = ["Converter", "LiteRt", "LiteRtInt8", "convert_tflite", "interpreter"]
 
 _PURPOSE = "the litert backend"
 _EXTRA = "onceforall[litert]"
@@ -114,23 +114,54 @@ def _convert(
             converter.convert(model, example, **options).export(path)
 
 
-def convert_tflite(
-    model: nn.Module,
-    input_shape: Sequence[int],
-    path: str | Path,
-    calibration: Sequence[np.ndarray] | None = None,
-) -> None:
-    """Write ``model`` (eval mode, CPU) to ``path`` as a ``.tflite`` file taking an input
-    of ``input_shape`` (NCHW, as in PyTorch), converted in a spawned process: FP32, or
-    INT8 with activation ranges over the ``calibration`` batches when given."""
-    require_installed("litert_torch", _PURPOSE, extra=_EXTRA)
-    if calibration is not None:
-        require_installed("torchao", "the litert-int8 backend", extra=_EXTRA)
-        calibration = [np.asarray(b, np.float32) for b in calibration]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=context) as pool:
-        shape = tuple(int(s) for s in input_shape)
-        pool.submit(_convert, model.eval().cpu(), shape, str(path), calibration).result()
+class Converter:
+    """A spawned child process that converts model after model, started at the first
+    conversion and kept until :meth:`close` (or the end of this process): it imports the
+    converter once. A child that dies is replaced at the next conversion."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __call__(
+        self,
+        model: nn.Module,
+        input_shape: Sequence[int],
+        path: str | Path,
+        calibration: Sequence[np.ndarray] | None = None,
+    ) -> None:
+        """Write ``model`` (eval mode, CPU) to ``path`` as a ``.tflite`` file taking an
+        input of ``input_shape`` (NCHW, as in PyTorch): FP32, or INT8 with activation
+        ranges over the ``calibration`` batches when given."""
+        require_installed("litert_torch", _PURPOSE, extra=_EXTRA)
+        if calibration is not None:
+            require_installed("torchao", "the litert-int8 backend", extra=_EXTRA)
+            calibration = [np.asarray(b, np.float32) for b in calibration]
+        task = (model.eval().cpu(), tuple(int(s) for s in input_shape), str(path), calibration)
+        try:
+            future = self._started().submit(_convert, *task)
+        except BrokenProcessPool:  # the child died since the last conversion: a new one
+            self.close()
+            future = self._started().submit(_convert, *task)
+        try:
+            future.result()
+        except BrokenProcessPool:  # died during this conversion (out of memory, killed)
+            self.close()
+            raise
+
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(1, mp_context=context)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the child (a later conversion starts a new one)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+convert_tflite = Converter()  # the process's converter: one child for every conversion
 
 
 def interpreter(path: str | Path, threads: int | None) -> Any:
