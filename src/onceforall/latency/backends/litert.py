@@ -26,6 +26,7 @@ import io
 import logging
 import multiprocessing
 import os
+import pickle
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -101,10 +102,12 @@ def _quantized(model: nn.Module, example: tuple[torch.Tensor], calibration: list
 
 
 def _convert(
-    model: nn.Module, input_shape: tuple[int, ...], path: str, calibration: list | None
+    pickled: bytes, input_shape: tuple[int, ...], path: str, calibration: list | None
 ) -> None:
-    """The conversion, in the child process (whose output is its own to silence)."""
+    """The conversion, in the child process (whose output is its own to silence) of the
+    model pickled by :class:`Converter`."""
     with _no_native_output(1, 2), _quiet():
+        model = pickle.loads(pickled)
         converter = importlib.import_module("litert_torch")
         example = (fixed_input(input_shape),)
         with torch.no_grad():
@@ -136,7 +139,12 @@ class Converter:
         if calibration is not None:
             require_installed("torchao", "the litert-int8 backend", extra=_EXTRA)
             calibration = [np.asarray(b, np.float32) for b in calibration]
-        task = (model.eval().cpu(), tuple(int(s) for s in input_shape), str(path), calibration)
+        # Sent as plain pickled bytes: handed to the pool as a module, its tensors would go
+        # through torch's shared memory, which keeps a file descriptor open in this
+        # process for every tensor of every model converted while the model lives (a
+        # table's hundreds of parts ran out of descriptors).
+        pickled = pickle.dumps(model.eval().cpu())
+        task = (pickled, tuple(int(s) for s in input_shape), str(path), calibration)
         try:
             future = self._started().submit(_convert, *task)
         except BrokenProcessPool:  # the child died since the last conversion: a new one
