@@ -32,7 +32,8 @@ import numpy as np
 from onceforall.deploy.run_inputs import load_predictor_and_table
 from onceforall.search import genome_layout, latency_cost, macs_cost, pareto_search
 from onceforall.search.constraints import Constraint, ConstraintSet
-from onceforall.search.evolution import _Evaluator
+from onceforall.search.evolution import _Evaluator  # the cache our search predicts through
+from onceforall.search.pareto import non_dominated_ranks
 from onceforall.storage.run_layout import RunLayout
 from onceforall.training import load_run
 
@@ -99,8 +100,6 @@ def with_pymoo(space, predictor, costs, population: int, budget: int, seed: int,
 
 
 def non_dominated(f: np.ndarray) -> np.ndarray:
-    from onceforall.search.pareto import non_dominated_ranks
-
     return f[non_dominated_ranks(f) == 0]
 
 
