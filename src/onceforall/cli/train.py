@@ -153,7 +153,8 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument(
         "--config",
         required=True,
-        help="YAML file, or a preset: imagenet, fashion-mnist, fashion-mnist-quick",
+        help="YAML file, or a preset: imagenet, imagenet-resnet50, fashion-mnist, "
+        "fashion-mnist-quick, fashion-mnist-ps-paper, fashion-mnist-bignas",
     )
     p.add_argument(
         "--data",

@@ -66,7 +66,14 @@ class StageConfig:
     # "sandwich rule" of BigNAS). Not in the paper's recipe; short schedules use it to
     # keep the largest sub-network where the full stage left it.
     train_largest: bool = False
+    # Make the last sub-network of every step the smallest of the open space: with
+    # train_largest, BigNAS's whole sandwich rule (largest, random ones, smallest).
+    train_smallest: bool = False
     distill: bool = True  # distil from the frozen full network (not in the first stage)
+    # BigNAS's in-place distillation: the step's largest sub-network (train_largest)
+    # learns from the labels, the others from its detached predictions on the same
+    # batch; no teacher stage is needed (so ``distill`` must be false).
+    inplace_distill: bool = False
 
 
 @dataclass

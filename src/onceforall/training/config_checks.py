@@ -68,7 +68,9 @@ STAGE_RULES: dict[str, Rule] = {
     "subnets_per_step": _int(1),
     "sort_channels": BOOL,
     "train_largest": BOOL,
+    "train_smallest": BOOL,
     "distill": BOOL,
+    "inplace_distill": BOOL,
 }
 STAGE_CHOICES = ("kernel_sizes", "expand_ratios", "depths", "width_mults")
 
@@ -141,6 +143,7 @@ def check_stage_values(stage: Any, index: int) -> None:
     where = f"stages[{index}] ({stage.name})"
     for name, rule in STAGE_RULES.items():
         _check(f"{where}.{name}", getattr(stage, name), rule)
+    _check_sandwich(stage, where)
     if stage.warmup_epochs > stage.epochs:
         raise ConfigError(
             f"{where}.warmup_epochs ({stage.warmup_epochs}) exceeds its epochs ({stage.epochs})"
@@ -158,3 +161,25 @@ def check_stage_values(stage: Any, index: int) -> None:
                 f"{where}.{name} must be a non-empty list of numbers >= 0 (or left out), "
                 f"not {values!r}"
             )
+
+
+def _check_sandwich(stage: Any, where: str) -> None:
+    """The sandwich rule and in-place distillation need room in the step for them."""
+    fixed = int(stage.train_largest) + int(stage.train_smallest)
+    if stage.train_smallest and stage.subnets_per_step < max(2, fixed):
+        raise ConfigError(
+            f"{where}.train_smallest needs subnets_per_step >= 2 (the smallest is the step's "
+            f"last sub-network, after the others), not {stage.subnets_per_step}"
+        )
+    if not stage.inplace_distill:
+        return
+    if not stage.train_largest or stage.subnets_per_step < 2:
+        raise ConfigError(
+            f"{where}.inplace_distill needs train_largest: true and subnets_per_step >= 2 "
+            "(the step's largest sub-network is the teacher of the others)"
+        )
+    if stage.distill:
+        raise ConfigError(
+            f"{where}: inplace_distill and distill both name a teacher; set distill: false "
+            "(in-place distillation needs no teacher stage)"
+        )

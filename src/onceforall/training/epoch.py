@@ -26,7 +26,7 @@ from ..models import Supernet
 from .checkpointing import Checkpointer
 from .config import StageConfig, TrainConfig
 from .distributed import DistEnv, average_gradients, broadcast_buffers
-from .losses import supernet_loss
+from .losses import soft_cross_entropy, supernet_loss
 from .metrics import TimedIterator
 from .schedule import Position, lr_at, stage_space, step_archs
 
@@ -221,7 +221,14 @@ class EpochRunner:
             self.net.set_active(arch)
             with autocast:
                 logits = self.net(images)
-            loss = supernet_loss(logits, labels, teacher_probs, cfg.label_smoothing, cfg.kd_ratio)
+            if stage.inplace_distill and k > 0:  # the step's largest (k = 0) teaches
+                loss = soft_cross_entropy(logits.float(), teacher_probs)
+            else:
+                loss = supernet_loss(
+                    logits, labels, teacher_probs, cfg.label_smoothing, cfg.kd_ratio
+                )
+            if stage.inplace_distill and k == 0:
+                teacher_probs = torch.softmax(logits.detach().float(), dim=1)
             value = loss.item()  # the one host sync per sub-network: the check needs it
             if not math.isfinite(value):
                 raise TrainingDiverged(

@@ -115,4 +115,6 @@ def step_archs(space: Any, stage: StageConfig, seed: int, stage_index: int, step
     ]
     if stage.train_largest:
         archs[0] = space.largest()
+    if stage.train_smallest:
+        archs[-1] = space.smallest()
     return archs
