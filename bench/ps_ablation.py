@@ -10,6 +10,15 @@ the start.
 Both supernets are evaluated on the same fixed sub-networks (the smallest, the largest
 and random ones in between, ordered by MACs), each after BN recalibration on the same
 held-out training images, on the whole Fashion-MNIST test set at two resolutions.
+
+Runs trained elsewhere (for example with ``ofa train`` and the three strategy presets
+``fashion-mnist``, ``fashion-mnist-ps-paper`` and ``fashion-mnist-bignas``) are compared
+by name, with the mean gap of every pair; ``--scratch N`` also trains N of the fixed
+archs (smallest, middle, largest by MACs) alone from random weights for as many epochs
+as the first run took in sub-network passes, resumably, under ``--work``:
+
+    python bench/ps_ablation.py --runs ps=runs/fm-long ps-paper=runs/fm-ps-paper \
+        bignas=runs/fm-bignas --scratch 3 --work runs/ablation-scratch
 """
 
 from __future__ import annotations
@@ -80,8 +89,14 @@ def main() -> None:
         help="make the baseline as long as PS in epochs, or in sub-network passes",
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", nargs="+", help="NAME=RUN_DIR of trained runs to compare")
+    parser.add_argument("--scratch", type=int, default=0, help="archs trained alone (--runs)")
+    parser.add_argument("--work", default="runs/ablation-scratch", help="for --scratch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.runs:
+        compare_runs(args)
+        return
 
     ps_config = load_config(args.config)
     baseline = baseline_config(ps_config, args.match)
@@ -123,6 +138,89 @@ def main() -> None:
         f"over {len(gaps)} sub-network/resolution pairs "
         f"(paper, ImageNet: +3.3 to +3.6 points)"
     )
+
+
+def _named_runs(pairs: list[str]) -> dict[str, str]:
+    runs = dict(pair.split("=", 1) for pair in pairs)
+    if len(runs) < 2 or any(not name or not run for name, run in runs.items()):
+        raise SystemExit("--runs takes at least two NAME=RUN_DIR")
+    return runs
+
+
+def _scratch_nets(config, net, archs, resolution, data, work, count):
+    """``count`` of ``archs`` (smallest, middle, largest) trained alone from random
+    weights at ``resolution`` for the run's epochs of sub-network passes."""
+    from onceforall.training.finetune import FinetuneSettings, finetune
+
+    passes = sum(s.epochs * s.subnets_per_step for s in config.stages)
+    first = config.stages[0]
+    recipe = FinetuneSettings(epochs=passes, lr=first.lr, warmup_epochs=first.warmup_epochs)
+    picks = sorted({round(i * (len(archs) - 1) / max(1, count - 1)) for i in range(count)})
+    nets = {}
+    for i in picks:
+        arch = Arch(ks=archs[i].ks, e=archs[i].e, d=archs[i].d, r=resolution)
+        folder = Path(work) / f"arch{i}_r{resolution}"
+        print(f"from scratch: {arch_summary(net.space, arch)}, {passes:g} epochs -> {folder}")
+        outcome = finetune(
+            net.build_subnet(arch).train(), config, data, folder, recipe, resume=True
+        )
+        nets[arch] = outcome.network
+    return nets
+
+
+def compare_runs(args) -> None:
+    """Every named run's sub-networks on the same fixed archs, whole test split."""
+    runs = _named_runs(args.runs)
+    loaded = {name: load_run(run) for name, run in runs.items()}
+    config, first = next(iter(loaded.values()))
+    archs = sorted(fixed_archs(first.space, args.archs, seed=1234), key=first.macs)
+    splits = replace(config, test_subset=None).open_splits(args.data)  # whole test split
+    resolutions = [min(config.resolutions), max(config.resolutions)]
+    scratch = (
+        _scratch_nets(config, first, archs, resolutions[-1], args.data, args.work, args.scratch)
+        if args.scratch
+        else {}
+    )
+    names = list(runs) + (["scratch"] if scratch else [])
+    print(
+        f"\n{len(archs)} fixed sub-networks, test top-1 (%) on {len(splits.test)} images, "
+        f"BN recalibrated on {config.bn_recal_images} held-out images"
+    )
+    print(f"{'arch':24s} {'res':>4s} {'MMACs':>7s} " + " ".join(f"{n:>9s}" for n in names))
+    table: list[dict[str, float]] = []
+    for resolution in resolutions:
+        calib = make_loader(splits.holdout, 256, resolution, train=False, seed=0)
+        test_loader = make_loader(splits.test, 256, resolution, train=False, seed=0)
+        for arch in archs:
+            arch = Arch(ks=arch.ks, e=arch.e, d=arch.d, r=resolution)
+            row = {}
+            for name, (_, net) in loaded.items():
+                subnet = recalibrate_bn(net, arch, calib, config.bn_recal_images)
+                row[name] = evaluate(subnet, test_loader)["top1"]
+            if arch in scratch:
+                alone = recalibrate_bn(scratch[arch], None, calib, config.bn_recal_images)
+                row["scratch"] = evaluate(alone, test_loader)["top1"]
+            table.append(row)
+            cells = " ".join(f"{row[n]:9.2f}" if n in row else f"{'':9s}" for n in names)
+            summary = arch_summary(first.space, arch)
+            print(
+                f"{summary:24s} {resolution:4d} {first.macs(arch) / 1e6:7.2f} {cells}", flush=True
+            )
+    print()
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            gaps = [row[a] - row[b] for row in table if a in row and b in row]
+            wins = sum(g > 0 for g in gaps)
+            ends = (
+                f" (smallest at {resolutions[0]} px {gaps[0]:+.2f}, largest at "
+                f"{resolutions[-1]} px {gaps[-1]:+.2f})"
+                if len(gaps) == len(table)
+                else ""
+            )
+            print(
+                f"{a} - {b}: mean {sum(gaps) / len(gaps):+.2f} points, {a} ahead on {wins} "
+                f"of {len(gaps)} pairs{ends}"
+            )
 
 
 if __name__ == "__main__":
