@@ -32,7 +32,7 @@ import numpy as np
 from onceforall.deploy.run_inputs import load_predictor_and_table
 from onceforall.search import genome_layout, latency_cost, macs_cost, pareto_search
 from onceforall.search.constraints import Constraint, ConstraintSet
-from onceforall.search.evolution import _Evaluator  # the cache our search predicts through
+from onceforall.search.evolution import CachedPredictor  # the cache our search predicts through
 from onceforall.search.pareto import non_dominated_ranks
 from onceforall.storage.run_layout import RunLayout
 from onceforall.training import load_run
@@ -71,7 +71,7 @@ def with_pymoo(space, predictor, costs, population: int, budget: int, seed: int,
     from pymoo.optimize import minimize
 
     layout = genome_layout(space)
-    evaluate = _Evaluator(predictor, layout)
+    evaluate = CachedPredictor(predictor, layout)
     priced = ConstraintSet(space, [Constraint(c, np.inf) for c in costs])
     upper = np.asarray(layout.cardinality) - 1
 

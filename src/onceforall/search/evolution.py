@@ -33,6 +33,7 @@ from .objectives import Cost
 from .population import ArchBatch, GenomeLayout, genome_layout
 
 __all__ = [
+    "CachedPredictor",
     "Predictor",
     "SearchResult",
     "as_predictor",
@@ -89,7 +90,7 @@ def gene_predictor(predictor: PredictorLike, space: Space) -> GenePredictor:
     return lambda genes: features(layout.encode(genes))
 
 
-class _Evaluator:
+class CachedPredictor:
     """Encode, predict, check the shape once, count. Each distinct network is sent to the
     predictor once per search: its accuracy is remembered (by network key), so children
     that repeat a parent, a sibling or any network seen before cost a lookup (late in a
@@ -245,7 +246,7 @@ def _result(
     cset: ConstraintSet,
     extra_costs: Sequence[Cost],
     start: float,
-    evaluate: _Evaluator,
+    evaluate: CachedPredictor,
 ) -> SearchResult:
     order = np.argsort(-acc, kind="stable")
     genes, acc = genes[order], acc[order]
@@ -301,7 +302,7 @@ def evolutionary_search(
     layout = genome_layout(space)
     cset = ConstraintSet(space, constraints)
     witness = cset.check(rng)
-    evaluate = _Evaluator(predictor, layout)
+    evaluate = CachedPredictor(predictor, layout)
     probs = layout.group_probabilities(mutation_prob, resolution_mutation_prob)
     n_parents = max(1, int(round(parent_ratio * population)))
     n_mutants = int(round(mutation_ratio * population))
@@ -354,7 +355,7 @@ def random_search(
     layout = genome_layout(space)
     cset = ConstraintSet(space, constraints)
     witness = cset.check(rng)
-    evaluate = _Evaluator(predictor, layout)
+    evaluate = CachedPredictor(predictor, layout)
     top_genes = np.empty((0, layout.n_genes), dtype=np.intp)
     top_acc = np.empty(0)
     all_acc, draws = [], 0

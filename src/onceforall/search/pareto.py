@@ -18,8 +18,8 @@ from ..arch import ArchInput, ArchValue, Space
 from ..errors import check_whole_number
 from .constraints import Constraint, ConstraintSet
 from .evolution import (
+    CachedPredictor,
     PredictorLike,
-    _Evaluator,
     _feasible_children,
     _random_feasible,
 )
@@ -154,7 +154,7 @@ def pareto_search(
     cset = ConstraintSet(space, constraints)
     objective_costs = ConstraintSet(space, [Constraint(c, np.inf) for c in costs])
     witness = cset.check(rng)
-    evaluate = _Evaluator(predictor, layout)
+    evaluate = CachedPredictor(predictor, layout)
     probs = layout.group_probabilities(mutation_prob, resolution_mutation_prob)
     all_rows = np.ones(population, dtype=bool)
 
