@@ -213,8 +213,8 @@ CASES: list[tuple[str, ...]] = [
     ("finetune --run @prun --arch @arch --out @tmp/f --epochs 0", "epochs must be a positive"),
     ("finetune --run @prun --arch @arch --out @tmp/f --lr nan", "lr must be a positive number"),
     (
-        "finetune --run @prun --arch @arch --out @tmp/f --warmup-epochs 2",
-        "warmup_epochs must be at least 0 and less than epochs (1.0), not 2.0",
+        "finetune --run @prun --arch @arch --out @tmp/f --warmup-epochs 3",
+        "warmup_epochs must be at least 0 and less than epochs (3.0), not 3.0",
     ),
     ("finetune --run @prun --arch @arch --out @files/afile", "@files/afile is a file"),
     ("finetune --run @prun --from @tmp/nowhere --out @tmp/f", "@tmp/nowhere is not a directory"),

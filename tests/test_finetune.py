@@ -48,7 +48,19 @@ def _run_with(trained_run: Path, where: Path, **settings: object) -> Path:
 
 
 def _command(run: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--run", str(run), "--arch", ARCH, "--out", str(out), *extra]
+    """One epoch unless ``extra`` says otherwise (a later --epochs wins)."""
+    return [
+        "finetune",
+        "--run",
+        str(run),
+        "--arch",
+        ARCH,
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        *extra,
+    ]
 
 
 def _weights(export: Path) -> dict[str, torch.Tensor]:

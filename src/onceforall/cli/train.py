@@ -198,7 +198,9 @@ def add_training_commands(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="the export folder to write")
     p.add_argument("--data", default="fashion-mnist", help="the dataset the run trained on")
-    p.add_argument("--epochs", type=float, default=1.0, help="may be fractional")
+    p.add_argument(
+        "--epochs", type=float, default=3.0, help="may be fractional (3: docs/benchmarks.md)"
+    )
     p.add_argument("--lr", type=float, default=0.005, help="peak, per 64 images")
     p.add_argument("--warmup-epochs", type=float, default=0.0)
     p.add_argument(
