@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from finetune_recipe import supernet_passes  # bench/, beside this script
 
 from onceforall import Arch
 from onceforall.data import make_loader
@@ -48,7 +49,7 @@ def baseline_config(ps_config, match: str = "epochs"):
     if match == "epochs":
         total_epochs = sum(s.epochs for s in ps_config.stages)
     elif match == "passes":
-        passes = sum(s.epochs * s.subnets_per_step for s in ps_config.stages)
+        passes = supernet_passes(ps_config)
         total_epochs = passes / last.subnets_per_step
     else:
         raise ValueError(f"match must be 'epochs' or 'passes', got {match!r}")
@@ -152,7 +153,7 @@ def _scratch_nets(config, net, archs, resolution, data, work, count):
     weights at ``resolution`` for the run's epochs of sub-network passes."""
     from onceforall.training.finetune import FinetuneSettings, finetune
 
-    passes = sum(s.epochs * s.subnets_per_step for s in config.stages)
+    passes = supernet_passes(config)
     first = config.stages[0]
     recipe = FinetuneSettings(epochs=passes, lr=first.lr, warmup_epochs=first.warmup_epochs)
     picks = sorted({round(i * (len(archs) - 1) / max(1, count - 1)) for i in range(count)})
