@@ -61,7 +61,11 @@ def test_table_covers_every_slot_choice_and_resolution(net, table) -> None:
     space = net.space
     assert table.resolutions == (24, 32)
     for r in table.resolutions:
-        assert table.fixed_ms(r) > 0
+        # The fitted overhead may be negative (see latency.calibration), so the fixed part
+        # alone may be too; what the fit guarantees is a positive time for every timed
+        # network, and the smallest of each resolution is one of them.
+        assert np.isfinite(table.fixed_ms(r))
+        assert table.predict(space.smallest(r)) > 0
         for slot in range(space.num_slots):
             for k in space.kernel_sizes:
                 for e in space.expand_ratios:
