@@ -70,6 +70,7 @@ def _cmd_acc_dataset(args: argparse.Namespace) -> int:
         eval_images=args.eval_images,
         seed=args.seed,
         device=args.device,
+        runtime=args.runtime,
     )
     if dataset.rows:
         accs = [r["accuracy"] for r in dataset.rows]
@@ -149,6 +150,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def add_training_commands(sub: Any) -> None:
+    from ..evaluation import RUNTIMES
+
     p = sub.add_parser("train", help="progressive shrinking on a dataset; resumable")
     p.add_argument(
         "--config",
@@ -230,6 +233,13 @@ def add_training_commands(sub: Any) -> None:
     )
     p.add_argument("--seed", type=count, default=0)
     p.add_argument("--device", type=device, help="cpu, cuda (default: cuda when available)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torch",
+        help="what runs each sub-network: torch, or onnxruntime (CPU; same labels to float "
+        "rounding, about twice as fast per arch)",
+    )
     p.set_defaults(func=_cmd_acc_dataset)
 
     p = sub.add_parser("train-predictor", help="fit the accuracy predictor on the dataset")

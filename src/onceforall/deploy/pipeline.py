@@ -290,6 +290,7 @@ def _measure_accuracy(
         device=device,
         progress=progress,
         start_over=True,  # rows measured otherwise (said above) are measured again
+        runtime=settings.acc_eval_runtime,
     )
     if later.ACCURACY_DATASET in planned:  # its speed sharpens the forecast of the rest
         seconds = time.perf_counter() - start

@@ -39,7 +39,8 @@ def memory_format(config: TrainConfig) -> torch.memory_format:
 def evaluator_for_run(config: TrainConfig, data: str | os.PathLike) -> SubnetEvaluator:
     """What measures sub-networks of a run for specialisation and export: its test
     split, each sub-network BN-recalibrated on its held-out training images (the same
-    splits the run trained with)."""
+    splits the run trained with), run by the runtime its accuracy dataset is measured
+    with (``specialize.acc_eval_runtime``)."""
     splits = config.open_splits(data)
     return SubnetEvaluator(
         splits.holdout,
@@ -48,6 +49,7 @@ def evaluator_for_run(config: TrainConfig, data: str | os.PathLike) -> SubnetEva
         num_workers=config.num_workers,
         seed=config.seed,
         memory_format=memory_format(config),
+        runtime=config.specialize.acc_eval_runtime,
     )
 
 

@@ -79,6 +79,7 @@ def accuracy_dataset_step(
     device: str | None = None,
     progress: bool = True,
     start_over: bool = False,
+    runtime: str = "torch",
 ) -> AccuracyDataset:
     """Build (or resume, row by row) the accuracy dataset of the run (default file: the
     layout's); see :func:`onceforall.predictors.accuracy_dataset_for_run`."""
@@ -93,6 +94,7 @@ def accuracy_dataset_step(
         device=device,
         progress=progress,
         start_over=start_over,
+        runtime=runtime,
     )
     return AccuracyDataset(path, rows)
 

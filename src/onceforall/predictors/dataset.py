@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..arch import ArchValue, Space
 from ..errors import ConfigError, FileFormatError, StaleResultError, check_whole_number
-from ..evaluation import SubnetEvaluator
+from ..evaluation import RUNTIMES, SubnetEvaluator
 from ..models import Supernet
 from ..storage.atomic import check_file_target, write_text_atomic
 from ..storage.reading import loads_json, read_text
@@ -253,6 +253,7 @@ def accuracy_dataset_for_run(
     num_workers: int | None = None,
     progress: bool = True,
     start_over: bool = False,
+    runtime: str = "torch",
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Build (or resume) the accuracy dataset of a training run directory, holding its
     lock.
@@ -262,7 +263,8 @@ def accuracy_dataset_for_run(
     (at most ``eval_images``) measure its accuracy. Returns the file and the rows of the
     ``num_archs`` archs. Rows measured from another supernet or with other numbers of
     images are refused (with ``start_over``: measured again). Under torchrun the archs
-    are shared out between ranks.
+    are shared out between ranks. ``runtime`` runs the sub-networks (``"torch"``, or
+    ``"onnxruntime"`` on the CPU: the same labels to float rounding, about twice as fast).
     """
     from contextlib import nullcontext
 
@@ -276,7 +278,15 @@ def accuracy_dataset_for_run(
     for name, value in (("calibration_images", calibration_images), ("eval_images", eval_images)):
         if value is not None:
             check_whole_number(name, value, 1)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     env = init_distributed(device)
+    if runtime == "onnxruntime" and env.device.type != "cpu":
+        raise ConfigError(f"runtime onnxruntime measures on the CPU; this process has {env.device}")
+    if runtime == "onnxruntime":
+        from ..storage.onnx_export import require_installed
+
+        require_installed("onnxruntime", "measuring sub-networks with onnxruntime")
     with run_lock(run_dir) if env.is_main else nullcontext():
         return _dataset_for_run(
             run_dir,
@@ -290,6 +300,7 @@ def accuracy_dataset_for_run(
             num_workers,
             progress,
             start_over,
+            runtime,
         )
 
 
@@ -318,6 +329,7 @@ def _dataset_for_run(
     num_workers: int | None,
     progress: bool,
     start_over: bool,
+    runtime: str,
 ) -> tuple[Path, list[dict[str, Any]]]:
     from ..data import split_holdout, subset_for_budget
     from ..training import load_run
@@ -343,6 +355,7 @@ def _dataset_for_run(
         seed=config.seed,
         device=env.device,
         memory_format=memory_format,
+        runtime=runtime,
     )
     net = net.to(memory_format=memory_format)
     out = Path(out) if out else RunLayout(run_dir).accuracy_dataset

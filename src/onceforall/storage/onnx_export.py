@@ -76,9 +76,11 @@ def export_onnx(
     *,
     dynamic_batch: bool = False,
     output_names: Sequence[str] = ("logits",),
+    batch_outputs: Sequence[str] | None = None,
 ) -> str:
     """Write ``model`` (eval mode, CPU) to ``path`` as ONNX (input ``input``, outputs
-    ``output_names``), with a dynamic batch axis if asked; returns the exporter used.
+    ``output_names``), with a dynamic batch axis if asked (on the input and on
+    ``batch_outputs``, by default every output); returns the exporter used.
 
     The TorchScript exporter (``dynamo=False``) is quick (well under a second per model)
     and needs no onnxscript; torch has deprecated it, so where it is gone or fails the
@@ -91,7 +93,8 @@ def export_onnx(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            batch = {name: {0: "batch"} for name in ["input", *output_names]}
+            batched = output_names if batch_outputs is None else batch_outputs
+            batch = {name: {0: "batch"} for name in ["input", *batched]}
             axes = batch if dynamic_batch else None
             # torch < 2.5 has only this exporter and no ``dynamo`` argument.
             legacy = {"dynamo": False} if _has_dynamo_flag() else {}

@@ -83,6 +83,9 @@ class SpecializeConfig:
 
     acc_dataset_archs: int = 1000
     acc_eval_images: int | None = None  # held-out images per arch (default: all left)
+    # What runs each sub-network for the accuracy dataset: torch (eager) or onnxruntime
+    # (CPU; the same labels to float rounding, about twice as fast per arch).
+    acc_eval_runtime: str = "torch"
     predictor_epochs: int = 300
     latency_backend: str = "torch"
     latency_threads: int | None = None
@@ -112,6 +115,7 @@ class SpecializeConfig:
 
     def check(self) -> None:
         """Raise :class:`ConfigError` for a value no step could use."""
+        from ..evaluation import RUNTIMES
         from ..latency.measure import BACKENDS
         from ..search.constraints import check_target
 
@@ -129,6 +133,11 @@ class SpecializeConfig:
             raise ConfigError(
                 f"specialize.latency_backend {self.latency_backend!r} is unknown; "
                 f"known: {', '.join(BACKENDS)}"
+            )
+        if self.acc_eval_runtime not in RUNTIMES:
+            raise ConfigError(
+                f"specialize.acc_eval_runtime {self.acc_eval_runtime!r} is unknown; "
+                f"known: {', '.join(RUNTIMES)}"
             )
         if not isinstance(self.targets, list) or not all(isinstance(t, str) for t in self.targets):
             raise ConfigError(
