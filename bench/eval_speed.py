@@ -64,7 +64,8 @@ def main() -> None:
         }
         for evaluator in evaluators.values():  # decode and cache the images once, untimed
             for r in resolutions:
-                evaluator.batches("calibration", r), evaluator.batches("test", r)
+                for split in ("calibration", "test"):
+                    evaluator.batches(split, r)
         seconds: dict[str, list[float]] = {name: [] for name in evaluators}
         top1: dict[str, list[float]] = {name: [] for name in evaluators}
         for i, arch in enumerate(archs):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..storage.onnx_export import export_onnx, require
-from . import score_logits
+from . import _images, score_logits
 
 __all__ = ["recalibrate_and_evaluate"]
 
@@ -104,12 +104,6 @@ def _session(path: Path, threads: int):  # -> onnxruntime.InferenceSession
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _images_labels(batch: object) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(batch, (tuple, list)):
-        return batch[0], batch[1]
-    return batch, None  # type: ignore[return-value]
-
-
 @torch.no_grad()
 def recalibrate_and_evaluate(
     net: nn.Module,
@@ -139,7 +133,7 @@ def _recalibrate(
     session = order = None
     seen = 0
     for batch in calibration:
-        images = _images_labels(batch)[0]
+        images = _images(batch)
         take = min(len(images), n_images - seen)
         if take <= 0:
             break

@@ -281,11 +281,11 @@ def accuracy_dataset_for_run(
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     env = init_distributed(device)
-    if runtime == "onnxruntime" and env.device.type != "cpu":
-        raise ConfigError(f"runtime onnxruntime measures on the CPU; this process has {env.device}")
     if runtime == "onnxruntime":
         from ..storage.onnx_export import require_installed
 
+        if env.device.type != "cpu":
+            raise ConfigError(f"runtime onnxruntime measures on the CPU, not on {env.device}")
         require_installed("onnxruntime", "measuring sub-networks with onnxruntime")
     with run_lock(run_dir) if env.is_main else nullcontext():
         return _dataset_for_run(
