@@ -18,6 +18,9 @@ is too small to hold twice.
     OMP_NUM_THREADS=1 .venv/bin/python bench/label_noise.py --run runs/fm-long \\
         --archs 100 --sizes 1500 5000 6500 10000
 
+Each arch is measured in ONNX Runtime by default (``--runtime torch``: eager PyTorch;
+the two agree to float rounding, ``tests/test_evaluation_ort.py``).
+
 Per-image results go to ``RUN/label_noise.jsonl`` (one line per arch and calibration,
 appended as measured), so a killed run resumes where it stopped.
 """
@@ -37,7 +40,7 @@ from tqdm.auto import tqdm
 
 from onceforall.data import make_loader, split_holdout
 from onceforall.deploy.run_inputs import memory_format
-from onceforall.evaluation import recalibrate_bn
+from onceforall.evaluation import RUNTIMES, ort, recalibrate_bn
 from onceforall.predictors.accuracy import kendall_tau
 from onceforall.predictors.dataset import dataset_archs
 from onceforall.training import load_run
@@ -72,9 +75,19 @@ class Pool:
 
 
 @torch.no_grad()
-def correct_on_pool(supernet, arch, pool: Pool, calibration: str, fmt) -> np.ndarray:
+def correct_on_pool(
+    supernet, arch, pool: Pool, calibration: str, fmt, runtime: str = "torch"
+) -> np.ndarray:
     """Whether ``arch``, BN-recalibrated on sample ``calibration``, classifies each pool
-    image right (held-out rest, then test split)."""
+    image right (held-out rest, then test split), measured by ``runtime``."""
+    parts = [batch for part in ("rest", "test") for batch in pool.batches(part, arch.r)]
+    if runtime == "onnxruntime":  # the same measurement, ~3x faster (evaluation/ort.py)
+        net = ort.recalibrate(
+            supernet.extract(arch), pool.batches(calibration, arch.r), pool.calibration_images
+        )
+        return np.concatenate(
+            [(logits.argmax(1) == labels).numpy() for logits, labels in ort.predict(net, parts)]
+        )
     net = recalibrate_bn(
         supernet,
         arch,
@@ -83,10 +96,9 @@ def correct_on_pool(supernet, arch, pool: Pool, calibration: str, fmt) -> np.nda
         memory_format=fmt,
     ).eval()
     hits = []
-    for part in ("rest", "test"):
-        for images, labels in pool.batches(part, arch.r):
-            logits = net(images.to(memory_format=fmt))
-            hits.append((logits.argmax(1) == labels).numpy())
+    for images, labels in parts:
+        logits = net(images.to(memory_format=fmt))
+        hits.append((logits.argmax(1) == labels).numpy())
     return np.concatenate(hits)
 
 
@@ -109,10 +121,11 @@ def measure(args, rows_path: Path) -> list[dict]:
     ]
     with rows_path.open("a") as f:
         for arch, c in tqdm(todo, desc="archs x calibrations", dynamic_ncols=True):
-            hits = correct_on_pool(supernet, arch, pool, c, fmt)
+            hits = correct_on_pool(supernet, arch, pool, c, fmt, args.runtime)
             row = {
                 "arch": arch.to_dict(),
                 "calibration": c,
+                "runtime": args.runtime,
                 "pool": int(pool.size),
                 "hits": base64.b64encode(np.packbits(hits).tobytes()).decode(),
             }
@@ -195,6 +208,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1500, 5000, 10000])
     parser.add_argument("--calibration-images", type=int, help="default: the run's")
     parser.add_argument("--seed", type=int, default=1, help="archs (the dataset's are 0)")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES, default="onnxruntime", help="what measures each arch"
+    )
     args = parser.parse_args()
     rows = measure(args, Path(args.run) / "label_noise.jsonl")
     report(rows, args.sizes, args.seed)

@@ -55,7 +55,7 @@ def _bns(net: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 @pytest.mark.parametrize("family", ["ofa_mbv3_w1.0", "ofa_proxyless_w1.3"])
 def test_same_statistics_logits_and_top1_as_pytorch(family, supernets, evaluator) -> None:
-    from onceforall.evaluation.ort import recalibrate_and_evaluate
+    from onceforall.evaluation.ort import predict, recalibrate_and_evaluate
 
     net = supernets[family]
     rng = random.Random(family)
@@ -75,6 +75,9 @@ def test_same_statistics_logits_and_top1_as_pytorch(family, supernets, evaluator
         images = torch.cat([x for x, _ in test])
         with torch.no_grad():
             torch.testing.assert_close(measured.eval()(images), eager(images), rtol=1e-3, atol=1e-3)
+            for (logits, labels), (x, y) in zip(predict(measured, test), test, strict=True):
+                torch.testing.assert_close(logits, eager(x), rtol=1e-3, atol=1e-3)  # per image
+                assert torch.equal(labels, y)
         assert got["images"] == want["images"] == 80
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
         assert abs(got["top1"] - want["top1"]) <= 100 / 80  # at most one image on a tie

@@ -27,7 +27,7 @@ from torch import nn
 from ..storage.onnx_export import export_onnx, require
 from . import _images, score_logits
 
-__all__ = ["recalibrate_and_evaluate"]
+__all__ = ["predict", "recalibrate", "recalibrate_and_evaluate"]
 
 
 class _BatchStatsBN(nn.Module):
@@ -118,42 +118,46 @@ def recalibrate_and_evaluate(
     and image count on ``test``, all computed by ONNX Runtime on the CPU with ``threads``
     threads (default: PyTorch's). Both iterables yield ``(images, labels)`` at the
     resolution to measure at."""
+    recalibrate(net, calibration, n_images, threads=threads)
+    return score_logits(predict(net, test, threads=threads))
+
+
+@torch.no_grad()
+def recalibrate(
+    net: nn.Module, calibration: Iterable, n_images: int, *, threads: int | None = None
+) -> nn.Module:
+    """Set the BN running statistics of ``net`` (in place, on the CPU) as
+    :func:`~onceforall.evaluation.recalibrate_bn` would, with ONNX Runtime computing each
+    calibration batch's statistics; return ``net``."""
     threads = threads or torch.get_num_threads()
     net = net.cpu().eval()
-    with tempfile.TemporaryDirectory(prefix="onceforall-eval-") as tmp:
-        _recalibrate(net, calibration, n_images, Path(tmp), threads)
-        return _evaluate(net, test, Path(tmp), threads)
-
-
-def _recalibrate(
-    net: nn.Module, calibration: Iterable, n_images: int, tmp: Path, threads: int
-) -> None:
-    """Set the BN running statistics of ``net`` as ``recalibrate_bn`` would."""
     stats: dict[str, list[torch.Tensor]] = {}  # per BN: (mean, unbiased var) per batch
     session = order = None
     seen = 0
-    for batch in calibration:
-        images = _images(batch)
-        take = min(len(images), n_images - seen)
-        if take <= 0:
-            break
-        images = images[:take].contiguous()
-        if session is None:
-            graph = _CalibrationGraph(net)
-            order = graph.probe(images[:1])
-            names = [f"{kind}{i}" for i in range(len(order)) for kind in ("mean", "var")]
-            export_onnx(
-                graph, (2, *images.shape[1:]), tmp / "calibration.onnx", dynamic_batch=True,
-                output_names=names, batch_outputs=(),
-            )  # fmt: skip
-            session = _session(tmp / "calibration.onnx", threads)
-        assert order is not None
-        outputs = session.run(None, {"input": images.numpy()})
-        for (name, hw), mean, var in zip(order, outputs[0::2], outputs[1::2]):
-            values = take * hw  # per channel; PyTorch keeps the unbiased variance
-            unbiased = var * (values / max(values - 1, 1))
-            stats.setdefault(name, []).append(torch.from_numpy(np.stack([mean, unbiased])))
-        seen += take
+    with tempfile.TemporaryDirectory(prefix="onceforall-eval-") as tmp:
+        for batch in calibration:
+            images = _images(batch)
+            take = min(len(images), n_images - seen)
+            if take <= 0:
+                break
+            images = images[:take].contiguous()
+            if session is None:
+                graph = _CalibrationGraph(net)
+                order = graph.probe(images[:1])
+                names = [f"{kind}{i}" for i in range(len(order)) for kind in ("mean", "var")]
+                path = Path(tmp) / "calibration.onnx"
+                export_onnx(
+                    graph, (2, *images.shape[1:]), path, dynamic_batch=True,
+                    output_names=names, batch_outputs=(),
+                )  # fmt: skip
+                session = _session(path, threads)
+            assert order is not None
+            outputs = session.run(None, {"input": images.numpy()})
+            for (name, hw), mean, var in zip(order, outputs[0::2], outputs[1::2]):
+                values = take * hw  # per channel; PyTorch keeps the unbiased variance
+                unbiased = var * (values / max(values - 1, 1))
+                stats.setdefault(name, []).append(torch.from_numpy(np.stack([mean, unbiased])))
+            seen += take
     if seen == 0:
         raise ValueError("BN recalibration got no images from the loader")
     for name, bn in net.named_modules():
@@ -168,19 +172,24 @@ def _recalibrate(
         bn.running_mean.copy_(running[0].reshape(-1))
         bn.running_var.copy_(running[1].reshape(-1))
         bn.num_batches_tracked.fill_(len(stats[name]))
+    return net
 
 
-def _evaluate(net: nn.Module, test: Iterable, tmp: Path, threads: int) -> dict[str, float]:
-    """What ``evaluate`` returns for ``net``, from ONNX Runtime's logits."""
-
-    def logits() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+@torch.no_grad()
+def predict(
+    net: nn.Module, batches: Iterable, *, threads: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(logits, labels)`` for each ``(images, labels)`` batch, the logits computed
+    by ONNX Runtime from ``net`` in eval mode (exported once, at the first batch's image
+    size). The per-image counterpart of :func:`recalibrate_and_evaluate`'s top-1."""
+    threads = threads or torch.get_num_threads()
+    net = net.cpu().eval()
+    with tempfile.TemporaryDirectory(prefix="onceforall-eval-") as tmp:
         session = None
-        for images, labels in test:
-            if session is None:  # exported at the size of the first batch's images
-                path = tmp / "network.onnx"
+        for images, labels in batches:
+            if session is None:
+                path = Path(tmp) / "network.onnx"
                 export_onnx(net, (2, *images.shape[1:]), path, dynamic_batch=True)
                 session = _session(path, threads)
             out = session.run(None, {"input": images.contiguous().numpy()})[0]
             yield torch.from_numpy(out), labels
-
-    return score_logits(logits())
