@@ -22,7 +22,9 @@ Each arch is measured in ONNX Runtime by default (``--runtime torch``: eager PyT
 the two agree to float rounding, ``tests/test_evaluation_ort.py``).
 
 Per-image results go to ``RUN/label_noise.jsonl`` (one line per arch and calibration,
-appended as measured), so a killed run resumes where it stopped.
+appended as measured), so a killed run resumes where it stopped. Averaged over both
+calibrations and the pool's held-out images, they are the low-noise truth
+``bench/predictor_compare.py`` scores predictors against.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ def measure(args, rows_path: Path) -> list[dict]:
                 "calibration": c,
                 "runtime": args.runtime,
                 "pool": int(pool.size),
+                "held_out": len(pool.parts["rest"]),  # the pool's first images
                 "hits": base64.b64encode(np.packbits(hits).tobytes()).decode(),
             }
             f.write(json.dumps(row) + "\n")

@@ -1,0 +1,232 @@
+"""Which accuracy predictor ranks sub-networks best? Learning curves (issue 18, part 1).
+
+Each predictor is fitted on the first n rows of an accuracy dataset (``ofa acc-dataset``
+labels: one BN calibration, a fixed subset of held-out images) for several n, and scored
+against a truth set of other archs: Kendall tau and RMSE (points). The truth is
+``bench/label_noise.py``'s measurement, each arch's top-1 on the whole held-out pool
+averaged over its two independent BN calibrations (its own noise is printed beside the
+scores); without one, ``--holdout N`` scores against the dataset's last N rows, labels
+exactly as noisy as the training ones. Predictors, all on the space's one-hot encoding:
+
+- ``mlp``: the paper's and our default (3 x 400 ReLU, squared error, 300 epochs);
+- ``mlp-ensemble``: five of them from different seeds, averaged;
+- ``mlp-pairwise``: the same MLP trained on squared error plus a pairwise logistic
+  ranking loss over every pair of a batch (the ranking is what the search uses);
+- ``gbt``: scikit-learn's histogram gradient-boosted trees;
+- ``ridge``: a linear model with an L2 penalty (the floor any of them must beat).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/predictor_compare.py --run runs/fm-long \\
+        --sizes 100 250 500 1000 --plot docs/predictor_curves.png
+
+scikit-learn is in the ``bench`` extra (``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from onceforall.predictors.accuracy import (
+    AccuracyPredictor,
+    fit_accuracy_predictor,
+    kendall_tau,
+    rmse,
+)
+from onceforall.predictors.dataset import read_accuracy_dataset
+from onceforall.training import load_run
+
+Predict = Callable[[np.ndarray], np.ndarray]  # encodings -> predicted top-1
+Fit = Callable[[list, np.ndarray, np.ndarray, int], Predict]  # (archs, encodings, top-1, seed)
+
+
+def _key(arch: dict) -> str:
+    return json.dumps(arch, sort_keys=True)
+
+
+def read_truth(path: Path) -> tuple[list[dict], np.ndarray, float]:
+    """Archs, their low-noise top-1 and that truth's standard error (points), from
+    ``label_noise.jsonl`` rows: held-out hits averaged over calibrations A and B."""
+    hits: dict[str, dict[str, np.ndarray]] = {}
+    archs: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(row["hits"]), np.uint8))
+        held_out = row.get("held_out", row["pool"])  # older rows: the whole pool
+        key = _key(row["arch"])
+        hits.setdefault(key, {})[row["calibration"]] = bits[:held_out].astype(float)
+        archs[key] = row["arch"]
+    keys = [k for k, by_cal in hits.items() if {"A", "B"} <= set(by_cal)]
+    a = np.stack([hits[k]["A"] for k in keys]) * 100
+    b = np.stack([hits[k]["B"] for k in keys]) * 100
+    truth = (a.mean(1) + b.mean(1)) / 2
+    # The mean of two labels has half the variance of one: sd(A - B) / 2.
+    noise = float(np.std(a.mean(1) - b.mean(1), ddof=1) / 2)
+    return [archs[k] for k in keys], truth, noise
+
+
+# ------------------------------------------------------------------ the predictors
+def fit_pairwise(space, x: np.ndarray, y: np.ndarray, seed: int, weight: float = 1.0):
+    """The paper's MLP, trained on squared error plus ``weight`` times the mean logistic
+    loss of every ordered pair of a batch (scaled by the label gap's sign)."""
+    torch.manual_seed(seed)
+    model = AccuracyPredictor(space, base_accuracy=float(y.mean()))
+    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
+    epochs, batch = 300, 256
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=generator)
+        for start in range(0, len(xt), batch):
+            idx = perm[start : start + batch]
+            out, target = model(xt[idx]), yt[idx]
+            sign = torch.sign(target[:, None] - target[None, :])
+            ranking = nn.functional.softplus(-sign * (out[:, None] - out[None, :]))
+            pairs = (sign != 0).float()
+            loss = nn.functional.mse_loss(out, target) + weight * (ranking * pairs).sum() / (
+                pairs.sum().clamp(min=1)
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    model.eval()
+    return model.predict_features
+
+
+def fit_gbt(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    model = HistGradientBoostingRegressor(
+        max_iter=400, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=5,
+        l2_regularization=1.0, random_state=seed,
+    ).fit(x, y)  # fmt: skip
+    return model.predict
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
+    from sklearn.linear_model import RidgeCV
+
+    return RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(x, y).predict
+
+
+def predictors(space) -> dict[str, Fit]:
+    def mlp(archs, x, y, seed) -> Predict:  # the library's own fit
+        predictor, _ = fit_accuracy_predictor(space, archs, y, val_fraction=0.0, seed=seed)
+        return predictor.predict_features
+
+    def ensemble(archs, x, y, seed) -> Predict:
+        members = [mlp(archs, x, y, seed * 10 + i) for i in range(5)]
+        return lambda f: np.mean([m(f) for m in members], axis=0)
+
+    return {
+        "mlp": mlp,
+        "mlp-ensemble": ensemble,
+        "mlp-pairwise": lambda archs, x, y, seed: fit_pairwise(space, x, y, seed),
+        "gbt": lambda archs, x, y, seed: fit_gbt(x, y, seed),
+        "ridge": lambda archs, x, y, seed: fit_ridge(x, y, seed),
+    }
+
+
+# ------------------------------------------------------------------------ the run
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="its supernet's space; its dataset")
+    parser.add_argument("--train", help="accuracy dataset (default: RUN/accuracy_dataset.jsonl)")
+    parser.add_argument("--truth", help="label_noise.jsonl (default: RUN/label_noise.jsonl)")
+    parser.add_argument("--holdout", type=int, help="no truth file: score on the last N rows")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000])
+    parser.add_argument("--repeats", type=int, default=3, help="training subsets per size")
+    parser.add_argument("--only", nargs="+", help="these predictors only")
+    parser.add_argument("--plot", help="PNG of the learning curves")
+    args = parser.parse_args()
+
+    _, supernet = load_run(args.run)
+    space = supernet.space
+    train_path = Path(args.train or Path(args.run) / "accuracy_dataset.jsonl")
+    rows = read_accuracy_dataset(train_path)
+    truth_path = Path(args.truth or Path(args.run) / "label_noise.jsonl")
+    if args.holdout:
+        truth_rows, rows = rows[-args.holdout :], rows[: -args.holdout]
+        truth_archs = [r["arch"] for r in truth_rows]
+        truth = np.array([r["accuracy"] for r in truth_rows], float)
+        noise, what = float("nan"), f"the dataset's last {args.holdout} rows (noisy labels)"
+    elif truth_path.is_file():
+        truth_archs, truth, noise = read_truth(truth_path)
+        what = f"{truth_path} ({len(truth)} archs, standard error {noise:.3f} points)"
+    else:
+        parser.error(f"no truth: {truth_path} is missing (bench/label_noise.py) and no --holdout")
+    seen = {_key(a) for a in truth_archs}
+    rows = [r for r in rows if _key(r["arch"]) not in seen]  # truth archs never train
+    x_all = np.stack([space.encode(r["arch"]) for r in rows]).astype(np.float32)
+    y_all = np.array([r["accuracy"] for r in rows], float)
+    x_truth = np.stack([space.encode(a) for a in truth_archs]).astype(np.float32)
+    archs = [r["arch"] for r in rows]
+    fits = predictors(space)
+    fits = {name: fit for name, fit in fits.items() if not args.only or name in args.only}
+    sizes = [n for n in args.sizes if n <= len(rows)] or [len(rows)]
+    print(
+        f"{len(rows)} training rows ({train_path}); truth: "
+        f"{what}; its archs' spread {np.std(truth, ddof=1):.3f} points\n"
+    )
+    print(f"{'predictor':>14s} {'archs':>6s}   Kendall tau (sd)   RMSE, points (sd)")
+    curves: dict[str, list[tuple[int, float, float, float, float]]] = {}
+    for name, fit in fits.items():
+        for n in sizes:
+            taus, errors = [], []
+            for repeat in range(args.repeats if n < len(rows) else 1):
+                pick = np.random.default_rng(repeat).permutation(len(rows))[:n]
+                predict = fit([archs[i] for i in pick], x_all[pick], y_all[pick], repeat)
+                got = np.asarray(predict(x_truth), float)
+                taus.append(kendall_tau(got, truth))
+                errors.append(rmse(got, truth))
+            row = (n, np.mean(taus), np.std(taus), np.mean(errors), np.std(errors))
+            curves.setdefault(name, []).append(row)
+            _, tau, tau_sd, error, error_sd = row
+            print(
+                f"{name:>14s} {n:6d}   {tau:6.3f} ({tau_sd:.3f})     {error:6.3f} ({error_sd:.3f})"
+            )
+    if args.plot:
+        plot(curves, args.plot, what, noise)
+
+
+def plot(curves: dict, path: str, what: str, noise: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, points in curves.items():
+        ns = [p[0] for p in points]
+        left.errorbar(ns, [p[1] for p in points], [p[2] for p in points], label=name, capsize=3)
+        right.errorbar(ns, [p[3] for p in points], [p[4] for p in points], label=name, capsize=3)
+    left.axhline(0.8, color="grey", ls=":", lw=1)
+    right.axhline(0.5, color="grey", ls=":", lw=1)
+    if not math.isnan(noise):
+        right.axhline(noise, color="black", ls="--", lw=1, label="truth's own error")
+    for ax, label in ((left, "Kendall tau against the truth"), (right, "RMSE (points)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training archs")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    fig.suptitle(f"accuracy predictors, scored on {what}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}")
+
+
+if __name__ == "__main__":
+    main()
