@@ -11,7 +11,8 @@ exactly as noisy as the training ones. Predictors, all on the space's one-hot en
 - ``mlp``: the paper's and our default (3 x 400 ReLU, squared error, 300 epochs);
 - ``mlp-ensemble``: five of them from different seeds, averaged;
 - ``mlp-pairwise``: the same MLP trained on squared error plus a pairwise logistic
-  ranking loss over every pair of a batch (the ranking is what the search uses);
+  ranking loss over every pair of a batch (``fit_accuracy_predictor(ranking_weight=1)``;
+  the ranking is what the search uses);
 - ``gbt``: scikit-learn's histogram gradient-boosted trees;
 - ``ridge``: a linear model with an L2 penalty (the floor any of them must beat).
 
@@ -31,11 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
 
 from onceforall.predictors.accuracy import (
-    AccuracyPredictor,
     fit_accuracy_predictor,
     kendall_tau,
     rmse,
@@ -75,36 +73,6 @@ def read_truth(path: Path) -> tuple[list[dict], np.ndarray, float]:
 
 
 # ------------------------------------------------------------------ the predictors
-def fit_pairwise(space, x: np.ndarray, y: np.ndarray, seed: int, weight: float = 1.0):
-    """The paper's MLP, trained on squared error plus ``weight`` times the mean logistic
-    loss of every ordered pair of a batch (scaled by the label gap's sign)."""
-    torch.manual_seed(seed)
-    model = AccuracyPredictor(space, base_accuracy=float(y.mean()))
-    xt, yt = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.float32))
-    epochs, batch = 300, 256
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=generator)
-        for start in range(0, len(xt), batch):
-            idx = perm[start : start + batch]
-            out, target = model(xt[idx]), yt[idx]
-            sign = torch.sign(target[:, None] - target[None, :])
-            ranking = nn.functional.softplus(-sign * (out[:, None] - out[None, :]))
-            pairs = (sign != 0).float()
-            loss = nn.functional.mse_loss(out, target) + weight * (ranking * pairs).sum() / (
-                pairs.sum().clamp(min=1)
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-    model.eval()
-    return model.predict_features
-
-
 def fit_gbt(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -126,6 +94,12 @@ def predictors(space) -> dict[str, Fit]:
         predictor, _ = fit_accuracy_predictor(space, archs, y, val_fraction=0.0, seed=seed)
         return predictor.predict_features
 
+    def pairwise(archs, x, y, seed) -> Predict:
+        predictor, _ = fit_accuracy_predictor(
+            space, archs, y, val_fraction=0.0, seed=seed, ranking_weight=1.0
+        )
+        return predictor.predict_features
+
     def ensemble(archs, x, y, seed) -> Predict:
         members = [mlp(archs, x, y, seed * 10 + i) for i in range(5)]
         return lambda f: np.mean([m(f) for m in members], axis=0)
@@ -133,7 +107,7 @@ def predictors(space) -> dict[str, Fit]:
     return {
         "mlp": mlp,
         "mlp-ensemble": ensemble,
-        "mlp-pairwise": lambda archs, x, y, seed: fit_pairwise(space, x, y, seed),
+        "mlp-pairwise": pairwise,
         "gbt": lambda archs, x, y, seed: fit_gbt(x, y, seed),
         "ridge": lambda archs, x, y, seed: fit_ridge(x, y, seed),
     }

@@ -110,6 +110,34 @@ def test_predictor_load_refuses_garbage(tmp_path: Path) -> None:
         AccuracyPredictor.load(tmp_path / "missing.pt")
 
 
+def test_pairwise_ranking_loss_counts_each_ordered_pair_once() -> None:
+    from onceforall.predictors.accuracy import pairwise_ranking_loss
+
+    measured = torch.tensor([1.0, 2.0, 2.0, 3.0])  # one tie: 5 ordered pairs
+    right = torch.tensor([0.0, 50.0, 60.0, 100.0])  # every pair in order, wide margins
+    assert float(pairwise_ranking_loss(right, measured)) < 1e-15
+    predicted = torch.tensor([0.3, -0.2, 0.5, 0.1])
+    pairs = [(1, 0), (2, 0), (3, 0), (3, 1), (3, 2)]  # (higher, lower) measured
+    want = np.mean([math.log1p(math.exp(-(predicted[i] - predicted[j]))) for i, j in pairs])
+    assert float(pairwise_ranking_loss(predicted, measured)) == pytest.approx(want, rel=1e-6)
+    assert float(pairwise_ranking_loss(predicted, torch.ones(4))) == 0.0  # all tied
+
+
+def test_fit_with_a_ranking_loss_learns_the_ranking() -> None:
+    archs = dataset_archs(SPACE, 300, seed=1)
+    targets = _macs_accuracy(archs)
+    plain, _ = fit_accuracy_predictor(SPACE, archs, targets, epochs=150, seed=0)
+    ranked, report = fit_accuracy_predictor(
+        SPACE, archs, targets, epochs=150, seed=0, ranking_weight=1.0
+    )
+    assert report.val_kendall_tau > 0.8, report
+    assert report.val_rmse < report.val_accuracy_std, report
+    assert not np.array_equal(plain.predict(archs[:20]), ranked.predict(archs[:20]))
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match="ranking_weight must be a number >= 0"):
+            fit_accuracy_predictor(SPACE, archs, targets, epochs=1, ranking_weight=bad)
+
+
 def test_fit_needs_enough_rows() -> None:
     archs = dataset_archs(SPACE, 3, seed=0)
     with pytest.raises(ValueError, match="too few"):

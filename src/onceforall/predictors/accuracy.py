@@ -32,6 +32,7 @@ __all__ = [
     "PredictorReport",
     "fit_accuracy_predictor",
     "kendall_tau",
+    "pairwise_ranking_loss",
     "rmse",
 ]
 
@@ -235,6 +236,16 @@ class PredictorReport:
         )
 
 
+def pairwise_ranking_loss(predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+    """Mean of ``log(1 + exp(-(p_i - p_j)))`` over the pairs with ``m_i > m_j``: zero
+    when every pair is predicted in its measured order by a wide margin."""
+    sign = torch.sign(measured[:, None] - measured[None, :])
+    pairs = sign > 0
+    if not pairs.any():
+        return predicted.sum() * 0.0
+    return nn.functional.softplus(-(predicted[:, None] - predicted[None, :]))[pairs].mean()
+
+
 def fit_accuracy_predictor(
     space: Space,
     archs: Sequence[ArchInput],
@@ -246,9 +257,13 @@ def fit_accuracy_predictor(
     weight_decay: float = 1e-4,
     batch_size: int = 256,
     seed: int = 0,
+    ranking_weight: float = 0.0,
 ) -> tuple[AccuracyPredictor, PredictorReport]:
     """Train an :class:`AccuracyPredictor` on measured accuracies (percent).
 
+    The loss is the squared error (the paper's), plus ``ranking_weight`` times a pairwise
+    ranking loss: the mean logistic loss of every ordered pair of a batch, which rewards
+    ranking two archs in the order of their labels (what the search relies on).
     A ``val_fraction`` of the rows, chosen by ``seed``, is held out and used only to
     report RMSE and Kendall tau (no early stopping on it, so the figures are unbiased).
     """
@@ -257,6 +272,8 @@ def fit_accuracy_predictor(
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise ConfigError(f"val_fraction must be a number in [0, 1), not {val_fraction!r}")
     check_whole_number("epochs", epochs, 1)
+    if not (isinstance(ranking_weight, (int, float)) and ranking_weight >= 0):
+        raise ConfigError(f"ranking_weight must be a number >= 0, not {ranking_weight!r}")
     n_val = int(round(len(archs) * val_fraction))
     if len(archs) - n_val < 2 or (val_fraction > 0 and n_val < 2):
         raise ConfigError(
@@ -280,7 +297,10 @@ def fit_accuracy_predictor(
         perm = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             batch = perm[start : start + batch_size]
-            loss = nn.functional.mse_loss(predictor(x[batch]), y[batch])
+            out = predictor(x[batch])
+            loss = nn.functional.mse_loss(out, y[batch])
+            if ranking_weight:
+                loss = loss + ranking_weight * pairwise_ranking_loss(out, y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
