@@ -13,7 +13,7 @@ import torch
 from onceforall.cli import main
 from onceforall.deploy.export import load_exported
 from onceforall.latency.table import LatencyTable
-from onceforall.predictors import AccuracyPredictor, read_accuracy_dataset
+from onceforall.predictors import AccuracyPredictor, label_sampling_sd, read_accuracy_dataset
 from onceforall.search import latency_cost, parse_constraints
 from onceforall.training import load_run
 from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
@@ -93,6 +93,15 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
         )
         assert 0 <= row["measured_accuracy"] <= 100
     assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The predictor's report says how noisy its labels are; the table of winners says
+    # that the predicted top-1 (held-out training images) is not test top-1, and by how much.
+    images = rows[0]["images"]
+    assert {r["images"] for r in rows} == {images} and images > 0
+    sd = label_sampling_sd([r["accuracy"] for r in rows], images)
+    assert f"each label is top-1 on {images:,} held-out images, sampling sd {sd:.2f} pp" in printed
+    gap = float(np.mean([r["predicted_accuracy"] - r["measured_accuracy"] for r in chosen]))
+    side = "above" if gap >= 0 else "below"
+    assert f"on these 2 networks it is {abs(gap):.2f} points {side} test top-1" in printed
 
     # Exported models rebuild without the supernet and ONNX agrees with PyTorch.
     import onnxruntime

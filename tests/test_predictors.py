@@ -22,6 +22,7 @@ from onceforall.predictors import (
     dataset_archs,
     fit_accuracy_predictor,
     kendall_tau,
+    label_sampling_sd,
     read_accuracy_dataset,
     rmse,
 )
@@ -46,6 +47,16 @@ def test_kendall_tau_known_values() -> None:
 
 def test_rmse() -> None:
     assert rmse(np.array([1.0, 3.0]), np.array([1.0, 1.0])) == pytest.approx(math.sqrt(2))
+
+
+def test_label_sampling_sd_is_the_binomial_one() -> None:
+    assert label_sampling_sd([50.0, 50.0], 100) == pytest.approx(5.0)  # sqrt(.25 / 100)
+    assert label_sampling_sd([90.0], 1500) == pytest.approx(100 * math.sqrt(0.09 / 1500))
+    # averaged as variances: sqrt(mean(p (1 - p)) / n)
+    assert label_sampling_sd([90.0, 50.0], 100) == pytest.approx(100 * math.sqrt(0.17 / 100))
+    assert label_sampling_sd([100.0, 0.0], 10) == 0.0
+    with pytest.raises(ValueError, match="images"):
+        label_sampling_sd([90.0], 0)
 
 
 # ---------------------------------------------------------------------- predictor

@@ -357,4 +357,15 @@ def format_specialized(space: Any, rows: Sequence[Specialized]) -> str:
             pct(r.random_mean_accuracy),
         ]
         lines.append(tuple(line))
-    return format_table(tuple(headers), lines)
+    text = format_table(tuple(headers), lines)
+    gaps = [
+        r.predicted_accuracy - r.measured_accuracy for r in rows if r.measured_accuracy is not None
+    ]
+    if gaps:
+        gap = float(np.mean(gaps))
+        text += (
+            "\npred. top-1 estimates top-1 on held-out training images (the predictor's "
+            f"labels), not on the test split: on these {len(gaps)} networks it is "
+            f"{abs(gap):.2f} points {'above' if gap >= 0 else 'below'} test top-1 on average"
+        )
+    return text

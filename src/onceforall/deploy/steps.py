@@ -17,6 +17,7 @@ own predictor is refused once the supernet changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ..predictors import (
     PredictorReport,
     accuracy_dataset_for_run,
     fit_accuracy_predictor,
+    label_sampling_sd,
 )
 from ..predictors.base import ArchPredictor
 from ..search import evolutionary_search, random_search
@@ -140,6 +142,10 @@ def predictor_step(
             seed=seed,
         )
         predictor.supernet_sha256 = digest
+        images = {r.get("images", (r.get("measured_with") or {}).get("eval_images")) for r in rows}
+        if len(images) == 1 and isinstance(n := next(iter(images)), int) and n > 0:
+            sd = label_sampling_sd([r["accuracy"] for r in rows], n)
+            report = dataclasses.replace(report, label_images=n, label_sd=sd)
         return PredictorResult(predictor, predictor.save(path), report)
 
 

@@ -6,6 +6,7 @@ from .accuracy import (
     PredictorReport,
     fit_accuracy_predictor,
     kendall_tau,
+    label_sampling_sd,
     rmse,
 )
 from .base import ArchPredictor
@@ -26,6 +27,7 @@ __all__ = [
     "dataset_archs",
     "fit_accuracy_predictor",
     "kendall_tau",
+    "label_sampling_sd",
     "read_accuracy_dataset",
     "rmse",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "PredictorReport",
     "fit_accuracy_predictor",
     "kendall_tau",
+    "label_sampling_sd",
     "pairwise_ranking_loss",
     "rmse",
 ]
@@ -227,13 +228,31 @@ class PredictorReport:
     val_rmse: float
     val_kendall_tau: float
     val_accuracy_std: float  # spread of the measured accuracies, for scale
+    label_images: int | None = None  # images each label was measured on, when known
+    label_sd: float | None = None  # sampling sd of one label (label_sampling_sd)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"held-out RMSE {self.val_rmse:.2f} pp, Kendall tau {self.val_kendall_tau:.3f} "
             f"({self.n_val} archs; their accuracies spread {self.val_accuracy_std:.2f} pp); "
             f"training RMSE {self.train_rmse:.2f} pp ({self.n_train} archs)"
         )
+        if self.label_images and self.label_sd is not None:
+            text += (
+                f"; each label is top-1 on {self.label_images:,} held-out images, sampling "
+                f"sd {self.label_sd:.2f} pp (BN calibration adds more): RMSE and tau are "
+                "measured against labels this noisy"
+            )
+        return text
+
+
+def label_sampling_sd(accuracies: Sequence[float], images: int) -> float:
+    """The sampling standard deviation (points) of one label: top-1 on ``images`` images
+    is a binomial proportion, ``sqrt(p (1 - p) / n)``, averaged over the labels. The BN
+    calibration sample adds noise of its own (``bench/label_noise.py`` measures both)."""
+    check_whole_number("images", images, 1)
+    p = np.clip(np.asarray(accuracies, float) / 100, 0.0, 1.0)
+    return float(100 * np.sqrt(np.mean(p * (1 - p)) / images))
 
 
 def pairwise_ranking_loss(predicted: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:

@@ -208,6 +208,7 @@ def build_accuracy_dataset(
                 "arch": arch.to_dict(),
                 "resolution": arch.r,
                 "accuracy": round(accuracy, 4),
+                "images": len(evaluator.test_set),  # what the label's precision depends on
                 "macs": supernet.macs(arch),
                 "params": supernet.params(arch),
             }
