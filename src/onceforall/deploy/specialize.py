@@ -11,9 +11,10 @@ same target.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -196,6 +197,16 @@ def _tighter_latency_limit(target: Constraint, searched: Constraint, ratio: floa
     return max(min(searched.limit, target.limit / ratio * 0.99), min(fastest, searched.limit))
 
 
+def _confirmed_ms(measure: Callable[[], float], limits: Sequence[float]) -> float:
+    """A winner's latency: measured once and, when that exceeds a limit, measured again,
+    keeping the lower. Other work on the machine only ever makes a timing slower, so one
+    slow measurement alone must not tighten the limit (and shrink the winner)."""
+    first = measure()
+    if all(first <= limit for limit in limits):
+        return first
+    return min(first, measure())
+
+
 def _search_and_measure(
     supernet: Supernet,
     space: Space,
@@ -245,7 +256,10 @@ def _search_and_measure(
         if not latency_table.measurable_here:  # another device's table: predicted only
             return row
         row.latency_backend = getattr(latency_table, "backend", None)
-        row.measured_latency_ms = latency_table.measure_ms(supernet.extract(arch), arch.r, repeats)
+        measure = functools.partial(
+            latency_table.measure_ms, supernet.extract(arch), arch.r, repeats
+        )
+        row.measured_latency_ms = _confirmed_ms(measure, [c.limit for c in latency_limits])
         row.meets_target = all(row.measured_latency_ms <= c.limit for c in latency_limits)
         if row.meets_target:
             return row
@@ -283,7 +297,8 @@ def specialize(
     ``targets`` are strings of constraints joined by commas (``"latency_ms<=5,macs<=20M"``).
     With ``evaluator`` the chosen sub-network's top-1 is measured (and that of
     ``random_baseline`` random sub-networks meeting the same target); with
-    ``latency_table`` its latency is measured on this device the way the table was, and
+    ``latency_table`` its latency is measured on this device the way the table was (a
+    second time when the first exceeds a limit, the lower kept), and
     when the measurement exceeds a latency limit the table under-predicted: the limit is
     tightened by the measured/predicted ratio and the search repeated (at most
     ``max_rounds`` searches), so what is returned was *measured* within its target
