@@ -6,12 +6,13 @@ distillation from the run's largest sub-network) for each ``--finetune`` setting
 after training the same architecture from random weights, alone, for each
 ``--scratch`` setting (by default as many epochs as the whole supernet run took in
 sub-network passes: the paper's claim is that OFA's sub-networks match or beat networks
-trained alone). Every result is appended to ``--results`` (JSON lines) as soon as it is
-measured, and every training resumes from its checkpoints, so a killed benchmark goes on
-where it stopped when started again.
+trained alone); ``--no-finetune`` and ``--no-scratch`` leave one kind out. Every result
+is appended to ``--results`` (JSON lines) as soon as it is measured, and every training
+resumes from its checkpoints, so a killed benchmark goes on where it stopped when started
+again.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/finetune_recipe.py --run runs/demo \\
-        --finetune 1:0.005 3:0.005 --results bench/results/finetune_demo.jsonl
+        --finetune 1:0.005 3:0.005 --no-scratch --results bench/results/finetune_demo.jsonl
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True)
     parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--finetune", nargs="*", default=["1:0.005", "3:0.005"], help="EPOCHS:LR")
+    parser.add_argument("--finetune", nargs="+", default=["1:0.005", "3:0.005"], help="EPOCHS:LR")
+    parser.add_argument("--no-finetune", action="store_true", help="train from scratch only")
     parser.add_argument(
-        "--scratch", nargs="*", help="EPOCHS:LR (default: the supernet's passes at its first lr)"
+        "--scratch", nargs="+", help="EPOCHS:LR (default: the supernet's passes at its first lr)"
     )
+    parser.add_argument("--no-scratch", action="store_true", help="fine-tune only")
     parser.add_argument("--targets", nargs="*", help="only these targets (default: all)")
     parser.add_argument("--results", required=True, help="JSON lines, appended to")
     args = parser.parse_args()
@@ -56,7 +59,8 @@ def main() -> None:
     config, supernet = load_run(args.run)
     chosen = json.loads(layout.specialized.read_text())
     passes = f"{supernet_passes(config):g}:{config.stages[0].lr}"
-    scratch = [passes] if args.scratch is None else args.scratch
+    scratch = [] if args.no_scratch else args.scratch or [passes]
+    finetunes = [] if args.no_finetune else args.finetune
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -74,7 +78,7 @@ def main() -> None:
         teacher = recalibrate_bn(
             supernet, supernet.space.largest(), calibration, evaluator.calibration_images
         )
-        plans = [("finetune", t) for t in args.finetune] + [("scratch", t) for t in scratch]
+        plans = [("finetune", t) for t in finetunes] + [("scratch", t) for t in scratch]
         for kind, text in plans:
             recipe = settings(text, 0.0 if kind == "finetune" else config.stages[0].warmup_epochs)
             key = (row["target"], kind, recipe.epochs, recipe.lr)
