@@ -124,26 +124,27 @@ def proxyless() -> onceforall.Supernet:
     return randomize(onceforall.create_supernet("ofa_proxyless_w1.3", num_classes=10), seed=3)
 
 
+# One epoch of the full network on 320 Fashion-MNIST images (10 steps of 32).
+TINY_TRAINING = {
+    "resolutions": [24, 28],
+    "eval_resolutions": [24],
+    "batch_size": 32,
+    "holdout_size": 160,
+    "train_subset": 320,
+    "test_subset": 64,
+    "num_workers": 0,
+    "num_random_val_archs": 0,
+    "bn_recal_images": 64,
+    "stages": [{"name": "full", "epochs": 1, "lr": 0.05, "distill": False}],
+}
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A supernet after a few real training steps on Fashion-MNIST (shared by the whole
     session: copy it before writing into it)."""
     run = tmp_path_factory.mktemp("trained") / "run"
-    config = TrainConfig.from_dict(
-        {
-            "resolutions": [24, 28],
-            "eval_resolutions": [24],
-            "batch_size": 32,
-            "holdout_size": 160,
-            "train_subset": 320,
-            "test_subset": 64,
-            "num_workers": 0,
-            "num_random_val_archs": 0,
-            "bn_recal_images": 64,
-            "stages": [{"name": "full", "epochs": 1, "lr": 0.05, "distill": False}],
-        }
-    )
-    train(config, "fashion-mnist", run, progress=False)
+    train(TrainConfig.from_dict(TINY_TRAINING), "fashion-mnist", run, progress=False)
     return run
 
 

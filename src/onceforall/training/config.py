@@ -84,7 +84,8 @@ class SpecializeConfig:
     acc_dataset_archs: int = 1000
     acc_eval_images: int | None = None  # held-out images per arch (default: all left)
     # What runs each sub-network for the accuracy dataset: torch (eager) or onnxruntime
-    # (CPU; the same labels to float rounding, about twice as fast per arch).
+    # (CPU; the same labels to float rounding, about twice as fast per arch; ofa run on a
+    # GPU uses torch there).
     acc_eval_runtime: str = "torch"
     predictor_epochs: int = 300
     latency_backend: str = "torch"
