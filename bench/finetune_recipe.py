@@ -9,7 +9,9 @@ sub-network passes: the paper's claim is that OFA's sub-networks match or beat n
 trained alone); ``--no-finetune`` and ``--no-scratch`` leave one kind out. Every result
 is appended to ``--results`` (JSON lines) as soon as it is measured, and every training
 resumes from its checkpoints, so a killed benchmark goes on where it stopped when started
-again.
+again. Where the run's folder is gone (another machine, say), ``--config`` with
+``--archs-from`` trains from scratch the architectures an earlier results file holds,
+under that config (scratch training needs no supernet weights).
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/finetune_recipe.py --run runs/demo \\
         --finetune 1:0.005 3:0.005 --no-scratch --results bench/results/finetune_demo.jsonl
@@ -23,11 +25,14 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from onceforall.deploy.run_inputs import evaluator_for_run
 from onceforall.evaluation import recalibrate_bn
 from onceforall.storage.run_layout import RunLayout
-from onceforall.training import load_run
+from onceforall.training import load_config, load_run
 from onceforall.training.finetune import FinetuneSettings, finetune
+from onceforall.training.run_dir import build_supernet
 
 
 def supernet_passes(config) -> float:
@@ -41,9 +46,37 @@ def settings(text: str, warmup: float) -> FinetuneSettings:
     return FinetuneSettings(epochs=epochs, lr=lr, warmup_epochs=min(warmup, epochs / 2))
 
 
+def earlier_archs(results: Path) -> list[dict]:
+    """One row per target of an earlier results file: its target, arch and the extracted
+    network's top-1, as ``RUN/specialized.json`` gives them."""
+    rows = {}
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        rows.setdefault(
+            row["target"],
+            {
+                "target": row["target"],
+                "arch": row["arch"],
+                "measured_accuracy": row["top1_bn_recalibrated"],
+            },
+        )
+    return list(rows.values())
+
+
+def outcome_device(device: str | None) -> str:
+    """What trained: the GPU's name, or ``cpu``."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(torch.device(device or "cuda"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", help="the run whose chosen sub-networks to train")
+    where.add_argument("--config", help="a preset or YAML: scratch only, with --archs-from")
+    parser.add_argument("--archs-from", help="with --config: results JSON lines to take archs from")
+    parser.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--finetune", nargs="+", default=["1:0.005", "3:0.005"], help="EPOCHS:LR")
     parser.add_argument("--no-finetune", action="store_true", help="train from scratch only")
@@ -55,9 +88,15 @@ def main() -> None:
     parser.add_argument("--results", required=True, help="JSON lines, appended to")
     args = parser.parse_args()
 
-    layout = RunLayout(args.run)
-    config, supernet = load_run(args.run)
-    chosen = json.loads(layout.specialized.read_text())
+    if args.run:
+        config, supernet = load_run(args.run)
+        chosen = json.loads(RunLayout(args.run).specialized.read_text())
+    else:
+        if not (args.archs_from and args.no_finetune):
+            parser.error("--config trains from scratch only: give --archs-from and --no-finetune")
+        config = load_config(args.config)
+        supernet = build_supernet(config, len(config.open_splits(args.data).classes))
+        chosen = earlier_archs(Path(args.archs_from))
     passes = f"{supernet_passes(config):g}:{config.stages[0].lr}"
     scratch = [] if args.no_scratch else args.scratch or [passes]
     finetunes = [] if args.no_finetune else args.finetune
@@ -73,11 +112,12 @@ def main() -> None:
         if args.targets and row["target"] not in args.targets:
             continue
         arch = supernet.parse_arch(row["arch"])
-        calibration = evaluator.batches("calibration", arch.r)
-        start = recalibrate_bn(supernet, arch, calibration, evaluator.calibration_images)
-        teacher = recalibrate_bn(
-            supernet, supernet.space.largest(), calibration, evaluator.calibration_images
-        )
+        if args.run:  # a trained supernet: its network and teacher, BN recalibrated
+            calibration = evaluator.batches("calibration", arch.r)
+            start = recalibrate_bn(supernet, arch, calibration, evaluator.calibration_images)
+            teacher = recalibrate_bn(
+                supernet, supernet.space.largest(), calibration, evaluator.calibration_images
+            )
         plans = [("finetune", t) for t in finetunes] + [("scratch", t) for t in scratch]
         for kind, text in plans:
             recipe = settings(text, 0.0 if kind == "finetune" else config.stages[0].warmup_epochs)
@@ -92,7 +132,14 @@ def main() -> None:
             folder = work / name.replace("<=", "_")
             started = time.perf_counter()
             outcome = finetune(
-                network.train(), config, args.data, folder, recipe, teacher=distil, resume=True
+                network.train(),
+                config,
+                args.data,
+                folder,
+                recipe,
+                teacher=distil,
+                resume=True,
+                device=args.device,
             )
             record = {
                 "target": row["target"],
@@ -105,6 +152,7 @@ def main() -> None:
                 "top1_after": outcome.top1_after,
                 "steps": outcome.steps,
                 "seconds": time.perf_counter() - started,
+                "device": outcome_device(args.device),
             }
             with results.open("a") as f:
                 f.write(json.dumps(record) + "\n")
