@@ -90,6 +90,21 @@ def test_wider_supernet_extracts_exactly(mbv3_w12, arch: Arch) -> None:
         torch.testing.assert_close(mbv3_w12.extract(arch).eval()(x), mbv3_w12(x), rtol=0, atol=1e-5)
 
 
+@examples(5)
+@given(data=st.data())
+def test_extracted_net_has_the_supernets_type(family, data) -> None:
+    # ... and its device (tests/test_cuda.py, on a GPU): a float64 supernet gives a
+    # float64 network that computes what it computes, not a float32 copy.
+    arch = data.draw(archs(family.space))
+    supernet = copy.deepcopy(family).double().eval()
+    supernet.set_active(arch)
+    x = _input(arch).double()
+    subnet = supernet.extract(arch).eval()
+    assert {p.dtype for p in subnet.parameters()} == {torch.float64}
+    with torch.no_grad():
+        torch.testing.assert_close(subnet(x), supernet(x), rtol=0, atol=1e-12)
+
+
 @examples(8)
 @given(data=st.data(), seed=st.integers(0, 2**16))
 def test_gradients_of_active_weights_match_in_train_mode(family, data, seed: int) -> None:

@@ -75,9 +75,11 @@ class Supernet(nn.Module, ABC):
         """An ordinary network holding copies of the active weights of ``arch`` (the
         active arch if omitted). In eval mode it computes what the supernet computes.
         With ``features_only``, the network up to its last feature map, returning the
-        maps at the strides ``out_indices`` name (:class:`~.features.FeatureNet`)."""
+        maps at the strides ``out_indices`` name (:class:`~.features.FeatureNet`). It
+        lies on the supernet's device, in its floating-point type."""
         arch = self.active_arch if arch is None else self.parse_arch(arch)
-        subnet = self.build_subnet(arch)
+        weight = next(self.parameters())
+        subnet = self.build_subnet(arch).to(device=weight.device, dtype=weight.dtype)
         with torch.no_grad():
             computed = self._computed_weights(arch)
         copy_leading_slices(subnet, self.state_dict(keep_vars=True), computed)
