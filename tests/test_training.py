@@ -19,7 +19,7 @@ import torch
 from onceforall.storage.checkpoint import list_checkpoints, load_latest_checkpoint
 from onceforall.training import TrainConfig, Trainer, TrainingDiverged, train
 from onceforall.training.metrics import TimedIterator, tensorboard_scalars
-from tests.conftest import RESNET_TINY_STAGES, needs_fashion_mnist
+from tests.conftest import RESNET_TINY_STAGES, TINY_TRAINING, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -390,3 +390,21 @@ def test_resnet_trains_through_its_own_stages(tmp_path) -> None:
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
     key = "classifier.weight"  # not permuted by the channel sort: changed by training
     assert not torch.equal(teacher[key], weights[key])
+
+
+def test_no_weight_decay_on_biases_and_batch_norm() -> None:
+    # Training and fine-tuning share this optimiser; the paper's recipe decays only the
+    # convolution and linear weights.
+    import onceforall
+    from onceforall.training.loading import sgd
+
+    supernet = onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10)
+    net = supernet.extract(supernet.space.smallest())
+    config = TrainConfig.from_dict({**TINY_TRAINING, "weight_decay": 3e-5})
+    optimizer = sgd(net.parameters(), config, lr=0.1, state=None)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(decay_of) == len(list(net.parameters()))
+    for name, module in net.named_modules():
+        for kind, param in module.named_parameters(recurse=False):
+            is_weight = kind == "weight" and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+            assert decay_of[id(param)] == (3e-5 if is_weight else 0.0), f"{name}.{kind}"
