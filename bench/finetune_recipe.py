@@ -9,9 +9,10 @@ sub-network passes: the paper's claim is that OFA's sub-networks match or beat n
 trained alone); ``--no-finetune`` and ``--no-scratch`` leave one kind out. Every result
 is appended to ``--results`` (JSON lines) as soon as it is measured, and every training
 resumes from its checkpoints, so a killed benchmark goes on where it stopped when started
-again. Where the run's folder is gone (another machine, say), ``--config`` with
-``--archs-from`` trains from scratch the architectures an earlier results file holds,
-under that config (scratch training needs no supernet weights).
+again. ``--archs-from`` takes the architectures of an earlier results file instead of
+the run's winners (a run trained again, say); where the run's folder is gone,
+``--config`` with ``--archs-from`` trains them from scratch under that config (scratch
+training needs no supernet weights).
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/finetune_recipe.py --run runs/demo \\
         --finetune 1:0.005 3:0.005 --no-scratch --results bench/results/finetune_demo.jsonl
@@ -46,11 +47,11 @@ def settings(text: str, warmup: float) -> FinetuneSettings:
     return FinetuneSettings(epochs=epochs, lr=lr, warmup_epochs=min(warmup, epochs / 2))
 
 
-def earlier_archs(results: Path) -> list[dict]:
+def earlier_archs(results: str) -> list[dict]:
     """One row per target of an earlier results file: its target, arch and the extracted
     network's top-1, as ``RUN/specialized.json`` gives them."""
     rows = {}
-    for line in results.read_text().splitlines():
+    for line in Path(results).read_text().splitlines():
         row = json.loads(line)
         rows.setdefault(
             row["target"],
@@ -75,7 +76,9 @@ def main() -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--run", help="the run whose chosen sub-networks to train")
     where.add_argument("--config", help="a preset or YAML: scratch only, with --archs-from")
-    parser.add_argument("--archs-from", help="with --config: results JSON lines to take archs from")
+    parser.add_argument(
+        "--archs-from", help="results JSON lines to take the archs from (not RUN's winners)"
+    )
     parser.add_argument("--device", help="cpu, cuda (default: cuda when available)")
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--finetune", nargs="+", default=["1:0.005", "3:0.005"], help="EPOCHS:LR")
@@ -90,13 +93,16 @@ def main() -> None:
 
     if args.run:
         config, supernet = load_run(args.run)
-        chosen = json.loads(RunLayout(args.run).specialized.read_text())
+        if args.archs_from:  # another run's winners, measured afresh on this one
+            chosen = [{**row, "measured_accuracy": None} for row in earlier_archs(args.archs_from)]
+        else:
+            chosen = json.loads(RunLayout(args.run).specialized.read_text())
     else:
         if not (args.archs_from and args.no_finetune):
             parser.error("--config trains from scratch only: give --archs-from and --no-finetune")
         config = load_config(args.config)
         supernet = build_supernet(config, len(config.open_splits(args.data).classes))
-        chosen = earlier_archs(Path(args.archs_from))
+        chosen = earlier_archs(args.archs_from)
     passes = f"{supernet_passes(config):g}:{config.stages[0].lr}"
     scratch = [] if args.no_scratch else args.scratch or [passes]
     finetunes = [] if args.no_finetune else args.finetune

@@ -118,6 +118,7 @@ def test_an_export_holds_openvinos_model_checked_and_measured(run, tmp_path) -> 
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
 
 
+@pytest.mark.slow  # in CI: make test-slow (docs/benchmarks.md, "The test suite")
 def test_an_export_holds_openvinos_int8_model_checked_and_measured(run, tmp_path) -> None:
     pytest.importorskip("nncf")
     out = tmp_path / "export"
@@ -208,6 +209,7 @@ def test_an_export_holds_litert_models_checked_and_measured(run, tmp_path) -> No
     assert (got.argmax(1) == want.argmax(1)).mean() == pytest.approx(record["agreement_top1"])
 
 
+@pytest.mark.slow  # in CI: make test-slow (docs/benchmarks.md, "The test suite")
 def test_networks_time_on_every_installed_backend(run) -> None:
     """The same network on each runtime: one timing each, through one interface."""
     from onceforall.latency.backends import BACKENDS

@@ -251,6 +251,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path) 
     assert str(tmp_path / "checkpoints") in str(info.value)
 
 
+@pytest.mark.slow  # in CI: make test-slow (docs/benchmarks.md, "The test suite")
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on linux")
 def test_two_workers_stay_identical(tmp_path) -> None:
     config = tmp_path / "tiny.json"
@@ -367,6 +368,7 @@ def test_every_preset_opens_choices_its_supernet_has(preset) -> None:
         assert space.parse(opened.sample(0)) == opened.sample(0)
 
 
+@pytest.mark.slow  # in CI: make test-slow (docs/benchmarks.md, "The test suite")
 def test_resnet_trains_through_its_own_stages(tmp_path) -> None:
     """Real steps of OFA-ResNet50 on Fashion-MNIST: the full network, then depth, expand
     ratio (after the channel sort) and width opened together; the sub-networks each step
