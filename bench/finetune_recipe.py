@@ -32,6 +32,7 @@ from onceforall.deploy.run_inputs import evaluator_for_run
 from onceforall.evaluation import recalibrate_bn
 from onceforall.storage.run_layout import RunLayout
 from onceforall.training import load_config, load_run
+from onceforall.training.distributed import parse_device
 from onceforall.training.finetune import FinetuneSettings, finetune
 from onceforall.training.run_dir import build_supernet
 
@@ -62,13 +63,6 @@ def earlier_archs(results: str) -> list[dict]:
             },
         )
     return list(rows.values())
-
-
-def outcome_device(device: str | None) -> str:
-    """What trained: the GPU's name, or ``cpu``."""
-    if device == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return torch.cuda.get_device_name(torch.device(device or "cuda"))
 
 
 def main() -> None:
@@ -112,7 +106,9 @@ def main() -> None:
     if results.exists():
         rows = [json.loads(line) for line in results.read_text().splitlines()]
         done = {(r["target"], r["kind"], r["epochs"], r["lr"]) for r in rows}
-    evaluator = evaluator_for_run(config, args.data)
+    evaluator = evaluator_for_run(config, args.data) if args.run else None
+    device = parse_device(args.device)
+    trained_on = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     work = results.parent / (results.stem + "_work")
     for row in chosen:
         if args.targets and row["target"] not in args.targets:
@@ -158,7 +154,7 @@ def main() -> None:
                 "top1_after": outcome.top1_after,
                 "steps": outcome.steps,
                 "seconds": time.perf_counter() - started,
-                "device": outcome_device(args.device),
+                "device": trained_on,
             }
             with results.open("a") as f:
                 f.write(json.dumps(record) + "\n")

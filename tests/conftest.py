@@ -3,6 +3,7 @@ architectures of a space."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -146,6 +147,11 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("trained") / "run"
     train(TrainConfig.from_dict(TINY_TRAINING), "fashion-mnist", run, progress=False)
     return run
+
+
+def metric_records(folder: Path) -> list[dict]:
+    """The records of ``folder/metrics.jsonl`` (a run's or a fine-tuning's)."""
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 def copy_run(run: Path, where: Path) -> Path:

@@ -26,6 +26,7 @@ from tests.conftest import (
     TINY_TRAINING,
     archs,
     estimate_bn_statistics,
+    metric_records,
     needs_fashion_mnist,
     randomize,
 )
@@ -81,10 +82,8 @@ def test_cuda_computes_what_the_cpu_computes(supernet, data) -> None:
         torch.testing.assert_close(on_gpu(x.to(CUDA)).cpu(), on_cpu(x), rtol=1e-3, atol=1e-3)
 
 
-def _epoch_losses(run) -> list[float]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    return [r["train_loss"] for r in records if r.get("type") == "epoch"]
+def _epoch_losses(folder) -> list[float]:
+    return [r["train_loss"] for r in metric_records(folder) if r.get("type") == "epoch"]
 
 
 @needs_fashion_mnist
@@ -95,7 +94,7 @@ def test_a_run_trained_on_cuda_loads_and_evaluates_on_the_cpu(tmp_path, amp_dtyp
     train(config, "fashion-mnist", run, device="cuda", progress=False)
     losses = _epoch_losses(run)
     assert losses and all(math.isfinite(v) for v in losses)
-    config, supernet = load_run(run)  # onto the CPU, whatever device wrote it
+    _, supernet = load_run(run)  # onto the CPU, whatever device wrote it
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in supernet.parameters())
     arch = supernet.space.largest()
     x = torch.randn(4, 3, 24, 24)

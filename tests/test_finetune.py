@@ -21,7 +21,7 @@ from onceforall.deploy.finetune_step import finetune_work_dir
 from onceforall.storage.checkpoint import list_checkpoints
 from onceforall.storage.run_layout import RunLayout
 from onceforall.training import load_run
-from tests.conftest import copy_run, needs_fashion_mnist
+from tests.conftest import copy_run, metric_records, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -67,10 +67,6 @@ def _weights(export: Path) -> dict[str, torch.Tensor]:
     return load_exported(export).state_dict()
 
 
-def _records(work: Path) -> list[dict]:
-    return [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
 def tuned(trained_run, tmp_path_factory) -> tuple[Path, Path]:
     """A run (checkpoints every 3 steps) and the export of one uninterrupted fine-tuning."""
@@ -100,7 +96,7 @@ def test_finetune_exports_the_network_and_records_what_it_did(tuned, tmp_path) -
     changed = [k for k in tuned_weights if not torch.equal(extracted[k], tuned_weights[k])]
     assert any("conv.weight" in k for k in changed)
     # Its metrics log: the start, the epoch (workers' digests included), the end.
-    records = _records(finetune_work_dir(RunLayout(run), out))
+    records = metric_records(finetune_work_dir(RunLayout(run), out))
     kinds = [r["type"] for r in records]
     assert kinds[:2] == ["stage_start", "finetune"] and kinds[-1] == "done"
     assert kinds.count("epoch") == 1
@@ -177,7 +173,9 @@ def test_two_workers_stay_identical(trained_run, tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    epochs = [r for r in _records(finetune_work_dir(RunLayout(run), out)) if r["type"] == "epoch"]
+    epochs = [
+        r for r in metric_records(finetune_work_dir(RunLayout(run), out)) if r["type"] == "epoch"
+    ]
     assert len(epochs) == 2
     for record in epochs:
         params = record["consistency"]["params"]

@@ -19,7 +19,7 @@ import torch
 from onceforall.storage.checkpoint import list_checkpoints, load_latest_checkpoint
 from onceforall.training import TrainConfig, Trainer, TrainingDiverged, train
 from onceforall.training.metrics import TimedIterator, tensorboard_scalars
-from tests.conftest import RESNET_TINY_STAGES, TINY_TRAINING, needs_fashion_mnist
+from tests.conftest import RESNET_TINY_STAGES, TINY_TRAINING, metric_records, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
 
@@ -52,10 +52,6 @@ TINY = {
 }
 
 
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     found = load_latest_checkpoint(run / "supernet")
     assert found is not None
@@ -68,7 +64,7 @@ def test_all_stages_run_and_leave_their_artefacts(tmp_path) -> None:
     for validation in results.values():
         assert set(validation) == {"smallest@32", "largest@32", "random0@32"}
         assert all(0 <= v <= 100 for v in validation.values())
-    records = _records(tmp_path)
+    records = metric_records(tmp_path)
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [r["stage"] for r in epochs] == ["full", "kernel", "expand"]
     assert all(r["images_per_s"] > 0 and r["train_loss"] > 0 for r in epochs)
@@ -117,7 +113,7 @@ def test_tensorboard_holds_every_scalar_of_the_metrics_log(tmp_path) -> None:
     trainer = Trainer(config, "fashion-mnist", tmp_path, progress=False)
     trainer.run()
     assert _tensorboard_writers() <= writers, "a TensorBoard writer is still open"
-    records, scalars = _records(tmp_path), _tensorboard(tmp_path)
+    records, scalars = metric_records(tmp_path), _tensorboard(tmp_path)
     (step20,) = [r for r in records if r["type"] == "train"]
     assert step20["global_step"] == 20
     assert scalars["train/loss"] == {20: _float32(step20["loss"])}
@@ -148,7 +144,7 @@ def test_tensorboard_files_are_complete_when_training_stops_with_an_error(tmp_pa
     with pytest.raises(TrainingDiverged):
         trainer.run()
     assert _tensorboard_writers() <= writers, "a TensorBoard writer is still open"
-    (start,) = [r for r in _records(tmp_path) if r["type"] == "stage_start"]
+    (start,) = [r for r in metric_records(tmp_path) if r["type"] == "stage_start"]
     assert _tensorboard(tmp_path)["stage_start/total_steps"] == {0: start["total_steps"]}
 
 
@@ -222,7 +218,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path) -> None:
 
     done = subprocess.run(_cli(run, config, "--resume"), env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    resume = [r for r in _records(run) if r["type"] == "resume"]
+    resume = [r for r in metric_records(run) if r["type"] == "resume"]
     assert len(resume) == 1 and resume[0]["global_step"] == killed_at["global_step"]
     # The resumed run ends with exactly the weights of the run that was never killed.
     expected, got = _final_weights(reference), _final_weights(run)
@@ -263,7 +259,7 @@ def test_two_workers_stay_identical(tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    epochs = [r for r in _records(run) if r["type"] == "epoch"]
+    epochs = [r for r in metric_records(run) if r["type"] == "epoch"]
     assert len(epochs) == 2
     for record in epochs:
         # each worker's digest of its weights and of the archs it sampled, gathered
@@ -307,7 +303,7 @@ def test_a_later_stage_alone_trains_on_from_the_earlier_stages(tmp_path) -> None
     after_kernel = _final_weights(tmp_path)
     params = [k for k in after_full if "running" not in k and "num_batches" not in k]
     assert params and all(torch.equal(after_full[k], after_kernel[k]) for k in params)
-    assert any(r["type"] == "continue" for r in _records(tmp_path))
+    assert any(r["type"] == "continue" for r in metric_records(tmp_path))
 
     fresh = tmp_path / "fresh"
     with pytest.raises(FileNotFoundError, match="run the earlier stages first"):
@@ -385,7 +381,7 @@ def test_resnet_trains_through_its_own_stages(tmp_path) -> None:
     )
     results = train(config, "fashion-mnist", tmp_path, progress=False)
     assert list(results) == ["full", "elastic"]
-    steps = [r for r in _records(tmp_path) if r["type"] == "epoch"]
+    steps = [r for r in metric_records(tmp_path) if r["type"] == "epoch"]
     assert [r["stage"] for r in steps] == ["full", "elastic"]
     teacher = load_latest_checkpoint(tmp_path / "teacher")[1]["model"]
     weights = _final_weights(tmp_path)
