@@ -41,8 +41,8 @@ from ..arch.base import describe_resolutions
 from ..errors import check_whole_number
 from ..models.mbconv import OFAMBConvNet
 from ..storage.atomic import write_text_atomic
-from ..storage.reading import loads_json, read_text
 from . import parts as lp
+from . import table_file
 from .backends import get_backend
 from .base import LatencyTableError, MissingResolutionError
 from .calibration import fit_calibration
@@ -57,17 +57,6 @@ from .measure import (
 
 __all__ = ["LatencyTable", "LatencyTableError"]
 
-FORMAT = "onceforall-latency-table"
-VERSION = 2
-# Version 1 tables were written before the MBConv config gained the fields of
-# OFA-ProxylessNAS; such a table was built for OFA-MobileNetV3, whose values these are.
-_V1_FINGERPRINT_DEFAULTS = {
-    "stem_act": "h_swish",
-    "first_block_act": "relu",
-    "first_block_shortcut": True,
-    "final_act": "h_swish",
-}
-_V1_STAGE_DEFAULTS = {"max_depth": 4}
 STATISTICS = {"median": statistics.median, "min": min}  # of the timed rounds
 
 
@@ -355,83 +344,21 @@ class LatencyTable:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
-        """Write the table as JSON: raw entries, calibration, what it was timed on."""
-        space, ks = self.space, self.space.kernel_sizes
-        data = {"format": FORMAT, "version": VERSION}
-        data.update({name: getattr(self, name) for name in _SAVED_FIELDS})
-        if np.isnan(self.calibration_error):
-            data["calibration_error"] = None  # strict JSON has no NaN
-        if self.bundle_sha256:
-            data["bundle_sha256"] = self.bundle_sha256
-        data["calibration"] = [{"arch": a.to_dict(), "ms": ms} for a, ms in self.calibration]
-        data["entries"] = {key: list(value) for key, value in self.entries.items()}
-        data["index"] = {  # resolution -> [slot][k][e] -> entry key
-            str(r): [
-                [[self.index[(r, s, k, e)] for e in space.expand_ratios] for k in ks]
-                for s in range(space.num_slots)
-            ]
-            for r in self.resolutions
-        }
-        return write_text_atomic(path, json.dumps(data, indent=1))
+        """Write the table as JSON (:mod:`.table_file`): raw entries, calibration, what it
+        was timed on."""
+        return write_text_atomic(path, json.dumps(table_file.to_record(self), indent=1))
 
     @classmethod
     def load(cls, path: str | Path, supernet: OFAMBConvNet | None = None) -> LatencyTable:
-        """Read a table written by :meth:`save`; with ``supernet``, refuse one built for
-        a supernet of other shapes (:class:`LatencyTableError`)."""
+        """Read a table written by :meth:`save` (or by a version that wrote format 1);
+        with ``supernet``, refuse one built for a supernet of other shapes
+        (:class:`LatencyTableError`)."""
+        record = table_file.read_record(path)
         try:
-            data = loads_json(read_text(path, "latency table"))
-        except json.JSONDecodeError as exc:
-            raise LatencyTableError(f"{path} is not a latency table: not JSON ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise LatencyTableError(f"{path} is not a onceforall latency table")
-        if data.get("version") not in (1, VERSION):
-            raise LatencyTableError(
-                f"{path} is a version {data.get('version')} latency table; "
-                f"this onceforall reads versions 1 and {VERSION}"
-            )
-        try:
-            table = cls._from_data(data if data["version"] == VERSION else _upgrade_from_v1(data))
+            table = cls(**table_file.fields_of(record))
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             problem = f"{type(exc).__name__}: {exc}"
             raise LatencyTableError(f"{path} is a damaged latency table ({problem})") from None
         if supernet is not None:
             table.check_compatible(supernet, f"latency table {path}")
         return table
-
-    @classmethod
-    def _from_data(cls, data: dict[str, Any]) -> LatencyTable:
-        """The table a version-2 record holds (an error of the record's shape raises
-        whatever the Python that reads it raises)."""
-        fp = data["fingerprint"]
-        table = cls(**{name: data[name] for name in _SAVED_FIELDS})
-        table.bundle_sha256 = data.get("bundle_sha256")  # absent before bundles
-        table.resolutions = tuple(table.resolutions)
-        if table.calibration_error is None:
-            table.calibration_error = float("nan")
-        table.entries = {key: (float(v[0]), float(v[1])) for key, v in data["entries"].items()}
-        table.calibration = [
-            (Arch(*(tuple(n["arch"][key]) for key in ("ks", "e", "d")), n["arch"]["r"][0]), n["ms"])
-            for n in data["calibration"]
-        ]
-        table.index = {
-            (int(r), s, k, e): key
-            for r, slots in data["index"].items()
-            for s, per_k in enumerate(slots)
-            for k, per_e in zip(fp["kernel_sizes"], per_k)
-            for e, key in zip(fp["expand_ratios"], per_e)
-        }
-        return table
-
-
-_SAVED_FIELDS = tuple(
-    "supernet_name fingerprint backend batch_size threads statistic device device_description "
-    "versions resolutions overhead_ms scale ms_per_mparam calibration_error build_seconds".split()
-)
-
-
-def _upgrade_from_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """A version 1 table as version 2: the config fields it may lack get the values it
-    was built with (see :data:`_V1_FINGERPRINT_DEFAULTS`)."""
-    fingerprint = {**_V1_FINGERPRINT_DEFAULTS, **data["fingerprint"]}
-    fingerprint["stages"] = [{**_V1_STAGE_DEFAULTS, **s} for s in fingerprint["stages"]]
-    return {**data, "fingerprint": fingerprint, "version": 2}
