@@ -58,13 +58,14 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
+# --durations lists the slowest tests: the candidates for `slow` when the run grows.
 test: setup data lint runner-venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The slow tests alone (crash consistency, ResNet-50 end to end, ...); CI runs them
 # after `make test`.
 test-slow: setup data runner-venv
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow --durations=10
 
 # Everything, slow tests included.
 test-all: setup data lint runner-venv
