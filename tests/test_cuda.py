@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -144,3 +145,35 @@ def test_ofa_run_on_cuda_end_to_end(tmp_path, capsys) -> None:
         model = load_exported(folder).eval()  # on the CPU
         r = json.loads((folder / "arch.json").read_text())["r"][0]
         assert model(torch.randn(1, 3, r, r)).shape == (1, 10)
+
+
+@needs_fashion_mnist
+def test_finetune_resumed_on_cuda_ends_bit_identical_when_deterministic(
+    trained_run, tmp_path
+) -> None:
+    # cuDNN's default backward kernels accumulate in a varying order, so a resumed GPU
+    # fine-tuning drifts from an uninterrupted one; config.deterministic removes that.
+    config, supernet = load_run(trained_run)
+    config = dataclasses.replace(config, deterministic=True, checkpoint_every_steps=3)
+    arch = supernet.parse_arch({**supernet.space.sample(7).to_dict(), "r": [24]})
+    teacher = supernet.extract(supernet.space.largest())
+    recipe = FinetuneSettings(epochs=1, lr=0.01, warmup_epochs=0.5)
+
+    def tune(folder, **kw):
+        return finetune(
+            supernet.extract(arch),
+            config,
+            "fashion-mnist",
+            tmp_path / folder,
+            recipe,
+            teacher=teacher,
+            device="cuda",
+            progress=False,
+            **kw,
+        )
+
+    whole = tune("whole").network.state_dict()
+    assert tune("stopped", max_steps=4).network is None
+    resumed = tune("stopped", resume=True).network.state_dict()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key

@@ -21,6 +21,7 @@ from onceforall.deploy.finetune_step import finetune_work_dir
 from onceforall.storage.checkpoint import list_checkpoints
 from onceforall.storage.run_layout import RunLayout
 from onceforall.training import load_run
+from onceforall.training.distributed import deterministic_kernels
 from tests.conftest import copy_run, metric_records, needs_fashion_mnist
 
 pytestmark = needs_fashion_mnist
@@ -110,10 +111,13 @@ def test_finetune_exports_the_network_and_records_what_it_did(tuned, tmp_path) -
     assert record["top1_before"] == pytest.approx(metadata["top1"])
 
 
-def test_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(tuned, tmp_path):
-    run, whole = tuned
-    stopped = tmp_path / "stopped"
-    command = _command(run, stopped, "--lr", "0.01", "--warmup-epochs", "0.5")
+@pytest.mark.parametrize("kernels", [[], ["--deterministic"]])
+def test_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(
+    tuned, tmp_path, kernels
+):
+    run, whole = tuned  # trained without --deterministic: on the CPU it changes nothing
+    stopped = tmp_path / ("stopped" + "".join(kernels))  # its work folder in the run too
+    command = _command(run, stopped, "--lr", "0.01", "--warmup-epochs", "0.5", *kernels)
     assert main([*command, "--max-steps", "4"]) == 0
     assert not stopped.exists()  # no export until the end
     assert main(command) == 2  # its checkpoints are there: --resume
@@ -191,3 +195,19 @@ def test_resuming_with_another_arch_is_refused(tuned, capsys) -> None:
     assert main([*command, "--resume"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "holds the checkpoints of a fine-tuning of another arch" in line, line
+
+
+def test_deterministic_kernels_only_while_the_block_runs(monkeypatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(False):
+        assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(RuntimeError, match="inside"), deterministic_kernels(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        raise RuntimeError("inside")  # the settings come back on errors too
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any
@@ -115,6 +116,8 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise ConfigError("give --arch (a sub-network of the run) or --from (an export)")
     settings = FinetuneSettings(epochs=args.epochs, lr=args.lr, warmup_epochs=args.warmup_epochs)
     config, supernet = load_run(args.run)
+    if args.deterministic:
+        config = dataclasses.replace(config, deterministic=True)
     try:
         result = finetune_step(
             supernet,
@@ -211,6 +214,12 @@ def add_training_commands(sub: Any) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue a killed fine-tuning")
     p.add_argument("--device", type=device, help="cpu, cuda (default: cuda when available)")
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="GPU: deterministic kernels only, so that --resume ends bit-identical (slower; "
+        "the run's config.yaml may already say so)",
+    )
     p.add_argument("--max-steps", type=positive, help="stop after this many optimiser steps")
     p.add_argument("--threads", type=positive, help="CPU threads for the latency measurement")
     p.set_defaults(func=_cmd_finetune)

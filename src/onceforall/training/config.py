@@ -211,6 +211,7 @@ class TrainConfig:
     seed: int = 0
     channels_last: bool = True  # much faster convolutions on CPU
     amp_dtype: str | None = None  # "bfloat16" for autocast on GPU
+    deterministic: bool = False  # GPU: deterministic kernels, resumes end bit-identical
     # the steps after training (ofa run)
     specialize: SpecializeConfig = field(default_factory=SpecializeConfig)
 

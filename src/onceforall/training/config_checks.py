@@ -59,6 +59,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "keep_checkpoints": _int(1),
     "seed": _int(0),
     "channels_last": BOOL,
+    "deterministic": BOOL,
 }
 OPTIONAL_COUNTS = ("train_subset", "test_subset")  # None, or at least 1
 STAGE_RULES: dict[str, Rule] = {

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -28,6 +30,7 @@ __all__ = [
     "broadcast_buffers",
     "digest",
     "check_consistent",
+    "deterministic_kernels",
 ]
 
 
@@ -77,6 +80,38 @@ def init_distributed(device: str | None = None) -> DistEnv:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+@contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, only deterministic kernels while the block runs (cuDNN's and
+    cuBLAS's included), so that a GPU run stopped and resumed ends with the weights of
+    an uninterrupted one, at some cost in speed; the previous settings after. On the CPU
+    training is deterministic without it. An op with no deterministic CUDA kernel warns
+    (naming itself) rather than stopping the run."""
+    if not enabled:
+        yield
+        return
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    # cuBLAS reads this when a handle is created: before the first matmul on the GPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        algorithms, warn_only, cudnn_deterministic, benchmark, workspace = before
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+        torch.backends.cudnn.benchmark = benchmark
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
 def average_gradients(model: nn.Module, env: DistEnv) -> None:

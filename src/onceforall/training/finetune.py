@@ -32,7 +32,14 @@ from ..evaluation import SubnetEvaluator, evaluate, recalibrate_bn
 from ..storage.run_layout import RunLayout
 from .checkpointing import Checkpointer
 from .config import StageConfig, TrainConfig
-from .distributed import DistEnv, barrier, check_consistent, digest, init_distributed
+from .distributed import (
+    DistEnv,
+    barrier,
+    check_consistent,
+    deterministic_kernels,
+    digest,
+    init_distributed,
+)
 from .epoch import EpochRunner, StagePlan
 from .loading import sgd, train_batch_sampler, train_loader
 from .reporting import Reporter
@@ -141,9 +148,28 @@ def finetune(
     """Train the static network ``start`` (with ``arch``; BN as it should start) on the
     run's training split of ``data`` at its resolution, distilling from ``teacher`` where
     given; checkpoints and ``metrics.jsonl`` go to ``work_dir``. With ``resume``, continue
-    from its last complete checkpoint."""
+    from its last complete checkpoint. With ``config.deterministic``, on deterministic
+    kernels only (a GPU run then resumes bit-identically)."""
     if max_steps is not None:
         check_whole_number("max_steps", max_steps, 1)
+    with deterministic_kernels(config.deterministic):
+        return _finetune(
+            start, config, data, work_dir, settings, teacher, resume, device, progress, max_steps
+        )
+
+
+def _finetune(
+    start: nn.Module,
+    config: TrainConfig,
+    data: str,
+    work_dir: str | Path,
+    settings: FinetuneSettings,
+    teacher: nn.Module | None,
+    resume: bool,
+    device: str | None,
+    progress: bool,
+    max_steps: int | None,
+) -> FinetuneOutcome:
     work = RunLayout(work_dir)
     env = init_distributed(device)
     torch.manual_seed(config.seed)

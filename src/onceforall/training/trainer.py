@@ -35,7 +35,14 @@ from ..storage.run_guard import claim_run_directory, run_lock
 from ..storage.run_layout import RunLayout
 from .checkpointing import Checkpointer
 from .config import StageConfig, TrainConfig
-from .distributed import DistEnv, barrier, check_consistent, digest, init_distributed
+from .distributed import (
+    DistEnv,
+    barrier,
+    check_consistent,
+    deterministic_kernels,
+    digest,
+    init_distributed,
+)
 from .epoch import EpochRunner, EpochStats, StagePlan, StepResult, TrainingDiverged
 from .forecast import Forecast, PlannedWork, TrainingForecaster, TrainingWork
 from .loading import sgd, train_batch_sampler, train_loader
@@ -207,7 +214,8 @@ class Trainer:
         last complete checkpoint of the run directory. Returns the test-split top-1 of
         each stage trained, or where ``max_steps`` stopped the run (``stopped_at``)."""
         with (
-            run_lock(claim_run_directory(self.run_dir).root) if self.env.is_main else nullcontext()
+            run_lock(claim_run_directory(self.run_dir).root) if self.env.is_main else nullcontext(),
+            deterministic_kernels(self.config.deterministic),
         ):
             return self._run(stages, resume)
 
