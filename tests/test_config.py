@@ -11,7 +11,8 @@ import yaml
 from onceforall.deploy.pipeline import SpecializeConfig as ReExported
 from onceforall.errors import ConfigError
 from onceforall.training import TrainConfig, load_config
-from onceforall.training.config import SpecializeConfig, parse_overrides
+from onceforall.training.config import SpecializeConfig
+from onceforall.training.config_files import parse_overrides
 
 STAGES = [
     {"name": "full", "epochs": 1, "lr": 0.05, "distill": False},
@@ -157,7 +158,7 @@ def test_a_nonsense_stage_value_is_refused_naming_stage_and_field(field, value, 
 
 
 def test_every_preset_passes_the_checks() -> None:
-    from onceforall.training.config import PRESETS_DIR
+    from onceforall.training.config_files import PRESETS_DIR
 
     presets = sorted(PRESETS_DIR.glob("*.yaml"))
     assert len(presets) >= 4

@@ -148,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ..deploy.pipeline import run_pipeline
     from ..deploy.specialize import format_specialized
     from ..training import load_config
-    from ..training.config import parse_overrides
+    from ..training.config_files import parse_overrides
 
     config = load_config(args.config, parse_overrides(args.set))
     summary = run_pipeline(

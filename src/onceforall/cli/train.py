@@ -20,7 +20,7 @@ CHECK_DATA_HELP = (
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from ..training import TrainingDiverged, load_config, train
-    from ..training.config import parse_overrides
+    from ..training.config_files import parse_overrides
 
     config = load_config(args.config, parse_overrides(args.set))
     if args.fresh and args.resume:

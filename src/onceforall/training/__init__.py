@@ -1,6 +1,7 @@
 """Progressive-shrinking training of supernets (SPEC section 3)."""
 
-from .config import StageConfig, TrainConfig, load_config
+from .config import StageConfig, TrainConfig
+from .config_files import load_config
 from .run_dir import load_run
 from .schedule import stage_space
 from .trainer import Trainer, TrainingDiverged, train

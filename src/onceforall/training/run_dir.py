@@ -28,7 +28,8 @@ from ..storage.atomic import write_text_atomic
 from ..storage.checkpoint import checkpoint_digest, list_checkpoints, load_latest_checkpoint
 from ..storage.run_guard import remove_run_directory
 from ..storage.run_layout import RunLayout
-from .config import TrainConfig, read_config_file
+from .config import TrainConfig
+from .config_files import read_config_file
 
 __all__ = [
     "DONE_FILE",
