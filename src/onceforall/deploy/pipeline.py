@@ -32,7 +32,6 @@ from ..predictors.dataset import (
     read_accuracy_dataset,
     settings_differences,
 )
-from ..search import pareto_search
 from ..storage.checkpoint import list_checkpoints
 from ..storage.onnx_export import ExportError
 from ..storage.reading import read_weights_only
@@ -46,6 +45,7 @@ from ..training.run_dir import start_over
 from . import forecast as later
 from .export import ExportResult
 from .finetune_step import finetune_winners
+from .plot import plot_run
 from .quantized import INT8_BACKEND
 from .run_inputs import evaluator_for_run
 from .specialize import Specialized, search_costs, search_space, spread_latency_targets
@@ -199,7 +199,7 @@ def _run_steps(
             generations=settings.generations,
             progress=progress,
         ).chosen
-    plot = _plot(layout.pareto_plot, space, accuracy, costs, table, rows, chosen)
+    plot = plot_run(layout.pareto_plot, space, accuracy, costs, table, rows, chosen)
     # Exports are timed with the table's threads (the authors' tables have none).
     threads = getattr(table, "threads", None) or settings.latency_threads or None
 
@@ -368,48 +368,3 @@ def _time_latency_table(
             run=layout,
         ).table
     return table, layout.latency_table
-
-
-def _plot(path, space, predictor, costs, table, rows, chosen) -> Path | None:
-    """Pareto plot over the searched ``space`` against table latency (MACs without a
-    table); skipped (None) when matplotlib is missing."""
-    from .export import MissingDependencyError
-    from .plot import ChosenPoint, plot_pareto
-
-    metric = "macs" if table is None else "latency_ms"
-    front = pareto_search(
-        space,
-        predictor,
-        costs[metric],
-        generations=200,
-        initial=[c.arch for c in chosen],
-    )
-    sampled = [(costs[metric].of(r["arch"]), r["accuracy"]) for r in rows]
-    points = [
-        ChosenPoint(
-            (c.measured_latency_ms or c.predicted_latency_ms)
-            if table is not None
-            else costs["macs"].of(c.arch),
-            c.measured_accuracy if c.measured_accuracy is not None else c.predicted_accuracy,
-            c.target,
-            c.predicted_accuracy,
-        )
-        for c in chosen
-    ]
-    try:
-        return plot_pareto(
-            path,
-            sampled,
-            list(zip(front.costs[metric].tolist(), front.accuracy.tolist())),
-            points,
-            cost_label=(
-                "MACs"
-                if table is None
-                else f"latency measured on this device (ms, {table.backend})"
-                if table.measurable_here
-                else "latency predicted by the table (ms, another device)"
-            ),
-            title="sampled (held-out top-1), predicted front, chosen (test top-1)",
-        )
-    except MissingDependencyError:
-        return None

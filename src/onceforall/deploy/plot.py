@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Tuple, Union
 
+from ..search import pareto_search
 from ..storage.atomic import write_bytes_atomic
 from .export import MissingDependencyError
 
-__all__ = ["ChosenPoint", "plot_pareto"]
+__all__ = ["ChosenPoint", "plot_pareto", "plot_run"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,46 @@ def plot_pareto(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return write_bytes_atomic(path_png, buffer.getvalue())
+
+
+def plot_run(path, space, predictor, costs, table, rows, chosen) -> Path | None:
+    """``ofa run``'s plot: the Pareto front ``predictor`` gives over the searched
+    ``space``, against table latency (MACs without a table), with the accuracy dataset's
+    ``rows`` and the ``chosen`` sub-networks; skipped (None) when matplotlib is missing."""
+    metric = "macs" if table is None else "latency_ms"
+    front = pareto_search(
+        space,
+        predictor,
+        costs[metric],
+        generations=200,
+        initial=[c.arch for c in chosen],
+    )
+    sampled = [(costs[metric].of(r["arch"]), r["accuracy"]) for r in rows]
+    points = [
+        ChosenPoint(
+            (c.measured_latency_ms or c.predicted_latency_ms)
+            if table is not None
+            else costs["macs"].of(c.arch),
+            c.measured_accuracy if c.measured_accuracy is not None else c.predicted_accuracy,
+            c.target,
+            c.predicted_accuracy,
+        )
+        for c in chosen
+    ]
+    try:
+        return plot_pareto(
+            path,
+            sampled,
+            list(zip(front.costs[metric].tolist(), front.accuracy.tolist())),
+            points,
+            cost_label=(
+                "MACs"
+                if table is None
+                else f"latency measured on this device (ms, {table.backend})"
+                if table.measurable_here
+                else "latency predicted by the table (ms, another device)"
+            ),
+            title="sampled (held-out top-1), predicted front, chosen (test top-1)",
+        )
+    except MissingDependencyError:
+        return None
