@@ -111,7 +111,7 @@ def test_finetune_exports_the_network_and_records_what_it_did(tuned, tmp_path) -
     assert record["top1_before"] == pytest.approx(metadata["top1"])
 
 
-@pytest.mark.parametrize("kernels", [[], ["--deterministic"]])
+@pytest.mark.parametrize("kernels", [[], pytest.param(["--deterministic"], marks=pytest.mark.slow)])
 def test_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(
     tuned, tmp_path, kernels
 ):
