@@ -197,7 +197,9 @@ def test_resume_refuses_a_config_that_changes_the_result(stopped_run, tmp_path) 
         )
     # The config on disk is the original still; a safe change resumes.
     assert TrainConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text())).batch_size == 16
-    safe = TrainConfig.from_dict({**TINY, "checkpoint_every_steps": 1, "keep_checkpoints": 3})
+    safe = TrainConfig.from_dict(
+        {**TINY, "checkpoint_every_steps": 1, "keep_checkpoints": 3, "deterministic": True}
+    )
     result = train(safe, "fashion-mnist", run, resume=True, progress=False, max_steps=3)
     assert result["stopped_at"]["global_step"] == 3
 

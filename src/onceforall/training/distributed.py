@@ -99,7 +99,8 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark,
         os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     )
-    # cuBLAS reads this when a handle is created: before the first matmul on the GPU.
+    # PyTorch reads this once, at the process's first cuBLAS call: it holds where training
+    # is the process's first GPU work (ofa train, ofa finetune), as it is here.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False

@@ -131,6 +131,7 @@ SAFE_TO_CHANGE = (
     "checkpoint_every_steps",
     "keep_checkpoints",
     "max_unreadable_images",
+    "deterministic",  # which kernels, not what they compute: a GPU resume may turn it on
     "specialize",
 )
 
