@@ -16,7 +16,7 @@ import torch
 
 from onceforall.cli import main
 from onceforall.deploy.export import load_exported
-from onceforall.deploy.quantized import Int8Images, write_int8
+from onceforall.deploy.quantized import Int8Images, int8_top1, write_int8
 from onceforall.deploy.run_inputs import evaluator_for_run
 from onceforall.latency import LatencyTable
 from onceforall.storage.onnx_export import export_and_check_onnx
@@ -293,6 +293,27 @@ def test_a_failed_agreement_check_keeps_nothing(run, tmp_path, backend) -> None:
     with pytest.raises(ExportError, match=r"predicts the FP32 network's class on only"):
         write_int8(net, fp32, folder, Int8Images(held_out, min_agreement=1.01), backend=backend)
     assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("backend", INT8_BACKENDS)
+def test_the_int8_top1_specialisation_reports_is_the_exports(run, tmp_path, backend) -> None:
+    """``int8_top1`` (the INT8 column of ``ofa specialize``) measures the model an export
+    writes: the same recalibrated network, quantized on the same held-out images, scored
+    on the same test images. LiteRT's quantizer converts the module, so no ONNX file is
+    made for it there."""
+    from onceforall.evaluation import recalibrate_bn
+
+    config, supernet = load_run(run)
+    evaluator = evaluator_for_run(config, "fashion-mnist")
+    arch = supernet.parse_arch(ARCH)
+    top1 = int8_top1(supernet, arch, evaluator, backend)
+    held_out = evaluator.batches("calibration", arch.r)
+    net = recalibrate_bn(supernet, arch, held_out, evaluator.calibration_images).eval()
+    fp32 = tmp_path / "model.onnx"
+    export_and_check_onnx(net, arch.r, fp32, threads=1)
+    images = Int8Images(held_out, test=evaluator.batches("test", arch.r), min_agreement=0.0)
+    _, record = write_int8(net, fp32, tmp_path, images, backend=backend)
+    assert top1 == pytest.approx(record["top1"])
 
 
 @pytest.mark.slow  # an INT8 table: every block shape quantized and timed (about a minute)

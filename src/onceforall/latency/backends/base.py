@@ -148,6 +148,7 @@ class QuantizedBackend(FileBackend):
     precision = "int8"
     int8_file: str  # the file name an export gives the quantized model
     calibration_batches = 4
+    reads_onnx = True  # False: the quantizer converts the module and ignores ``fp32_path``
 
     def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
         fp32 = FileBackend.model_file(self, model, input_shape, folder)  # the ONNX export

@@ -269,6 +269,7 @@ class LiteRtInt8(QuantizedBackend, LiteRt):
 
     name = "litert-int8"
     int8_file = "model.int8.tflite"
+    reads_onnx = False  # litert-torch converts (and quantizes) the PyTorch module
 
     def model_file(self, model: nn.Module, input_shape: Sequence[int], folder: Path) -> Path:
         path = folder / self.int8_file
