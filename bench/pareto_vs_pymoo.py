@@ -12,6 +12,8 @@ networks to the predictor as our search did with the same seed (``--population``
 pymoo runs as its documentation recommends for integer variables (random integer
 sampling, SBX crossover and polynomial mutation with rounding, duplicates eliminated),
 and with ``--variants``, also with uniform crossover (the operator ours uses).
+``--our-mutations P ...`` adds ours at other per-block mutation rates (each with its
+own count of predicted networks; the pymoo budget stays that of ours at 0.1).
 Hypervolume is pymoo's, over objectives normalised by the ideal and nadir points of
 every front of the problem (all seeds, all solvers), reference point 1.1 in each.
 Runs of the solvers are interleaved per seed so background load hits them alike.
@@ -50,9 +52,17 @@ def problem_of(run: str, with_macs: bool):
     return supernet.space, predictor, costs
 
 
-def ours(space, predictor, costs, population: int, generations: int, seed: int):
+def ours(
+    space, predictor, costs, population: int, generations: int, seed: int, mutation: float = 0.1
+):
     front = pareto_search(
-        space, predictor, costs, population=population, generations=generations, seed=seed
+        space,
+        predictor,
+        costs,
+        population=population,
+        generations=generations,
+        seed=seed,
+        mutation_prob=mutation,
     )
     f = np.column_stack([-front.accuracy, *[front.costs[c.name] for c in costs]])
     return f, front.predicted, front.evaluated
@@ -111,12 +121,21 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=100)
     parser.add_argument("--generations", type=int, default=300)
     parser.add_argument("--variants", action="store_true", help="also pymoo with UX crossover")
+    parser.add_argument(
+        "--our-mutations",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="P",
+        help="also ours with these per-block mutation probabilities (default 0.1)",
+    )
     args = parser.parse_args()
     from pymoo import __version__ as pymoo_version
     from pymoo.indicators.hv import HV
 
     space, predictor, costs = problem_of(args.run, args.macs)
     solvers = ["ours", "pymoo"] + (["pymoo-ux"] if args.variants else [])
+    solvers += [f"ours-m{p:g}" for p in args.our_mutations]
     objectives = "accuracy vs " + " and ".join(c.name for c in costs)
     print(f"{args.run}: {objectives}; pymoo {pymoo_version}; population {args.population}")
     print(f"load {os.getloadavg()[0]:.2f}")
@@ -127,11 +146,16 @@ def main() -> None:
         fronts["ours"].append((f, budget, count, time.perf_counter() - start))
         for solver in solvers[1:]:
             start = time.perf_counter()
-            uniform = solver == "pymoo-ux"
-            f, predicted, count = with_pymoo(
-                space, predictor, costs, args.population, budget, seed, uniform
-            )
-            fronts[solver].append((non_dominated(f), predicted, count, time.perf_counter() - start))
+            if solver.startswith("ours-m"):  # ours with another mutation rate
+                rate = float(solver.removeprefix("ours-m"))
+                run = ours(space, predictor, costs, args.population, args.generations, seed, rate)
+            else:
+                uniform = solver == "pymoo-ux"
+                f, predicted, count = with_pymoo(
+                    space, predictor, costs, args.population, budget, seed, uniform
+                )
+                run = (non_dominated(f), predicted, count)
+            fronts[solver].append((*run, time.perf_counter() - start))
         line = ", ".join(f"{s} {fronts[s][-1][3]:.1f} s" for s in solvers)
         print(f"seed {seed}: {budget} networks predicted; {line}", flush=True)
 
