@@ -135,7 +135,8 @@ def main() -> None:
 
     space, predictor, costs = problem_of(args.run, args.macs)
     solvers = ["ours", "pymoo"] + (["pymoo-ux"] if args.variants else [])
-    solvers += [f"ours-m{p:g}" for p in args.our_mutations]
+    mutations = {f"ours-m{p:g}": p for p in args.our_mutations}  # ours at other rates
+    solvers += list(mutations)
     objectives = "accuracy vs " + " and ".join(c.name for c in costs)
     print(f"{args.run}: {objectives}; pymoo {pymoo_version}; population {args.population}")
     print(f"load {os.getloadavg()[0]:.2f}")
@@ -146,8 +147,8 @@ def main() -> None:
         fronts["ours"].append((f, budget, count, time.perf_counter() - start))
         for solver in solvers[1:]:
             start = time.perf_counter()
-            if solver.startswith("ours-m"):  # ours with another mutation rate
-                rate = float(solver.removeprefix("ours-m"))
+            if solver in mutations:
+                rate = mutations[solver]
                 run = ours(space, predictor, costs, args.population, args.generations, seed, rate)
             else:
                 uniform = solver == "pymoo-ux"

@@ -299,8 +299,8 @@ def test_a_failed_agreement_check_keeps_nothing(run, tmp_path, backend) -> None:
 def test_the_int8_top1_specialisation_reports_is_the_exports(run, tmp_path, backend) -> None:
     """``int8_top1`` (the INT8 column of ``ofa specialize``) measures the model an export
     writes: the same recalibrated network, quantized on the same held-out images, scored
-    on the same test images. LiteRT's quantizer converts the module, so no ONNX file is
-    made for it there."""
+    on the same test images (for LiteRT, without the ONNX file its quantizer does not
+    read)."""
     from onceforall.evaluation import recalibrate_bn
 
     config, supernet = load_run(run)
