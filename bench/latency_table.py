@@ -142,7 +142,8 @@ def main() -> None:
     print(
         f"table: {len(table.entries)} entries, built in {table.build_seconds:.1f} s; fit on "
         f"{len(table.calibration)} networks: overhead {table.overhead_ms:.3f} ms, scale "
-        f"{table.scale:.3f}, {table.ms_per_mparam:.4f} ms per M params; leave-one-out "
+        f"{table.scale:.3f}, {table.ms_per_mparam:.4f} ms per M params, "
+        f"{table.ms_per_part:+.4f} ms per part; leave-one-out "
         f"error {table.calibration_error * 100:.1f} %"
     )
     if args.save:

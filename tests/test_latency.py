@@ -106,11 +106,8 @@ def test_save_load_round_trip(net, table, tmp_path) -> None:
     loaded = LatencyTable.load(path, net)
     for attr in ("backend", "batch_size", "threads", "statistic", "device_description"):
         assert getattr(loaded, attr) == getattr(table, attr)
-    assert (loaded.overhead_ms, loaded.scale, loaded.ms_per_mparam) == (
-        table.overhead_ms,
-        table.scale,
-        table.ms_per_mparam,
-    )
+    for attr in ("overhead_ms", "scale", "ms_per_mparam", "ms_per_part"):
+        assert getattr(loaded, attr) == getattr(table, attr)
     assert loaded.entries == table.entries and loaded.index == table.index
     assert loaded.calibration == table.calibration
     for arch in random_archs(net, table.resolutions, 20, seed=1):
@@ -145,15 +142,23 @@ def test_load_refuses_table_of_another_supernet(table, tmp_path) -> None:
     mbv3 = onceforall.create_supernet("ofa_mbv3_w1.0", num_classes=10)
     with pytest.raises(LatencyTableError, match="stem_act"):
         LatencyTable.load(tmp_path / "damaged.json", mbv3)
+    # Formats 1 and 2 had no cost per part: read as 0, predictions lack only that term.
+    del data["ms_per_part"]
+    largest = mbv3.space.largest(table.resolutions[0])
+    without_it = table.predict(largest) - table.features(largest)[2] * table.ms_per_part
     (tmp_path / "old.json").write_text(json.dumps({**data, "version": 1}))
     old = LatencyTable.load(tmp_path / "old.json", mbv3)
-    largest = mbv3.space.largest(table.resolutions[0])
-    assert old.predict(largest) == table.predict(largest)
+    assert old.ms_per_part == 0.0 and old.predict(largest) == pytest.approx(without_it)
+    v2 = {key: value for key, value in json.loads(path.read_text()).items() if key != "ms_per_part"}
+    (tmp_path / "v2.json").write_text(json.dumps({**v2, "version": 2}))
+    assert LatencyTable.load(tmp_path / "v2.json", mbv3).predict(largest) == pytest.approx(
+        without_it
+    )
     proxyless = onceforall.create_supernet("ofa_proxyless_w1.3", num_classes=10)
     with pytest.raises(LatencyTableError, match="stem_act"):
         LatencyTable.load(tmp_path / "old.json", proxyless)
-    (tmp_path / "future.json").write_text(json.dumps({**data, "version": 3}))
-    with pytest.raises(LatencyTableError, match="version 3 latency table"):
+    (tmp_path / "future.json").write_text(json.dumps({**data, "version": 4}))
+    with pytest.raises(LatencyTableError, match="version 4 latency table"):
         LatencyTable.load(tmp_path / "future.json")
 
 
@@ -169,33 +174,57 @@ def test_extend_times_only_missing_entries(net, table) -> None:
         LatencyTable.build(net, backend="torch", threads=2, resolutions=[28], existing=table)
 
 
+def _terms(fit) -> tuple[float, float, float, float]:
+    return fit.overhead_ms, fit.scale, fit.ms_per_mparam, fit.ms_per_part
+
+
 def test_fit_recovers_a_known_model() -> None:
     rng = np.random.default_rng(0)
     raw, mparams = rng.uniform(1, 10, 12), rng.uniform(1, 5, 12)
     measured = 0.3 + 1.2 * raw + 0.4 * mparams
     features = np.stack([np.ones(12), raw, mparams], axis=1)
-    assert np.allclose(fit_calibration(features, measured), (0.3, 1.2, 0.4, 0.0))
+    assert np.allclose(_terms(fit_calibration(features, measured)), (0.3, 1.2, 0.4, 0.0))
     # Too few networks for three terms: overhead and scale only.
-    assert np.allclose(fit_calibration(features[:4], 0.5 + 2.0 * raw[:4]), (0.5, 2.0, 0.0, 0.0))
+    fit = fit_calibration(features[:4], 0.5 + 2.0 * raw[:4])
+    assert np.allclose(_terms(fit), (0.5, 2.0, 0.0, 0.0))
     # Noisy proportional timings: the scale is found, the error is small but not zero.
     noisy = 1.5 * raw * (1 + rng.normal(0, 0.02, 12))
-    overhead, scale, per_mparam, error = fit_calibration(features, noisy)
-    assert 1.4 < scale < 1.6 and 0 < error < 0.1
+    fit = fit_calibration(features, noisy)
+    assert 1.4 < fit.scale < 1.6 and 0 < fit.error < 0.1
     # Parts that add up to more than the network (each pays a call's overhead the network
     # pays once): the negative overhead is found.
-    assert np.allclose(fit_calibration(features, -0.5 + raw), (-0.5, 1.0, 0.0, 0.0))
+    assert np.allclose(_terms(fit_calibration(features, -0.5 + raw)), (-0.5, 1.0, 0.0, 0.0))
     # However noisy (here: timings unrelated to the parts), a kept fit predicts a positive
     # time for every timed network.
     for seed in range(1000):  # seeds 75, 229 and 714 fit best with a negative time
         r = np.random.default_rng(seed)
         raw6, mparams6, timed = r.uniform(0.1, 10, 6), r.uniform(0, 5, 6), r.uniform(0.05, 10, 6)
-        rows = np.stack([np.ones(6), raw6, mparams6], axis=1)
-        overhead, scale, per_mparam, error = fit_calibration(rows, timed)
-        assert scale > 0 and per_mparam >= 0
-        assert np.all(overhead + scale * raw6 + per_mparam * mparams6 > 0)
+        parts6 = r.integers(5, 25, 6)
+        rows = np.stack([np.ones(6), raw6, mparams6, parts6], axis=1)
+        fit = fit_calibration(rows, timed)
+        assert fit.scale > 0 and fit.ms_per_mparam >= 0
+        assert np.all(rows @ np.array(_terms(fit)) > 0)
     # One network: a scale, with no way to estimate its error.
-    overhead, scale, per_mparam, error = fit_calibration(features[:1], 3.0 * raw[:1])
-    assert (overhead, per_mparam) == (0.0, 0.0) and np.isclose(scale, 3.0) and np.isnan(error)
+    fit = fit_calibration(features[:1], 3.0 * raw[:1])
+    assert (fit.overhead_ms, fit.ms_per_mparam) == (0.0, 0.0)
+    assert np.isclose(fit.scale, 3.0) and np.isnan(fit.error)
+
+
+def test_fit_finds_a_cost_per_part() -> None:
+    """Networks of different depths whose parts, each timed as its own call, pay a fixed
+    cost the network pays once: the per-part refund is found, and predicts networks of
+    other depths that one overhead and a scale cannot."""
+    rng = np.random.default_rng(1)
+    parts = rng.integers(10, 23, 30).astype(float)
+    compute = parts * rng.uniform(0.02, 0.06, 30)  # what the network itself spends
+    raw = compute + 0.012 * parts  # each part timed alone: its compute plus a call
+    measured = 0.05 + 1.1 * compute
+    rows = np.stack([np.ones(30), raw, rng.uniform(1, 5, 30), parts], axis=1)
+    fit = fit_calibration(rows, measured)
+    assert np.allclose(_terms(fit), (0.05, 1.1, 0.0, -1.1 * 0.012))
+    assert fit.error < 1e-9
+    # Without the part counts, the best a scale and an overhead do is worse.
+    assert fit_calibration(rows[:, :3], measured).error > 0.01
 
 
 def test_unknown_backend_or_statistic_is_refused(net) -> None:

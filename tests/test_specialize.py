@@ -47,6 +47,7 @@ def _predicting(table: LatencyTable, fraction: float) -> ExactlyTimedTable:
         scale=table.scale * fraction,
         overhead_ms=table.overhead_ms * fraction,
         ms_per_mparam=table.ms_per_mparam * fraction,
+        ms_per_part=table.ms_per_part * fraction,
     )
     return ExactlyTimedTable(**values, truth=table)
 

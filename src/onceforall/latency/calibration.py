@@ -3,23 +3,43 @@ sum of its timed parts.
 
 Timed alone, the blocks of a network add up to less (or more) than the network: a call
 has an overhead, and a network whose weights do not fit in a core's cache streams them
-from memory. The table times a few whole networks beside the parts and fits one of three
+from memory. The table times a few whole networks beside the parts and fits one of four
 models to them, chosen by leave-one-out error.
 
-The overhead may come out negative, and on fast runtimes it does: each part timed alone
-pays a call's fixed cost (launch, input copy, output allocation) that the network pays
-once, so the parts of a network of tens of blocks add up to more than the network by a
-nearly constant amount. A fit is refused only where it is unphysical for a timed network:
-a predicted time that is not positive, a scale <= 0 or a negative cost per parameter.
+Each part timed alone pays a call's fixed cost (launch, input copy, output allocation,
+layout transposes at its boundaries) that the network pays once. Networks of one
+resolution differ in depth, so that cost is a term per part, not one constant: the
+``ms_per_part`` model fits it (it comes out negative: a refund per part). The overhead
+may come out negative too. A fit is refused only where it is unphysical for a timed
+network: a predicted time that is not positive, a scale <= 0 or a negative cost per
+parameter.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["fit_calibration"]
+__all__ = ["Calibration", "FEATURES", "candidate_fits", "fit_calibration"]
 
-_MODELS = ((1,), (0, 1), (0, 1, 2))  # feature columns: overhead, scale, ms_per_mparam
+FEATURES = ("one", "ms", "mparams", "parts")  # the columns of a network's feature row
+# The candidate models, as the feature columns each uses: scale; overhead + scale; those
+# plus a cost per parameter; those plus a cost per part.
+_MODELS = ((1,), (0, 1), (0, 1, 2), (0, 1, 3))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``network_ms = overhead_ms + scale * sum(part ms) + ms_per_mparam * sum(part
+    mparams) + ms_per_part * parts``; ``error``: the leave-one-out mean relative error on
+    the timed networks (NaN when unknown)."""
+
+    overhead_ms: float = 0.0
+    scale: float = 1.0
+    ms_per_mparam: float = 0.0
+    ms_per_part: float = 0.0
+    error: float = float("nan")
 
 
 def _solve(features: np.ndarray, measured: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
@@ -42,25 +62,37 @@ def _loo_error(features: np.ndarray, measured: np.ndarray, columns: tuple[int, .
     return float(np.mean(errors))
 
 
-def fit_calibration(
-    features: np.ndarray, measured: np.ndarray
-) -> tuple[float, float, float, float]:
-    """(overhead, scale, ms_per_mparam, error) of the calibration model with the lowest
-    leave-one-out mean relative error: scale only, overhead + scale, or both plus a cost
-    per parameter (weights streamed from memory rather than from a core's cache). The
-    simpler model wins ties; unphysical fits (scale <= 0, a negative cost per parameter,
-    or a time <= 0 predicted for one of the timed networks, which include the smallest of
-    each resolution) are skipped. ``error`` is the winner's leave-one-out error (NaN when
-    unknown)."""
-    best: tuple[float, float, float, float] | None = None
+def candidate_fits(features: np.ndarray, measured: np.ndarray) -> list[tuple[str, Calibration]]:
+    """Every candidate model that can be fitted to the timed networks and is physical,
+    named by its terms (``"overhead+scale+parts"``), with its leave-one-out error
+    (``features``: one row per network, columns as :data:`FEATURES`; a row of three
+    columns has no part count and gets no cost per part). Skipped: a model with as many
+    terms as networks, and unphysical fits (scale <= 0, a negative cost per parameter,
+    or a time <= 0 predicted for one of the timed networks, which include the smallest
+    of each resolution)."""
+    names = ("overhead", "scale", "mparams", "parts")
+    fits = []
     for columns in _MODELS:
+        if max(columns) >= features.shape[1]:
+            continue
         if len(measured) < (1 if len(columns) == 1 else len(columns) + 1):
             continue
         solved = _solve(features, measured, columns)
         coef = dict(zip(columns, solved))
         if coef[1] <= 0 or coef.get(2, 0.0) < 0 or np.any(features[:, columns] @ solved <= 0):
             continue
-        error = _loo_error(features, measured, columns)
-        if best is None or error < best[3]:
-            best = (coef.get(0, 0.0), coef[1], coef.get(2, 0.0), error)
-    return best or (0.0, 1.0, 0.0, float("nan"))
+        terms = (float(coef.get(i, 0.0)) for i in range(len(FEATURES)))
+        fit = Calibration(*terms, _loo_error(features, measured, columns))
+        fits.append(("+".join(names[c] for c in columns), fit))
+    return fits
+
+
+def fit_calibration(features: np.ndarray, measured: np.ndarray) -> Calibration:
+    """The candidate model (:func:`candidate_fits`) with the lowest leave-one-out mean
+    relative error on the timed networks; the simpler model wins ties; a scale of 1 when
+    none can be fitted."""
+    best: Calibration | None = None
+    for _, fit in candidate_fits(features, measured):
+        if best is None or fit.error < best.error:
+            best = fit
+    return best or Calibration()

@@ -15,11 +15,12 @@ round, which ignores preemption by other processes on a shared machine.
 
 A block timed alone does not take the time it takes inside a network (its weights stay
 in the core's cache, each call pays its own overhead), so a calibration model is fitted to
-the whole networks: a scale, an overhead plus a scale, or both plus a cost per parameter,
-whichever predicts left-out networks best. It is folded into the entries
-(``block_ms = scale * ms + ms_per_mparam * mparams``, the overhead into ``fixed_ms``), so
-every term stays a lookup. The overhead can be negative (the parts, each timed as its own
-call, pay a call's fixed cost that the network pays once; see :mod:`.calibration`).
+the whole networks: a scale, an overhead plus a scale, or either plus a cost per parameter
+or per part, whichever predicts left-out networks best (:mod:`.calibration`). It is
+folded into the entries (``block_ms = scale * ms + ms_per_mparam * mparams +
+ms_per_part``, the overhead into ``fixed_ms``), so every term stays a lookup. The
+overhead and the cost per part can be negative (the parts, each timed as its own call,
+pay a call's fixed cost that the network pays once).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class LatencyTable:
     overhead_ms: float = 0.0
     scale: float = 1.0
     ms_per_mparam: float = 0.0
+    ms_per_part: float = 0.0  # per block, stem and head: each part's own call, refunded
     calibration_error: float = float("nan")
     build_seconds: float = 0.0
     bundle_sha256: str | None = None  # timed elsewhere, by this bundle's runner
@@ -135,7 +137,7 @@ class LatencyTable:
 
     def _value(self, key: str) -> float:
         ms, mparams = self.entries[key]
-        return self.scale * ms + self.ms_per_mparam * mparams
+        return self.scale * ms + self.ms_per_mparam * mparams + self.ms_per_part
 
     def block_ms(self, resolution: int, slot: int, kernel_size: int, expand_ratio: int) -> float:
         """Calibrated milliseconds of block ``slot`` with (k, e) at ``resolution``."""
@@ -163,22 +165,25 @@ class LatencyTable:
         )
         return self.fixed_ms(arch.r) + sum(blocks)
 
-    def features(self, arch: ArchLike) -> tuple[float, float]:
-        """Uncalibrated sums over the parts of ``arch``: measured ms, parameters (M)."""
+    def features(self, arch: ArchLike) -> tuple[float, float, int]:
+        """Uncalibrated sums over the parts of ``arch``: measured ms, parameters (M), and
+        the number of parts (blocks, stem and head)."""
         arch = self._parse(arch)
         keys = [f"stem@{arch.r}", f"head@{arch.r}"] + [
             self.index[(arch.r, slot, arch.ks[slot], arch.e[slot])]
             for slot in self.space.active_slots(arch)
         ]
-        return sum(self.entries[k][0] for k in keys), sum(self.entries[k][1] for k in keys)
+        ms = sum(self.entries[k][0] for k in keys)
+        return ms, sum(self.entries[k][1] for k in keys), len(keys)
 
     def calibrate(self) -> None:
         """Fit the calibration model to the timed whole networks."""
         if self.calibration:
             rows = np.array([(1.0, *self.features(a)) for a, _ in self.calibration])
-            measured = np.array([ms for _, ms in self.calibration])
-            fit = fit_calibration(rows, measured)
-            self.overhead_ms, self.scale, self.ms_per_mparam, self.calibration_error = fit
+            fit = fit_calibration(rows, np.array([ms for _, ms in self.calibration]))
+            self.overhead_ms, self.scale = fit.overhead_ms, fit.scale
+            self.ms_per_mparam, self.ms_per_part = fit.ms_per_mparam, fit.ms_per_part
+            self.calibration_error = fit.error
 
     def _parse(self, arch: ArchLike) -> Arch:
         if isinstance(arch, self.space.arch_type):

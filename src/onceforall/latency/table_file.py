@@ -2,9 +2,12 @@
 and what the table was timed with and on (:meth:`LatencyTable.save
 <onceforall.latency.table.LatencyTable.save>` and ``load`` call these).
 
-Format 2 is current. Format 1 tables were written before the MBConv config gained the
-fields of OFA-ProxylessNAS; such a table was built for OFA-MobileNetV3, so reading one
-fills those fields with OFA-MobileNetV3's values.
+Format 3 is current: it added the calibration's cost per part (``ms_per_part``), which a
+format-2 table did not fit (read as 0, its predictions are unchanged); a package that
+reads format 2 only refuses a format-3 table rather than predicting without that term.
+Format 1 tables were written before the MBConv config gained the fields of
+OFA-ProxylessNAS; such a table was built for OFA-MobileNetV3, so reading one fills those
+fields with OFA-MobileNetV3's values.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ if TYPE_CHECKING:
     from .table import LatencyTable
 
 FORMAT = "onceforall-latency-table"
-VERSION = 2
+VERSION = 3
 SAVED_FIELDS = tuple(  # the table's fields a record holds as they are
     "supernet_name fingerprint backend batch_size threads statistic device device_description "
-    "versions resolutions overhead_ms scale ms_per_mparam calibration_error build_seconds".split()
+    "versions resolutions overhead_ms scale ms_per_mparam ms_per_part calibration_error "
+    "build_seconds".split()
 )
 _V1_FINGERPRINT_DEFAULTS = {
     "stem_act": "h_swish",
@@ -67,10 +71,10 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise LatencyTableError(f"{path} is not a latency table: not JSON ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LatencyTableError(f"{path} is not a onceforall latency table")
-    if data.get("version") not in (1, VERSION):
+    if data.get("version") not in (1, 2, VERSION):
         raise LatencyTableError(
             f"{path} is a version {data.get('version')} latency table; "
-            f"this onceforall reads versions 1 and {VERSION}"
+            f"this onceforall reads versions 1 to {VERSION}"
         )
     return data
 
@@ -81,6 +85,8 @@ def fields_of(data: dict[str, Any]) -> dict[str, Any]:
     caller reports the file as damaged)."""
     if data["version"] == 1:
         data = _upgrade_from_v1(data)
+    if data["version"] == 2:
+        data = {**data, "ms_per_part": 0.0, "version": VERSION}  # not fitted before format 3
     fp = data["fingerprint"]
     fields = {name: data[name] for name in SAVED_FIELDS}
     fields["resolutions"] = tuple(fields["resolutions"])
@@ -107,4 +113,4 @@ def _upgrade_from_v1(data: dict[str, Any]) -> dict[str, Any]:
     values, the only supernet format 1 was written for."""
     fingerprint = {**_V1_FINGERPRINT_DEFAULTS, **data["fingerprint"]}
     fingerprint["stages"] = [{**_V1_STAGE_DEFAULTS, **s} for s in fingerprint["stages"]]
-    return {**data, "fingerprint": fingerprint, "version": VERSION}
+    return {**data, "fingerprint": fingerprint, "version": 2}
