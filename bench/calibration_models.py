@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 
-from onceforall import Arch
 from onceforall.latency.calibration import candidate_fits, fit_calibration
 from onceforall.latency.table import LatencyTable
 
@@ -30,17 +30,14 @@ def main() -> None:
     args = parser.parse_args()
 
     table = LatencyTable.load(args.table)
-    rows = json.loads(open(args.held_out).read())
-    archs = [
-        Arch(*(tuple(r["arch"][key]) for key in ("ks", "e", "d")), r["arch"]["r"][0]) for r in rows
-    ]
+    rows = json.loads(Path(args.held_out).read_text())
     measured = np.array([(r["pass1_ms"] + r["pass2_ms"]) / 2 for r in rows]) / args.drift
-    calibration = np.array([(1.0, *table.features(a)) for a, _ in table.calibration])
+    calibration = table.feature_rows(a for a, _ in table.calibration)
     timed = np.array([ms for _, ms in table.calibration])
-    held_out = np.array([(1.0, *table.features(a)) for a in archs])
+    held_out = table.feature_rows(r["arch"] for r in rows)  # parsed by the table's space
     chosen = fit_calibration(calibration, timed)
     print(
-        f"{table.backend}: {len(timed)} calibration networks, {len(archs)} held-out "
+        f"{table.backend}: {len(timed)} calibration networks, {len(rows)} held-out "
         f"({measured.min():.2f}-{measured.max():.2f} ms, divided by drift {args.drift})"
     )
     print(
@@ -49,8 +46,7 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, fit in candidate_fits(calibration, timed):
-        terms = np.array([fit.overhead_ms, fit.scale, fit.ms_per_mparam, fit.ms_per_part])
-        err = np.abs(held_out @ terms - measured) / measured * 100
+        err = np.abs(fit.predict(held_out) - measured) / measured * 100
         mark = " (chosen)" if fit == chosen else ""
         print(
             f"| {name}{mark} | {fit.overhead_ms:+.4f} | {fit.scale:.3f} | "

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Calibration", "FEATURES", "candidate_fits", "fit_calibration"]
+__all__ = ["Calibration", "TERMS", "candidate_fits", "fit_calibration"]
 
-FEATURES = ("one", "ms", "mparams", "parts")  # the columns of a network's feature row
-# The candidate models, as the feature columns each uses: scale; overhead + scale; those
-# plus a cost per parameter; those plus a cost per part.
+# The terms of a model, one per column of a network's feature row (1, sum of the parts'
+# ms, of their M params, number of parts), and the candidate models as the columns each
+# uses: scale; overhead + scale; those plus a cost per parameter; those plus one per part.
+TERMS = ("overhead", "scale", "mparams", "parts")
 _MODELS = ((1,), (0, 1), (0, 1, 2), (0, 1, 3))
 
 
@@ -40,6 +41,11 @@ class Calibration:
     ms_per_mparam: float = 0.0
     ms_per_part: float = 0.0
     error: float = float("nan")
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Predicted ms of the networks whose feature rows are ``features``."""
+        terms = (self.overhead_ms, self.scale, self.ms_per_mparam, self.ms_per_part)
+        return features @ np.array(terms[: features.shape[1]])
 
 
 def _solve(features: np.ndarray, measured: np.ndarray, columns: tuple[int, ...]) -> np.ndarray:
@@ -65,12 +71,11 @@ def _loo_error(features: np.ndarray, measured: np.ndarray, columns: tuple[int, .
 def candidate_fits(features: np.ndarray, measured: np.ndarray) -> list[tuple[str, Calibration]]:
     """Every candidate model that can be fitted to the timed networks and is physical,
     named by its terms (``"overhead+scale+parts"``), with its leave-one-out error
-    (``features``: one row per network, columns as :data:`FEATURES`; a row of three
+    (``features``: one row per network, columns as :data:`TERMS`; a row of three
     columns has no part count and gets no cost per part). Skipped: a model with as many
     terms as networks, and unphysical fits (scale <= 0, a negative cost per parameter,
     or a time <= 0 predicted for one of the timed networks, which include the smallest
     of each resolution)."""
-    names = ("overhead", "scale", "mparams", "parts")
     fits = []
     for columns in _MODELS:
         if max(columns) >= features.shape[1]:
@@ -81,9 +86,9 @@ def candidate_fits(features: np.ndarray, measured: np.ndarray) -> list[tuple[str
         coef = dict(zip(columns, solved))
         if coef[1] <= 0 or coef.get(2, 0.0) < 0 or np.any(features[:, columns] @ solved <= 0):
             continue
-        terms = (float(coef.get(i, 0.0)) for i in range(len(FEATURES)))
+        terms = (float(coef.get(i, 0.0)) for i in range(len(TERMS)))
         fit = Calibration(*terms, _loo_error(features, measured, columns))
-        fits.append(("+".join(names[c] for c in columns), fit))
+        fits.append(("+".join(TERMS[c] for c in columns), fit))
     return fits
 
 

@@ -176,10 +176,15 @@ class LatencyTable:
         ms = sum(self.entries[k][0] for k in keys)
         return ms, sum(self.entries[k][1] for k in keys), len(keys)
 
+    def feature_rows(self, archs: Iterable[ArchLike]) -> np.ndarray:
+        """One row per arch: 1 and its :meth:`features`, as the calibration's models
+        (:data:`~onceforall.latency.calibration.TERMS`) take them."""
+        return np.array([(1.0, *self.features(a)) for a in archs])
+
     def calibrate(self) -> None:
         """Fit the calibration model to the timed whole networks."""
         if self.calibration:
-            rows = np.array([(1.0, *self.features(a)) for a, _ in self.calibration])
+            rows = self.feature_rows(a for a, _ in self.calibration)
             fit = fit_calibration(rows, np.array([ms for _, ms in self.calibration]))
             self.overhead_ms, self.scale = fit.overhead_ms, fit.scale
             self.ms_per_mparam, self.ms_per_part = fit.ms_per_mparam, fit.ms_per_part
