@@ -84,11 +84,10 @@ def correct_on_pool(
     image right (held-out rest, then test split), measured by ``runtime``."""
     parts = [batch for part in ("rest", "test") for batch in pool.batches(part, arch.r)]
     if runtime == "onnxruntime":  # the same measurement, ~3x faster (evaluation/ort.py)
-        net = ort.recalibrate(
-            supernet.extract(arch), pool.batches(calibration, arch.r), pool.calibration_images
-        )
+        net = ort.OrtNetwork(supernet.extract(arch), parts[0][0].shape[1:])
+        net.recalibrate(pool.batches(calibration, arch.r), pool.calibration_images)
         return np.concatenate(
-            [(logits.argmax(1) == labels).numpy() for logits, labels in ort.predict(net, parts)]
+            [(logits.argmax(1) == labels).numpy() for logits, labels in net.predict(parts)]
         )
     net = recalibrate_bn(
         supernet,

@@ -77,6 +77,7 @@ def export_onnx(
     dynamic_batch: bool = False,
     output_names: Sequence[str] = ("logits",),
     batch_outputs: Sequence[str] | None = None,
+    keep_batchnorm: bool = False,
 ) -> str:
     """Write ``model`` (eval mode, CPU) to ``path`` as ONNX (input ``input``, outputs
     ``output_names``), with a dynamic batch axis if asked (on the input and on
@@ -84,7 +85,9 @@ def export_onnx(
 
     The TorchScript exporter (``dynamo=False``) is quick (well under a second per model)
     and needs no onnxscript; torch has deprecated it, so where it is gone or fails the
-    torch.export-based one is used.
+    torch.export-based one is used. ``keep_batchnorm`` keeps BN layers as
+    ``BatchNormalization`` nodes instead of folding them into the convolutions (the
+    TorchScript exporter folds them in eval mode unless told to preserve the mode).
     """
     model = model.eval().cpu()
     example = (torch.randn(*input_shape),)
@@ -93,11 +96,15 @@ def export_onnx(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            # PRESERVE with an eval-mode model: nothing is trained, folding is safe.
+            warnings.filterwarnings("ignore", message=".*constant folding.*")
             batched = output_names if batch_outputs is None else batch_outputs
             batch = {name: {0: "batch"} for name in ["input", *batched]}
             axes = batch if dynamic_batch else None
             # torch < 2.5 has only this exporter and no ``dynamo`` argument.
-            legacy = {"dynamo": False} if _has_dynamo_flag() else {}
+            legacy: dict[str, Any] = {"dynamo": False} if _has_dynamo_flag() else {}
+            if keep_batchnorm:
+                legacy["training"] = torch.onnx.TrainingMode.PRESERVE
             torch.onnx.export(
                 model,
                 example,
