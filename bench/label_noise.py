@@ -83,7 +83,7 @@ def correct_on_pool(
     """Whether ``arch``, BN-recalibrated on sample ``calibration``, classifies each pool
     image right (held-out rest, then test split), measured by ``runtime``."""
     parts = [batch for part in ("rest", "test") for batch in pool.batches(part, arch.r)]
-    if runtime == "onnxruntime":  # the same measurement, ~3x faster (evaluation/ort.py)
+    if runtime == "onnxruntime":  # the same measurement, 2.4-3.4x faster (evaluation/ort.py)
         net = ort.OrtNetwork(supernet.extract(arch), parts[0][0].shape[1:])
         net.recalibrate(pool.batches(calibration, arch.r), pool.calibration_images)
         return np.concatenate(

@@ -247,7 +247,7 @@ def add_training_commands(sub: Any) -> None:
         choices=RUNTIMES,
         default="torch",
         help="what runs each sub-network: torch, or onnxruntime (CPU; same labels to float "
-        "rounding, about twice as fast per arch)",
+        "rounding, 2.4-3.4x as fast per arch)",
     )
     p.set_defaults(func=_cmd_acc_dataset)
 

@@ -265,7 +265,7 @@ def accuracy_dataset_for_run(
     ``num_archs`` archs. Rows measured from another supernet or with other numbers of
     images are refused (with ``start_over``: measured again). Under torchrun the archs
     are shared out between ranks. ``runtime`` runs the sub-networks (``"torch"``, or
-    ``"onnxruntime"`` on the CPU: the same labels to float rounding, about twice as fast).
+    ``"onnxruntime"`` on the CPU: the same labels to float rounding, 2.4-3.4x as fast).
     """
     from contextlib import nullcontext
 

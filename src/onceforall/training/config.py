@@ -66,7 +66,7 @@ class SpecializeConfig:
     acc_dataset_archs: int = 1000
     acc_eval_images: int | None = None  # held-out images per arch (default: all left)
     # What runs each sub-network for the accuracy dataset: torch (eager) or onnxruntime
-    # (CPU; the same labels to float rounding, about twice as fast per arch; ofa run on a
+    # (CPU; the same labels to float rounding, 2.4-3.4x as fast per arch; ofa run on a
     # GPU uses torch there).
     acc_eval_runtime: str = "torch"
     predictor_epochs: int = 300
