@@ -179,7 +179,10 @@ def test_our_predictor_written_in_their_format_loads_in_their_tutorial(tmp_path)
     resnet = AccuracyPredictor(onceforall.create_supernet("ofa_resnet50").space)
     with pytest.raises(PredictorMismatchError, match="no predictor format"):
         write_authors_predictor(resnet, tmp_path / "y.pth")
-    assert not (tmp_path / "x.pth").exists() and not (tmp_path / "y.pth").exists()
+    ensemble = AccuracyPredictor(space, members=2)  # theirs holds one MLP
+    with pytest.raises(PredictorMismatchError, match="ensemble of 2.*predictor_members: 1"):
+        write_authors_predictor(ensemble, tmp_path / "z.pth")
+    assert not any((tmp_path / name).exists() for name in ("x.pth", "y.pth", "z.pth"))
 
 
 def test_tables_written_in_their_format_read_back_in_both_codes(

@@ -149,6 +149,44 @@ def test_fit_with_a_ranking_loss_learns_the_ranking() -> None:
             fit_accuracy_predictor(SPACE, archs, targets, epochs=1, ranking_weight=bad)
 
 
+def test_ensemble_averages_members_each_fitted_alone(tmp_path: Path) -> None:
+    archs = dataset_archs(SPACE, 60, seed=4)
+    targets = _macs_accuracy(archs)
+    single, _ = fit_accuracy_predictor(SPACE, archs, targets, epochs=15, seed=5)
+    ensemble, report = fit_accuracy_predictor(SPACE, archs, targets, epochs=15, seed=5, members=3)
+    assert ensemble.members == 3 and len(ensemble.member_mlps()) == 3
+    # Member 0 is the single-MLP fit itself: the same initialisation and batch order.
+    for a, b in zip(single.mlp.state_dict().values(), ensemble.mlp.state_dict().values()):
+        assert torch.equal(a, b)
+    features = torch.from_numpy(np.stack([SPACE.encode(a) for a in archs]))
+    with torch.no_grad():
+        outputs = [mlp(features).squeeze(-1) for mlp in ensemble.member_mlps()]
+    assert not torch.allclose(outputs[0], outputs[1])  # members differ
+    want = float(ensemble.base_accuracy) + torch.stack(outputs).mean(0)
+    np.testing.assert_allclose(ensemble.predict(archs), want.numpy(), rtol=1e-5)
+    assert math.isfinite(report.val_kendall_tau) and "ensemble of 3" in ensemble.describe()
+
+    loaded = AccuracyPredictor.load(ensemble.save(tmp_path / "ensemble.pt"), space=SPACE)
+    assert loaded.members == 3
+    np.testing.assert_array_equal(loaded.predict(archs), ensemble.predict(archs))
+    # A file written before ensembles existed has no "members": it holds one MLP.
+    payload = torch.load(single.save(tmp_path / "single.pt"), weights_only=True)
+    del payload["members"]
+    torch.save(payload, tmp_path / "old.pt")
+    old = AccuracyPredictor.load(tmp_path / "old.pt")
+    assert old.members == 1
+    np.testing.assert_array_equal(old.predict(archs), single.predict(archs))
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match="members"):
+            fit_accuracy_predictor(SPACE, archs, targets, epochs=1, members=bad)
+    from onceforall.training.config import SpecializeConfig
+
+    assert SpecializeConfig.from_dict({"predictor_members": 5}).predictor_members == 5
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="specialize.predictor_members must be a whole"):
+            SpecializeConfig.from_dict({"predictor_members": bad})
+
+
 def test_fit_needs_enough_rows() -> None:
     archs = dataset_archs(SPACE, 3, seed=0)
     with pytest.raises(ValueError, match="too few"):

@@ -89,8 +89,9 @@ def _cmd_train_predictor(args: argparse.Namespace) -> int:
     from ..training import load_run
 
     layout = RunLayout(args.run)
-    _, net = load_run(layout.root)
+    config, net = load_run(layout.root)
     rows = read_accuracy_dataset(args.dataset or layout.accuracy_dataset)
+    members = args.members or config.specialize.predictor_members
     fitted = predictor_step(
         layout,
         net.space,
@@ -98,6 +99,7 @@ def _cmd_train_predictor(args: argparse.Namespace) -> int:
         out=args.out,
         val_fraction=args.val_fraction,
         epochs=args.epochs,
+        members=members,
         seed=args.seed,
     )
     print(f"accuracy predictor: {fitted.report}")
@@ -259,5 +261,11 @@ def add_training_commands(sub: Any) -> None:
         "--val-fraction", type=fraction, default=0.2, help="rows held out to validate the fit"
     )
     p.add_argument("--epochs", type=positive, default=300)
+    p.add_argument(
+        "--members",
+        type=positive,
+        help="MLPs averaged in the predictor (1: the paper's; default: the run's "
+        "specialize.predictor_members)",
+    )
     p.add_argument("--seed", type=count, default=0)
     p.set_defaults(func=_cmd_train_predictor)

@@ -247,6 +247,11 @@ def write_authors_predictor(predictor: AccuracyPredictor, path: str | os.PathLik
         columns = spec.our_columns(predictor.space)
     except ValueError as exc:
         raise PredictorMismatchError(f"cannot write {spec.description}: {exc}") from None
+    if predictor.members > 1:
+        raise PredictorMismatchError(
+            f"cannot write {spec.description}: theirs is one MLP; this predictor is an "
+            f"ensemble of {predictor.members} (fit one with specialize.predictor_members: 1)"
+        )
     linears = [m for m in predictor.mlp if isinstance(m, nn.Linear)]
     width = predictor.space.encoding_size
     if [tuple(m.weight.shape) for m in linears] != [(400, width), (400, 400), (400, 400), (1, 400)]:

@@ -318,6 +318,7 @@ def _measure_accuracy(
             dataset.rows,
             reuse=True,
             epochs=settings.predictor_epochs,
+            members=settings.predictor_members,
             seed=config.seed,
         )
     report = None if fitted.report is None else str(fitted.report)

@@ -119,6 +119,7 @@ def predictor_step(
     reuse: bool = False,
     val_fraction: float = 0.2,
     epochs: int = 300,
+    members: int = 1,
     seed: int = 0,
 ) -> PredictorResult:
     """Fit the accuracy predictor on the dataset ``rows`` and save it (default file: the
@@ -139,6 +140,7 @@ def predictor_step(
             [r["accuracy"] for r in rows],
             val_fraction=val_fraction,
             epochs=epochs,
+            members=members,
             seed=seed,
         )
         predictor.supernet_sha256 = digest

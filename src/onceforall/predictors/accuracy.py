@@ -2,8 +2,11 @@
 
 As in the paper (SPEC section 4): an MLP of three hidden layers of 400 ReLU units on the
 space's one-hot encoding, whose output is added to a fixed base accuracy (the mean of the
-training rows), trained with a squared error on measured (arch, accuracy) pairs. A saved
-predictor carries the encoding layout it was trained on and refuses another space's.
+training rows), trained with a squared error on measured (arch, accuracy) pairs. With
+``members > 1`` it is an ensemble: that many such MLPs, each initialised and trained
+from its own seed, their outputs averaged (``members=1`` is the paper's predictor). A
+saved predictor carries the encoding layout it was trained on and refuses another
+space's.
 """
 
 from __future__ import annotations
@@ -44,8 +47,18 @@ class PredictorMismatchError(OnceForAllError, ValueError):
     """A predictor used with (or loaded for) a space whose encoding differs."""
 
 
+def _mlp(inputs: int, hidden: int, layers: int) -> nn.Sequential:
+    widths = [inputs] + [hidden] * layers
+    modules: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:]):
+        modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    modules.append(nn.Linear(widths[-1], 1, bias=False))
+    return nn.Sequential(*modules)
+
+
 class AccuracyPredictor(nn.Module):
-    """``base_accuracy + MLP(encoding)``, in percent."""
+    """``base_accuracy + MLP(encoding)`` in percent, or with ``members > 1`` the mean of
+    that many MLPs' outputs added to the base."""
 
     def __init__(
         self,
@@ -53,16 +66,18 @@ class AccuracyPredictor(nn.Module):
         hidden: int = 400,
         layers: int = 3,
         base_accuracy: float = 0.0,
+        members: int = 1,
     ) -> None:
         super().__init__()
+        check_whole_number("members", members, 1)
         self.space = space
-        self.hidden, self.layers = hidden, layers
-        widths = [space.encoding_size] + [hidden] * layers
-        modules: list[nn.Module] = []
-        for a, b in zip(widths, widths[1:]):
-            modules += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-        modules.append(nn.Linear(widths[-1], 1, bias=False))
-        self.mlp = nn.Sequential(*modules)
+        self.hidden, self.layers, self.members = hidden, layers, members
+        # The first MLP keeps the name of the single-MLP predictor's (its files and the
+        # authors' format hold ``mlp.*``); the others are ``others.<i>.*``.
+        self.mlp = _mlp(space.encoding_size, hidden, layers)
+        self.others = nn.ModuleList(
+            _mlp(space.encoding_size, hidden, layers) for _ in range(members - 1)
+        )
         self.register_buffer("base_accuracy", torch.tensor(float(base_accuracy)))
         # The digest of the supernet whose sub-networks it was fitted on, when known
         # (see onceforall.training.run_dir.supernet_digest); saved with it.
@@ -70,7 +85,13 @@ class AccuracyPredictor(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Predicted accuracy ``(N,)`` from encodings ``(N, encoding_size)``."""
-        return self.base_accuracy + self.mlp(features).squeeze(-1)
+        out = self.mlp(features)
+        for mlp in self.others:
+            out = out + mlp(features)
+        return self.base_accuracy + out.squeeze(-1) / self.members
+
+    def member_mlps(self) -> list[nn.Sequential]:
+        return [self.mlp, *self.others]
 
     @torch.no_grad()
     def predict_features(self, features: np.ndarray) -> np.ndarray:
@@ -96,10 +117,10 @@ class AccuracyPredictor(nn.Module):
         return tuple(self.space.resolutions)
 
     def describe(self) -> str:
-        return (
-            f"onceforall MLP ({self.layers} x {self.hidden}) on {self.space.encoding_size} "
-            "one-hot features, top-1 in percent"
-        )
+        mlp = f"MLP ({self.layers} x {self.hidden})"
+        if self.members > 1:
+            mlp = f"ensemble of {self.members} MLPs ({self.layers} x {self.hidden})"
+        return f"onceforall {mlp} on {self.space.encoding_size} one-hot features, top-1 in percent"
 
     def check_supernet(self, supernet: Any) -> None:
         """Raise :class:`PredictorMismatchError` unless ``supernet``'s space encodes like
@@ -145,6 +166,7 @@ class AccuracyPredictor(nn.Module):
             "layout": json.dumps(self.space.encoding_layout()),
             "hidden": self.hidden,
             "layers": self.layers,
+            "members": self.members,
             "state_dict": self.state_dict(),
         }
         if self.supernet_sha256 is not None:
@@ -176,7 +198,10 @@ class AccuracyPredictor(nn.Module):
         fields = json.loads(payload["space"])
         kind = json.loads(payload["layout"]).get("type")
         saved_space = _space_class(kind)(**{k: tuple(v) for k, v in fields.items()})
-        predictor = cls(saved_space, hidden=payload["hidden"], layers=payload["layers"])
+        members = payload.get("members", 1)  # files before ensembles hold one MLP
+        predictor = cls(
+            saved_space, hidden=payload["hidden"], layers=payload["layers"], members=members
+        )
         predictor.load_state_dict(payload["state_dict"])
         digest = payload.get("supernet_sha256")
         predictor.supernet_sha256 = digest if isinstance(digest, str) else None
@@ -277,12 +302,15 @@ def fit_accuracy_predictor(
     batch_size: int = 256,
     seed: int = 0,
     ranking_weight: float = 0.0,
+    members: int = 1,
 ) -> tuple[AccuracyPredictor, PredictorReport]:
     """Train an :class:`AccuracyPredictor` on measured accuracies (percent).
 
     The loss is the squared error (the paper's), plus ``ranking_weight`` times a pairwise
     ranking loss: the mean logistic loss of every ordered pair of a batch, which rewards
     ranking two archs in the order of their labels (what the search relies on).
+    With ``members > 1`` each MLP of the ensemble is trained alone on the same rows, from
+    its own initialisation and batch order, and the report scores their mean.
     A ``val_fraction`` of the rows, chosen by ``seed``, is held out and used only to
     report RMSE and Kendall tau (no early stopping on it, so the figures are unbiased).
     """
@@ -305,25 +333,26 @@ def fit_accuracy_predictor(
     val_idx, train_idx = order[:n_val], order[n_val:]
     torch.manual_seed(seed)
     base = float(targets[train_idx].mean())
-    predictor = AccuracyPredictor(space, base_accuracy=base)
+    predictor = AccuracyPredictor(space, base_accuracy=base, members=members)
     x = torch.from_numpy(features[train_idx])
     y = torch.from_numpy(targets[train_idx])
-    optimizer = torch.optim.Adam(predictor.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-    generator = torch.Generator().manual_seed(seed)
     predictor.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            batch = perm[start : start + batch_size]
-            out = predictor(x[batch])
-            loss = nn.functional.mse_loss(out, y[batch])
-            if ranking_weight:
-                loss = loss + ranking_weight * pairwise_ranking_loss(out, y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+    for k, mlp in enumerate(predictor.member_mlps()):
+        optimizer = torch.optim.Adam(mlp.parameters(), lr=lr, weight_decay=weight_decay)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+        generator = torch.Generator().manual_seed(seed + 7919 * k)  # member 0: as before
+        for _ in range(epochs):
+            perm = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), batch_size):
+                batch = perm[start : start + batch_size]
+                out = predictor.base_accuracy + mlp(x[batch]).squeeze(-1)
+                loss = nn.functional.mse_loss(out, y[batch])
+                if ranking_weight:
+                    loss = loss + ranking_weight * pairwise_ranking_loss(out, y[batch])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
     predictor.eval()
     train_pred = predictor.predict_features(features[train_idx])
     val_pred = predictor.predict_features(features[val_idx]) if n_val else np.array([])

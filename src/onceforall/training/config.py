@@ -70,6 +70,9 @@ class SpecializeConfig:
     # GPU uses torch there).
     acc_eval_runtime: str = "torch"
     predictor_epochs: int = 300
+    # MLPs in the accuracy predictor: 1 is the paper's; more are an ensemble of that
+    # many, averaged (bench/predictor_compare.py compares them).
+    predictor_members: int = 1
     latency_backend: str = "torch"
     latency_threads: int | None = None
     latency_repeats: int = 30
@@ -108,6 +111,11 @@ class SpecializeConfig:
             optional = name == "acc_eval_images"
             if not (optional and value is None) and not _is_count(value):
                 raise ConfigError(f"specialize.{name} must be a whole number >= 0, not {value!r}")
+        if not (_is_count(self.predictor_members) and self.predictor_members >= 1):
+            raise ConfigError(
+                "specialize.predictor_members must be a whole number >= 1, not "
+                f"{self.predictor_members!r}"
+            )
         if not (self.latency_threads is None or _is_count(self.latency_threads)):
             raise ConfigError(
                 f"specialize.latency_threads must be a whole number, not {self.latency_threads!r}"
