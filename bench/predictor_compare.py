@@ -9,7 +9,8 @@ scores); without one, ``--holdout N`` scores against the dataset's last N rows, 
 exactly as noisy as the training ones. Predictors, all on the space's one-hot encoding:
 
 - ``mlp``: the paper's and our default (3 x 400 ReLU, squared error, 300 epochs);
-- ``mlp-ensemble``: five of them from different seeds, averaged;
+- ``mlp-ensemble``: five of them, each from its own seed, averaged
+  (``specialize.predictor_members: 5``);
 - ``mlp-pairwise``: the same MLP trained on squared error plus a pairwise logistic
   ranking loss over every pair of a batch (``fit_accuracy_predictor(ranking_weight=1)``;
   the ranking is what the search uses);
@@ -100,9 +101,11 @@ def predictors(space) -> dict[str, Fit]:
         )
         return predictor.predict_features
 
-    def ensemble(archs, x, y, seed) -> Predict:
-        members = [mlp(archs, x, y, seed * 10 + i) for i in range(5)]
-        return lambda f: np.mean([m(f) for m in members], axis=0)
+    def ensemble(archs, x, y, seed) -> Predict:  # specialize.predictor_members: 5
+        predictor, _ = fit_accuracy_predictor(
+            space, archs, y, val_fraction=0.0, seed=seed, members=5
+        )
+        return predictor.predict_features
 
     return {
         "mlp": mlp,
