@@ -3,8 +3,11 @@
 Each predictor is fitted on the first n rows of an accuracy dataset (``ofa acc-dataset``
 labels: one BN calibration, a fixed subset of held-out images) for several n, and scored
 against a truth set of other archs: Kendall tau and RMSE (points). The truth is
-``bench/label_noise.py``'s measurement, each arch's top-1 on the whole held-out pool
-averaged over its two independent BN calibrations (its own noise is printed beside the
+``bench/label_noise.py``'s measurement, each arch's top-1 on its evaluation pool
+(``--truth-images pool``: the run's held-out images outside both calibration samples,
+then the whole test split; ``held-out``: the held-out images only) averaged over its two
+independent BN calibrations (its own noise, and the Kendall tau a perfect predictor
+would reach against it, are printed beside the
 scores); without one, ``--holdout N`` scores against the dataset's last N rows, labels
 exactly as noisy as the training ones. Predictors, all on the space's one-hot encoding:
 
@@ -15,7 +18,9 @@ exactly as noisy as the training ones. Predictors, all on the space's one-hot en
   ranking loss over every pair of a batch (``fit_accuracy_predictor(ranking_weight=1)``;
   the ranking is what the search uses);
 - ``gbt``: scikit-learn's histogram gradient-boosted trees;
-- ``ridge``: a linear model with an L2 penalty (the floor any of them must beat).
+- ``linear``: the library's linear predictor (``layers=0``: ridge regression in closed
+  form, its penalty chosen by leave-one-out error);
+- ``ridge``: scikit-learn's ``RidgeCV``, the same model (a check on ours).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/predictor_compare.py --run runs/fm-long \\
         --sizes 100 250 500 1000 --plot docs/predictor_curves.png
@@ -50,9 +55,15 @@ def _key(arch: dict) -> str:
     return json.dumps(arch, sort_keys=True)
 
 
-def read_truth(path: Path) -> tuple[list[dict], np.ndarray, float]:
+def read_truth(path: Path, images: str = "pool") -> tuple[list[dict], np.ndarray, float]:
     """Archs, their low-noise top-1 and that truth's standard error (points), from
-    ``label_noise.jsonl`` rows: held-out hits averaged over calibrations A and B."""
+    ``label_noise.jsonl`` rows: hits on the pool (or its held-out images only) averaged
+    over calibrations A and B.
+
+    The error has two parts: the calibration's, sd(A - B) / 2 on the same images, and
+    the images', from two halves of them (their difference has four times the variance
+    of the whole set's image noise). Both are what differs from arch to arch; a shift
+    common to every arch (an easier set of images) changes no ranking and is left out."""
     hits: dict[str, dict[str, np.ndarray]] = {}
     archs: dict[str, dict] = {}
     for line in path.read_text().splitlines():
@@ -61,16 +72,29 @@ def read_truth(path: Path) -> tuple[list[dict], np.ndarray, float]:
         row = json.loads(line)
         bits = np.unpackbits(np.frombuffer(base64.b64decode(row["hits"]), np.uint8))
         held_out = row.get("held_out", row["pool"])  # older rows: the whole pool
+        used = held_out if images == "held-out" else row["pool"]
         key = _key(row["arch"])
-        hits.setdefault(key, {})[row["calibration"]] = bits[:held_out].astype(float)
+        hits.setdefault(key, {})[row["calibration"]] = bits[:used].astype(float)
         archs[key] = row["arch"]
     keys = [k for k, by_cal in hits.items() if {"A", "B"} <= set(by_cal)]
     a = np.stack([hits[k]["A"] for k in keys]) * 100
     b = np.stack([hits[k]["B"] for k in keys]) * 100
     truth = (a.mean(1) + b.mean(1)) / 2
     # The mean of two labels has half the variance of one: sd(A - B) / 2.
-    noise = float(np.std(a.mean(1) - b.mean(1), ddof=1) / 2)
-    return [archs[k] for k in keys], truth, noise
+    calibration = float(np.std(a.mean(1) - b.mean(1), ddof=1) / 2)
+    both = (a + b) / 2
+    order = np.random.default_rng(0).permutation(both.shape[1])
+    halves = both[:, order[: len(order) // 2]].mean(1) - both[:, order[len(order) // 2 :]].mean(1)
+    image = float(np.std(halves, ddof=1) / 2)
+    return [archs[k] for k in keys], truth, math.hypot(calibration, image)
+
+
+def ceiling_tau(truth: np.ndarray, noise: float, seed: int = 0) -> float:
+    """The Kendall tau a perfect predictor would reach against ``truth`` measured with
+    ``noise``: the truth against itself plus that noise again (200 draws)."""
+    rng = np.random.default_rng(seed)
+    return float(np.mean([kendall_tau(truth, truth + rng.normal(0, noise, len(truth)))
+                          for _ in range(200)]))  # fmt: skip
 
 
 # ------------------------------------------------------------------ the predictors
@@ -107,8 +131,15 @@ def predictors(space) -> dict[str, Fit]:
         )
         return predictor.predict_features
 
+    def linear(archs, x, y, seed) -> Predict:  # specialize.predictor_layers: 0
+        predictor, _ = fit_accuracy_predictor(
+            space, archs, y, val_fraction=0.0, seed=seed, layers=0
+        )
+        return predictor.predict_features
+
     return {
         "mlp": mlp,
+        "linear": linear,
         "mlp-ensemble": ensemble,
         "mlp-pairwise": pairwise,
         "gbt": lambda archs, x, y, seed: fit_gbt(x, y, seed),
@@ -122,6 +153,10 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="its supernet's space; its dataset")
     parser.add_argument("--train", help="accuracy dataset (default: RUN/accuracy_dataset.jsonl)")
     parser.add_argument("--truth", help="label_noise.jsonl (default: RUN/label_noise.jsonl)")
+    parser.add_argument(
+        "--truth-images", choices=("pool", "held-out"), default="pool",
+        help="the truth's images: held-out and test (pool) or held-out only",
+    )  # fmt: skip
     parser.add_argument("--holdout", type=int, help="no truth file: score on the last N rows")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000])
     parser.add_argument("--repeats", type=int, default=3, help="training subsets per size")
@@ -140,8 +175,11 @@ def main() -> None:
         truth = np.array([r["accuracy"] for r in truth_rows], float)
         noise, what = float("nan"), f"the dataset's last {args.holdout} rows (noisy labels)"
     elif truth_path.is_file():
-        truth_archs, truth, noise = read_truth(truth_path)
-        what = f"{truth_path} ({len(truth)} archs, standard error {noise:.3f} points)"
+        truth_archs, truth, noise = read_truth(truth_path, args.truth_images)
+        what = (
+            f"{truth_path}, {args.truth_images} images ({len(truth)} archs, standard error "
+            f"{noise:.3f} points; a perfect predictor's tau {ceiling_tau(truth, noise):.3f})"
+        )
     else:
         parser.error(f"no truth: {truth_path} is missing (bench/label_noise.py) and no --holdout")
     seen = {_key(a) for a in truth_archs}
@@ -152,7 +190,7 @@ def main() -> None:
     archs = [r["arch"] for r in rows]
     fits = predictors(space)
     fits = {name: fit for name, fit in fits.items() if not args.only or name in args.only}
-    sizes = [n for n in args.sizes if n <= len(rows)] or [len(rows)]
+    sizes = sorted({min(n, len(rows)) for n in args.sizes})  # all rows for too large a size
     print(
         f"{len(rows)} training rows ({train_path}); truth: "
         f"{what}; its archs' spread {np.std(truth, ddof=1):.3f} points\n"

@@ -185,6 +185,56 @@ def test_ensemble_averages_members_each_fitted_alone(tmp_path: Path) -> None:
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="specialize.predictor_members must be a whole"):
             SpecializeConfig.from_dict({"predictor_members": bad})
+    assert SpecializeConfig.from_dict({"predictor": "linear"}).predictor == "linear"
+    with pytest.raises(ValueError, match="specialize.predictor 'gbt' is unknown; known: mlp"):
+        SpecializeConfig.from_dict({"predictor": "gbt"})
+    with pytest.raises(ValueError, match="predictor_members must be 1 with predictor linear"):
+        SpecializeConfig.from_dict({"predictor": "linear", "predictor_members": 5})
+
+
+def test_linear_predictor_is_the_leave_one_out_ridge(tmp_path: Path) -> None:
+    from onceforall.predictors.accuracy import RIDGE_PENALTIES, _ridge
+
+    archs = dataset_archs(SPACE, 120, seed=6)
+    targets = _macs_accuracy(archs) + np.random.default_rng(0).normal(0, 0.3, len(archs))
+    linear, report = fit_accuracy_predictor(SPACE, archs, targets, layers=0)
+    assert linear.layers == 0 and "linear model (ridge)" in linear.describe()
+    # log(MACs) is not linear in the choices: better than the mean, if not by as much.
+    assert report.val_kendall_tau > 0.5 and report.val_rmse < report.val_accuracy_std
+    # The penalty is the one with the least leave-one-out error, by brute force.
+    x = np.stack([SPACE.encode(a) for a in archs]).astype(np.float64)
+    order = np.random.default_rng(0).permutation(len(archs))
+    train = order[round(len(archs) * 0.2) :]
+    x, y = x[train], targets[train]
+
+    def fit(rows: np.ndarray, penalty: float) -> tuple[np.ndarray, float]:
+        xm, ym = x[rows].mean(0), y[rows].mean()
+        xc = x[rows] - xm
+        w = np.linalg.solve(xc.T @ xc + penalty * np.eye(x.shape[1]), xc.T @ (y[rows] - ym))
+        return w, ym - xm @ w
+
+    def loo(penalty: float) -> float:
+        errors = []
+        for i in range(len(y)):
+            w, b = fit(np.delete(np.arange(len(y)), i), penalty)
+            errors.append(y[i] - (x[i] @ w + b))
+        return float(np.mean(np.square(errors)))
+
+    best = min(RIDGE_PENALTIES, key=loo)
+    want_w, want_b = fit(np.arange(len(y)), best)
+    got_w, got_b = _ridge(x.astype(np.float32), y)
+    np.testing.assert_allclose(got_w, want_w, rtol=1e-4, atol=1e-5)
+    assert got_b == pytest.approx(want_b, rel=1e-6)
+    np.testing.assert_allclose(linear.predict(archs), x_all_predict(archs, want_w, want_b),
+                               rtol=1e-5)  # fmt: skip
+    loaded = AccuracyPredictor.load(linear.save(tmp_path / "linear.pt"), space=SPACE)
+    np.testing.assert_array_equal(loaded.predict(archs), linear.predict(archs))
+    with pytest.raises(ValueError, match="linear predictor .* ensemble of 3"):
+        fit_accuracy_predictor(SPACE, archs, targets, layers=0, members=3)
+
+
+def x_all_predict(archs: list, weights: np.ndarray, intercept: float) -> np.ndarray:
+    return np.stack([SPACE.encode(a) for a in archs]) @ weights + intercept
 
 
 def test_fit_needs_enough_rows() -> None:

@@ -91,7 +91,8 @@ def _cmd_train_predictor(args: argparse.Namespace) -> int:
     layout = RunLayout(args.run)
     config, net = load_run(layout.root)
     rows = read_accuracy_dataset(args.dataset or layout.accuracy_dataset)
-    members = args.members or config.specialize.predictor_members
+    kind = args.kind or config.specialize.predictor
+    members = args.members or (1 if args.kind else config.specialize.predictor_members)
     fitted = predictor_step(
         layout,
         net.space,
@@ -100,6 +101,7 @@ def _cmd_train_predictor(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         epochs=args.epochs,
         members=members,
+        kind=kind,
         seed=args.seed,
     )
     print(f"accuracy predictor: {fitted.report}")
@@ -261,6 +263,11 @@ def add_training_commands(sub: Any) -> None:
         "--val-fraction", type=fraction, default=0.2, help="rows held out to validate the fit"
     )
     p.add_argument("--epochs", type=positive, default=300)
+    p.add_argument(
+        "--kind",
+        choices=("mlp", "linear"),
+        help="mlp (the paper's) or linear (ridge); default: the run's specialize.predictor",
+    )
     p.add_argument(
         "--members",
         type=positive,

@@ -319,6 +319,7 @@ def _measure_accuracy(
             reuse=True,
             epochs=settings.predictor_epochs,
             members=settings.predictor_members,
+            kind=settings.predictor,
             seed=config.seed,
         )
     report = None if fitted.report is None else str(fitted.report)

@@ -28,6 +28,7 @@ from ..evaluation import SubnetEvaluator
 from ..latency.base import LatencyModel
 from ..models import Supernet
 from ..predictors import (
+    PREDICTOR_KINDS,
     AccuracyPredictor,
     PredictorReport,
     accuracy_dataset_for_run,
@@ -120,6 +121,7 @@ def predictor_step(
     val_fraction: float = 0.2,
     epochs: int = 300,
     members: int = 1,
+    kind: str = "mlp",
     seed: int = 0,
 ) -> PredictorResult:
     """Fit the accuracy predictor on the dataset ``rows`` and save it (default file: the
@@ -141,6 +143,7 @@ def predictor_step(
             val_fraction=val_fraction,
             epochs=epochs,
             members=members,
+            layers=PREDICTOR_KINDS[kind],
             seed=seed,
         )
         predictor.supernet_sha256 = digest

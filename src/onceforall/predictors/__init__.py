@@ -1,6 +1,7 @@
 """Accuracy prediction for search: the accuracy dataset and the MLP predictor."""
 
 from .accuracy import (
+    PREDICTOR_KINDS,
     AccuracyPredictor,
     PredictorMismatchError,
     PredictorReport,
@@ -18,6 +19,7 @@ from .dataset import (
 )
 
 __all__ = [
+    "PREDICTOR_KINDS",
     "ArchPredictor",
     "accuracy_dataset_for_run",
     "AccuracyPredictor",

@@ -4,9 +4,10 @@ As in the paper (SPEC section 4): an MLP of three hidden layers of 400 ReLU unit
 space's one-hot encoding, whose output is added to a fixed base accuracy (the mean of the
 training rows), trained with a squared error on measured (arch, accuracy) pairs. With
 ``members > 1`` it is an ensemble: that many such MLPs, each initialised and trained
-from its own seed, their outputs averaged (``members=1`` is the paper's predictor). A
-saved predictor carries the encoding layout it was trained on and refuses another
-space's.
+from its own seed, their outputs averaged (``members=1`` is the paper's predictor).
+With ``layers=0`` it is linear in the encoding, fitted in closed form as a ridge
+regression (each choice of each layer adds its own amount to the accuracy). A saved
+predictor carries the encoding layout it was trained on and refuses another space's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..storage.atomic import atomic_file
 from ..storage.reading import read_weights_only
 
 __all__ = [
+    "PREDICTOR_KINDS",
     "AccuracyPredictor",
     "PredictorMismatchError",
     "PredictorReport",
@@ -41,6 +43,9 @@ __all__ = [
 ]
 
 _FORMAT = "onceforall-accuracy-predictor"
+
+# What ``specialize.predictor`` names: hidden layers of the MLP (0: linear, ridge).
+PREDICTOR_KINDS = {"mlp": 3, "linear": 0}
 
 
 class PredictorMismatchError(OnceForAllError, ValueError):
@@ -118,7 +123,9 @@ class AccuracyPredictor(nn.Module):
 
     def describe(self) -> str:
         mlp = f"MLP ({self.layers} x {self.hidden})"
-        if self.members > 1:
+        if self.layers == 0:
+            mlp = "linear model (ridge)"
+        elif self.members > 1:
             mlp = f"ensemble of {self.members} MLPs ({self.layers} x {self.hidden})"
         return f"onceforall {mlp} on {self.space.encoding_size} one-hot features, top-1 in percent"
 
@@ -290,6 +297,34 @@ def pairwise_ranking_loss(predicted: torch.Tensor, measured: torch.Tensor) -> to
     return nn.functional.softplus(-(predicted[:, None] - predicted[None, :]))[pairs].mean()
 
 
+RIDGE_PENALTIES = tuple(float(a) for a in np.logspace(-2, 3, 11))
+
+
+def _ridge(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ridge regression of ``targets`` on ``features``: the weights and the intercept,
+    the penalty chosen among :data:`RIDGE_PENALTIES` by leave-one-out error (exact, from
+    one SVD). The intercept is not penalised (features and targets are centred)."""
+    x = features.astype(np.float64)
+    y = targets.astype(np.float64)
+    x_mean, y_mean = x.mean(0), y.mean()
+    u, s, vt = np.linalg.svd(x - x_mean, full_matrices=False)
+    uy = u.T @ (y - y_mean)
+    best: tuple[float, float] | None = None
+    for penalty in RIDGE_PENALTIES:
+        shrink = s**2 / (s**2 + penalty)
+        residual = (y - y_mean) - u @ (shrink * uy)
+        leverage = (u**2) @ shrink + 1.0 / len(y)  # the intercept's share too
+        if leverage.max() > 1.0 - 1e-9:  # a row fitted exactly: no leave-one-out error
+            continue
+        error = float(np.mean((residual / (1.0 - leverage)) ** 2))
+        if best is None or error < best[0]:
+            best = (error, penalty)
+    if best is None:
+        raise ConfigError(f"{len(y)} rows are too few to fit a linear predictor")
+    weights = vt.T @ (s / (s**2 + best[1]) * uy)
+    return weights.astype(np.float32), float(y_mean - x_mean @ weights)
+
+
 def fit_accuracy_predictor(
     space: Space,
     archs: Sequence[ArchInput],
@@ -303,6 +338,7 @@ def fit_accuracy_predictor(
     seed: int = 0,
     ranking_weight: float = 0.0,
     members: int = 1,
+    layers: int = 3,
 ) -> tuple[AccuracyPredictor, PredictorReport]:
     """Train an :class:`AccuracyPredictor` on measured accuracies (percent).
 
@@ -310,7 +346,9 @@ def fit_accuracy_predictor(
     ranking loss: the mean logistic loss of every ordered pair of a batch, which rewards
     ranking two archs in the order of their labels (what the search relies on).
     With ``members > 1`` each MLP of the ensemble is trained alone on the same rows, from
-    its own initialisation and batch order, and the report scores their mean.
+    its own initialisation and batch order, and the report scores their mean. With
+    ``layers=0`` the predictor is linear and fitted in closed form (:func:`_ridge`);
+    the training settings (epochs, lr, ...) do not apply to it.
     A ``val_fraction`` of the rows, chosen by ``seed``, is held out and used only to
     report RMSE and Kendall tau (no early stopping on it, so the figures are unbiased).
     """
@@ -319,6 +357,12 @@ def fit_accuracy_predictor(
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
         raise ConfigError(f"val_fraction must be a number in [0, 1), not {val_fraction!r}")
     check_whole_number("epochs", epochs, 1)
+    check_whole_number("layers", layers, 0)
+    if layers == 0 and members != 1:
+        raise ConfigError(
+            f"a linear predictor (layers 0) is fitted in closed form: an ensemble of "
+            f"{members} would hold {members} equal copies; use members 1"
+        )
     if not (isinstance(ranking_weight, (int, float)) and ranking_weight >= 0):
         raise ConfigError(f"ranking_weight must be a number >= 0, not {ranking_weight!r}")
     n_val = int(round(len(archs) * val_fraction))
@@ -333,11 +377,16 @@ def fit_accuracy_predictor(
     val_idx, train_idx = order[:n_val], order[n_val:]
     torch.manual_seed(seed)
     base = float(targets[train_idx].mean())
-    predictor = AccuracyPredictor(space, base_accuracy=base, members=members)
+    predictor = AccuracyPredictor(space, base_accuracy=base, members=members, layers=layers)
     x = torch.from_numpy(features[train_idx])
     y = torch.from_numpy(targets[train_idx])
     predictor.train()
-    for k, mlp in enumerate(predictor.member_mlps()):
+    if layers == 0:
+        weights, intercept = _ridge(features[train_idx], targets[train_idx])
+        with torch.no_grad():
+            predictor.mlp[0].weight.copy_(torch.from_numpy(weights).reshape(1, -1))
+            predictor.base_accuracy.fill_(intercept)
+    for k, mlp in enumerate(predictor.member_mlps() if layers else []):
         optimizer = torch.optim.Adam(mlp.parameters(), lr=lr, weight_decay=weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
         generator = torch.Generator().manual_seed(seed + 7919 * k)  # member 0: as before

@@ -70,8 +70,10 @@ class SpecializeConfig:
     # GPU uses torch there).
     acc_eval_runtime: str = "torch"
     predictor_epochs: int = 300
-    # MLPs in the accuracy predictor: 1 is the paper's; more are an ensemble of that
-    # many, averaged (bench/predictor_compare.py compares them).
+    # The accuracy predictor: "mlp" (the paper's, 3 x 400) or "linear" (ridge regression
+    # on the same encoding, closed form); with "mlp", predictor_members > 1 averages that
+    # many MLPs. bench/predictor_compare.py compares them (docs/benchmarks.md).
+    predictor: str = "mlp"
     predictor_members: int = 1
     latency_backend: str = "torch"
     latency_threads: int | None = None
@@ -111,6 +113,18 @@ class SpecializeConfig:
             optional = name == "acc_eval_images"
             if not (optional and value is None) and not _is_count(value):
                 raise ConfigError(f"specialize.{name} must be a whole number >= 0, not {value!r}")
+        from ..predictors.accuracy import PREDICTOR_KINDS
+
+        if self.predictor not in PREDICTOR_KINDS:
+            raise ConfigError(
+                f"specialize.predictor {self.predictor!r} is unknown; known: "
+                f"{', '.join(PREDICTOR_KINDS)}"
+            )
+        if self.predictor == "linear" and self.predictor_members != 1:
+            raise ConfigError(
+                "specialize.predictor_members must be 1 with predictor linear (it is fitted "
+                f"in closed form), not {self.predictor_members!r}"
+            )
         if not (_is_count(self.predictor_members) and self.predictor_members >= 1):
             raise ConfigError(
                 "specialize.predictor_members must be a whole number >= 1, not "
