@@ -266,7 +266,7 @@ def add_training_commands(sub: Any) -> None:
     p.add_argument(
         "--kind",
         choices=("mlp", "linear"),
-        help="mlp (the paper's) or linear (ridge); default: the run's specialize.predictor",
+        help="linear (ridge) or mlp (the paper's); default: the run's specialize.predictor",
     )
     p.add_argument(
         "--members",

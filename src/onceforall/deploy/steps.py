@@ -121,7 +121,7 @@ def predictor_step(
     val_fraction: float = 0.2,
     epochs: int = 300,
     members: int = 1,
-    kind: str = "mlp",
+    kind: str = "linear",
     seed: int = 0,
 ) -> PredictorResult:
     """Fit the accuracy predictor on the dataset ``rows`` and save it (default file: the
