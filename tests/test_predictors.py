@@ -181,11 +181,12 @@ def test_ensemble_averages_members_each_fitted_alone(tmp_path: Path) -> None:
             fit_accuracy_predictor(SPACE, archs, targets, epochs=1, members=bad)
     from onceforall.training.config import SpecializeConfig
 
-    assert SpecializeConfig.from_dict({"predictor_members": 5}).predictor_members == 5
+    ensemble = {"predictor": "mlp", "predictor_members": 5}
+    assert SpecializeConfig.from_dict(ensemble).predictor_members == 5
     for bad in (0, -1, 2.5):
         with pytest.raises(ValueError, match="specialize.predictor_members must be a whole"):
-            SpecializeConfig.from_dict({"predictor_members": bad})
-    assert SpecializeConfig.from_dict({"predictor": "linear"}).predictor == "linear"
+            SpecializeConfig.from_dict({"predictor": "mlp", "predictor_members": bad})
+    assert SpecializeConfig.from_dict({}).predictor == "linear"  # the default
     with pytest.raises(ValueError, match="specialize.predictor 'gbt' is unknown; known: mlp"):
         SpecializeConfig.from_dict({"predictor": "gbt"})
     with pytest.raises(ValueError, match="predictor_members must be 1 with predictor linear"):

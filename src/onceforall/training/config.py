@@ -121,15 +121,15 @@ class SpecializeConfig:
                 f"specialize.predictor {self.predictor!r} is unknown; known: "
                 f"{', '.join(PREDICTOR_KINDS)}"
             )
-        if self.predictor == "linear" and self.predictor_members != 1:
-            raise ConfigError(
-                "specialize.predictor_members must be 1 with predictor linear (it is fitted "
-                f"in closed form), not {self.predictor_members!r}"
-            )
         if not (_is_count(self.predictor_members) and self.predictor_members >= 1):
             raise ConfigError(
                 "specialize.predictor_members must be a whole number >= 1, not "
                 f"{self.predictor_members!r}"
+            )
+        if self.predictor == "linear" and self.predictor_members != 1:
+            raise ConfigError(
+                "specialize.predictor_members must be 1 with predictor linear (it is fitted "
+                f"in closed form), not {self.predictor_members!r}; set predictor: mlp"
             )
         if not (self.latency_threads is None or _is_count(self.latency_threads)):
             raise ConfigError(
