@@ -98,7 +98,7 @@ def test_ofa_run_end_to_end_then_reuse(tmp_path: Path, capsys: pytest.CaptureFix
     images = rows[0]["images"]
     assert {r["images"] for r in rows} == {images} and images > 0
     sd = label_sampling_sd([r["accuracy"] for r in rows], images)
-    assert f"each label is top-1 on {images:,} held-out images, sampling sd {sd:.2f} pp" in printed
+    assert f"each label is top-1 on {images:,} held-out images, binomial sd {sd:.2f} pp" in printed
     gap = float(np.mean([r["predicted_accuracy"] - r["measured_accuracy"] for r in chosen]))
     side = "above" if gap >= 0 else "below"
     assert f"on these 2 networks it is {abs(gap):.2f} points {side} test top-1" in printed
