@@ -179,6 +179,9 @@ def test_our_predictor_written_in_their_format_loads_in_their_tutorial(tmp_path)
     resnet = AccuracyPredictor(onceforall.create_supernet("ofa_resnet50").space)
     with pytest.raises(PredictorMismatchError, match="no predictor format"):
         write_authors_predictor(resnet, tmp_path / "y.pth")
+    linear = AccuracyPredictor(space, layers=0)
+    with pytest.raises(PredictorMismatchError, match="this predictor is linear.*--kind mlp"):
+        write_authors_predictor(linear, tmp_path / "z.pth")
     ensemble = AccuracyPredictor(space, members=2)  # theirs holds one MLP
     with pytest.raises(PredictorMismatchError, match="ensemble of 2.*predictor_members: 1"):
         write_authors_predictor(ensemble, tmp_path / "z.pth")

@@ -247,6 +247,11 @@ def write_authors_predictor(predictor: AccuracyPredictor, path: str | os.PathLik
         columns = spec.our_columns(predictor.space)
     except ValueError as exc:
         raise PredictorMismatchError(f"cannot write {spec.description}: {exc}") from None
+    if predictor.layers == 0:
+        raise PredictorMismatchError(
+            f"cannot write {spec.description}: theirs is an MLP; this predictor is linear "
+            "(fit the paper's MLP with ofa train-predictor --kind mlp)"
+        )
     if predictor.members > 1:
         raise PredictorMismatchError(
             f"cannot write {spec.description}: theirs is one MLP; this predictor is an "
