@@ -43,8 +43,8 @@ from tqdm.auto import tqdm
 from onceforall.data import make_loader, split_holdout
 from onceforall.deploy.run_inputs import memory_format
 from onceforall.evaluation import RUNTIMES, ort, recalibrate_bn
-from onceforall.predictors.accuracy import kendall_tau
 from onceforall.predictors.dataset import dataset_archs
+from onceforall.predictors.fit import kendall_tau
 from onceforall.training import load_run
 
 

@@ -39,12 +39,12 @@ from typing import Callable
 
 import numpy as np
 
-from onceforall.predictors.accuracy import (
+from onceforall.predictors.dataset import read_accuracy_dataset
+from onceforall.predictors.fit import (
     fit_accuracy_predictor,
     kendall_tau,
     rmse,
 )
-from onceforall.predictors.dataset import read_accuracy_dataset
 from onceforall.training import load_run
 
 Predict = Callable[[np.ndarray], np.ndarray]  # encodings -> predicted top-1

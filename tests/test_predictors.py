@@ -122,7 +122,7 @@ def test_predictor_load_refuses_garbage(tmp_path: Path) -> None:
 
 
 def test_pairwise_ranking_loss_counts_each_ordered_pair_once() -> None:
-    from onceforall.predictors.accuracy import pairwise_ranking_loss
+    from onceforall.predictors.fit import pairwise_ranking_loss
 
     measured = torch.tensor([1.0, 2.0, 2.0, 3.0])  # one tie: 5 ordered pairs
     right = torch.tensor([0.0, 50.0, 60.0, 100.0])  # every pair in order, wide margins
@@ -194,7 +194,7 @@ def test_ensemble_averages_members_each_fitted_alone(tmp_path: Path) -> None:
 
 
 def test_linear_predictor_is_the_leave_one_out_ridge(tmp_path: Path) -> None:
-    from onceforall.predictors.accuracy import RIDGE_PENALTIES, _ridge
+    from onceforall.predictors.fit import RIDGE_PENALTIES, _ridge
 
     archs = dataset_archs(SPACE, 120, seed=6)
     targets = _macs_accuracy(archs) + np.random.default_rng(0).normal(0, 0.3, len(archs))

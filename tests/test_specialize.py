@@ -58,7 +58,7 @@ def slower_is_better(setup) -> AccuracyPredictor:
     accuracy prefers bigger networks), so a search's winner sits near its limit."""
     import random
 
-    from onceforall.predictors.accuracy import fit_accuracy_predictor
+    from onceforall.predictors.fit import fit_accuracy_predictor
 
     net, _, table = setup
     rng = random.Random(0)

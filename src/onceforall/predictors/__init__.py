@@ -1,21 +1,20 @@
-"""Accuracy prediction for search: the accuracy dataset and the MLP predictor."""
+"""Accuracy prediction for search: the accuracy dataset, the predictor (linear, MLP or
+an ensemble of MLPs) and its fit."""
 
-from .accuracy import (
-    PREDICTOR_KINDS,
-    AccuracyPredictor,
-    PredictorMismatchError,
-    PredictorReport,
-    fit_accuracy_predictor,
-    kendall_tau,
-    label_sampling_sd,
-    rmse,
-)
+from .accuracy import PREDICTOR_KINDS, AccuracyPredictor, PredictorMismatchError
 from .base import ArchPredictor
 from .dataset import (
     accuracy_dataset_for_run,
     build_accuracy_dataset,
     dataset_archs,
     read_accuracy_dataset,
+)
+from .fit import (
+    PredictorReport,
+    fit_accuracy_predictor,
+    kendall_tau,
+    label_sampling_sd,
+    rmse,
 )
 
 __all__ = [
