@@ -175,6 +175,10 @@ def test_ensemble_averages_members_each_fitted_alone(tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "old.pt")
     old = AccuracyPredictor.load(tmp_path / "old.pt")
     assert old.members == 1
+    payload["members"] = "3"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt: 'members' must be a whole number >= 1"):
+        AccuracyPredictor.load(tmp_path / "bad.pt")
     np.testing.assert_array_equal(old.predict(archs), single.predict(archs))
     for bad in (0, 1.5, "2"):
         with pytest.raises(ValueError, match="members"):

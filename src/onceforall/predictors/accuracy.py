@@ -195,6 +195,8 @@ class AccuracyPredictor(nn.Module):
         kind = json.loads(payload["layout"]).get("type")
         saved_space = _space_class(kind)(**{k: tuple(v) for k, v in fields.items()})
         members = payload.get("members", 1)  # files before ensembles hold one MLP
+        if not (isinstance(members, int) and not isinstance(members, bool) and members >= 1):
+            raise FileFormatError(f"{path}: 'members' must be a whole number >= 1, not {members!r}")
         predictor = cls(
             saved_space, hidden=payload["hidden"], layers=payload["layers"], members=members
         )
