@@ -115,27 +115,19 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
 
 
 def predictors(space) -> dict[str, Fit]:
-    def mlp(archs, x, y, seed) -> Predict:  # the library's own fit
-        predictor, _ = fit_accuracy_predictor(space, archs, y, val_fraction=0.0, seed=seed)
-        return predictor.predict_features
+    def library(**options) -> Fit:  # fit_accuracy_predictor with these options
+        def fit(archs, x, y, seed) -> Predict:
+            predictor, _ = fit_accuracy_predictor(
+                space, archs, y, val_fraction=0.0, seed=seed, **options
+            )
+            return predictor.predict_features
 
-    def pairwise(archs, x, y, seed) -> Predict:
-        predictor, _ = fit_accuracy_predictor(
-            space, archs, y, val_fraction=0.0, seed=seed, ranking_weight=1.0
-        )
-        return predictor.predict_features
+        return fit
 
-    def ensemble(archs, x, y, seed) -> Predict:  # specialize.predictor_members: 5
-        predictor, _ = fit_accuracy_predictor(
-            space, archs, y, val_fraction=0.0, seed=seed, members=5
-        )
-        return predictor.predict_features
-
-    def linear(archs, x, y, seed) -> Predict:  # specialize.predictor_layers: 0
-        predictor, _ = fit_accuracy_predictor(
-            space, archs, y, val_fraction=0.0, seed=seed, layers=0
-        )
-        return predictor.predict_features
+    mlp = library()  # the paper's
+    linear = library(layers=0)  # specialize.predictor: linear
+    ensemble = library(members=5)  # specialize.predictor_members: 5
+    pairwise = library(ranking_weight=1.0)
 
     return {
         "mlp": mlp,

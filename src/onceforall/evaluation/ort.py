@@ -19,6 +19,7 @@ agree with PyTorch's to float rounding (``tests/test_evaluation_ort.py``).
 from __future__ import annotations
 
 import copy
+import itertools
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -251,16 +252,10 @@ def _session(model: Any, threads: int):  # -> onnxruntime.InferenceSession
 def _first(batches: Iterable) -> tuple[tuple[int, ...], Iterator]:
     """The image shape of the first batch, and an iterator over all of them."""
     iterator = iter(batches)
-    try:
-        first = next(iterator)
-    except StopIteration:
-        raise ValueError("got no batches to measure") from None
-
-    def chained() -> Iterator:
-        yield first
-        yield from iterator
-
-    return tuple(_images(first).shape[1:]), chained()
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("got no batches to measure")
+    return tuple(_images(first).shape[1:]), itertools.chain([first], iterator)
 
 
 @torch.no_grad()

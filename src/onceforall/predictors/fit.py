@@ -131,6 +131,37 @@ def _ridge(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, float
     return weights.astype(np.float32), float(y_mean - x_mean @ weights)
 
 
+def _train_member(
+    mlp: nn.Module,
+    base: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    seed: int,
+    ranking_weight: float,
+) -> None:
+    """Train one MLP of the predictor alone: Adam, cosine decay, squared error (plus the
+    ranking loss), its own batch order from ``seed`` (member 0's seed is the fit's)."""
+    optimizer = torch.optim.Adam(mlp.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = perm[start : start + batch_size]
+            out = base + mlp(x[batch]).squeeze(-1)
+            loss = nn.functional.mse_loss(out, y[batch])
+            if ranking_weight:
+                loss = loss + ranking_weight * pairwise_ranking_loss(out, y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+
+
 def fit_accuracy_predictor(
     space: Space,
     archs: Sequence[ArchInput],
@@ -184,30 +215,18 @@ def fit_accuracy_predictor(
     torch.manual_seed(seed)
     base = float(targets[train_idx].mean())
     predictor = AccuracyPredictor(space, base_accuracy=base, members=members, layers=layers)
-    x = torch.from_numpy(features[train_idx])
-    y = torch.from_numpy(targets[train_idx])
-    predictor.train()
     if layers == 0:
         weights, intercept = _ridge(features[train_idx], targets[train_idx])
         with torch.no_grad():
             predictor.mlp[0].weight.copy_(torch.from_numpy(weights).reshape(1, -1))
             predictor.base_accuracy.fill_(intercept)
-    for k, mlp in enumerate(predictor.member_mlps() if layers else []):
-        optimizer = torch.optim.Adam(mlp.parameters(), lr=lr, weight_decay=weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
-        generator = torch.Generator().manual_seed(seed + 7919 * k)  # member 0: as before
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=generator)
-            for start in range(0, len(x), batch_size):
-                batch = perm[start : start + batch_size]
-                out = predictor.base_accuracy + mlp(x[batch]).squeeze(-1)
-                loss = nn.functional.mse_loss(out, y[batch])
-                if ranking_weight:
-                    loss = loss + ranking_weight * pairwise_ranking_loss(out, y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
+    else:
+        x = torch.from_numpy(features[train_idx])
+        y = torch.from_numpy(targets[train_idx])
+        predictor.train()
+        for k, mlp in enumerate(predictor.member_mlps()):
+            _train_member(mlp, predictor.base_accuracy, x, y, epochs, lr, weight_decay,
+                          batch_size, seed + 7919 * k, ranking_weight)  # fmt: skip
     predictor.eval()
     train_pred = predictor.predict_features(features[train_idx])
     val_pred = predictor.predict_features(features[val_idx]) if n_val else np.array([])
