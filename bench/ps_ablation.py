@@ -18,12 +18,19 @@ archs (smallest, middle, largest by MACs) alone from random weights for as many 
 as the first run took in sub-network passes, resumably, under ``--work``:
 
     python bench/ps_ablation.py --runs ps=runs/fm-long ps-paper=runs/fm-ps-paper \
-        bignas=runs/fm-bignas --scratch 3 --work runs/ablation-scratch
+        bignas=runs/fm-bignas --scratch 3 --work runs/ablation-scratch --save table.jsonl
+
+``--save`` writes every column's top-1 per (arch, resolution) as JSON lines; ``--saved``
+adds the columns of such a file to a later comparison, so that networks trained in
+another session (runs that did not survive) still compare on the same archs.
+``--scratch-pick K`` trains only the K-th scratch arch and stops (one run is enough), so
+that separate processes (``--threads 1`` each) train them side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +100,16 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", help="NAME=RUN_DIR of trained runs to compare")
     parser.add_argument("--scratch", type=int, default=0, help="archs trained alone (--runs)")
     parser.add_argument("--work", default="runs/ablation-scratch", help="for --scratch")
+    parser.add_argument(
+        "--scratch-pick",
+        type=int,
+        help="train only the K-th (0-based) of the --scratch archs, then stop: separate "
+        "processes train them side by side (one thread each)",
+    )
+    parser.add_argument("--save", help="write the table (JSON lines) here (--runs)")
+    parser.add_argument(
+        "--saved", nargs="*", default=[], help="tables written by --save: their columns join"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.runs:
@@ -141,22 +158,25 @@ def main() -> None:
     )
 
 
-def _named_runs(pairs: list[str]) -> dict[str, str]:
+def _named_runs(pairs: list[str], least: int = 2) -> dict[str, str]:
     runs = dict(pair.split("=", 1) for pair in pairs)
-    if len(runs) < 2 or any(not name or not run for name, run in runs.items()):
-        raise SystemExit("--runs takes at least two NAME=RUN_DIR")
+    if len(runs) < least or any(not name or not run for name, run in runs.items()):
+        raise SystemExit(f"--runs takes at least {least} NAME=RUN_DIR")
     return runs
 
 
-def _scratch_nets(config, net, archs, resolution, data, work, count):
+def _scratch_nets(config, net, archs, resolution, data, work, count, only=None):
     """``count`` of ``archs`` (smallest, middle, largest) trained alone from random
-    weights at ``resolution`` for the run's epochs of sub-network passes."""
+    weights at ``resolution`` for the run's epochs of sub-network passes (``only``: just
+    the one at that place among them)."""
     from onceforall.training.finetune import FinetuneSettings, finetune
 
     passes = supernet_passes(config)
     first = config.stages[0]
     recipe = FinetuneSettings(epochs=passes, lr=first.lr, warmup_epochs=first.warmup_epochs)
     picks = sorted({round(i * (len(archs) - 1) / max(1, count - 1)) for i in range(count)})
+    if only is not None:
+        picks = [picks[only]]
     nets = {}
     for i in picks:
         arch = Arch(ks=archs[i].ks, e=archs[i].e, d=archs[i].d, r=resolution)
@@ -169,26 +189,54 @@ def _scratch_nets(config, net, archs, resolution, data, work, count):
     return nets
 
 
+def _key(arch: dict) -> str:
+    return json.dumps(arch, sort_keys=True)  # an arch's dict (to_dict), as text
+
+
+def _saved_columns(paths: list[str]) -> dict[str, dict[str, float]]:
+    """{arch key: {column: top-1}} from tables an earlier ``--save`` wrote."""
+    columns: dict[str, dict[str, float]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            row = json.loads(line)
+            columns.setdefault(_key(row["arch"]), {}).update(row["top1"])
+    return columns
+
+
 def compare_runs(args) -> None:
     """Every named run's sub-networks on the same fixed archs, whole test split."""
-    runs = _named_runs(args.runs)
+    runs = _named_runs(args.runs, least=1 if args.scratch_pick is not None else 2)
+    saved = _saved_columns(args.saved)
     loaded = {name: load_run(run) for name, run in runs.items()}
     config, first = next(iter(loaded.values()))
     archs = sorted(fixed_archs(first.space, args.archs, seed=1234), key=first.macs)
     splits = replace(config, test_subset=None).open_splits(args.data)  # whole test split
     resolutions = [min(config.resolutions), max(config.resolutions)]
     scratch = (
-        _scratch_nets(config, first, archs, resolutions[-1], args.data, args.work, args.scratch)
+        _scratch_nets(
+            config,
+            first,
+            archs,
+            resolutions[-1],
+            args.data,
+            args.work,
+            args.scratch,
+            args.scratch_pick,
+        )
         if args.scratch
         else {}
     )
+    if args.scratch_pick is not None:
+        return  # trained; a later run without --scratch-pick compares
     names = list(runs) + (["scratch"] if scratch else [])
+    names += sorted({n for cols in saved.values() for n in cols} - set(names))
     print(
         f"\n{len(archs)} fixed sub-networks, test top-1 (%) on {len(splits.test)} images, "
         f"BN recalibrated on {config.bn_recal_images} held-out images"
     )
     print(f"{'arch':24s} {'res':>4s} {'MMACs':>7s} " + " ".join(f"{n:>9s}" for n in names))
     table: list[dict[str, float]] = []
+    saved_rows: list[dict] = []
     for resolution in resolutions:
         calib = make_loader(splits.holdout, 256, resolution, train=False, seed=0)
         test_loader = make_loader(splits.test, 256, resolution, train=False, seed=0)
@@ -201,12 +249,16 @@ def compare_runs(args) -> None:
             if arch in scratch:
                 alone = recalibrate_bn(scratch[arch], None, calib, config.bn_recal_images)
                 row["scratch"] = evaluate(alone, test_loader)["top1"]
+            row = {**saved.get(_key(arch.to_dict()), {}), **row}
             table.append(row)
+            saved_rows.append({"arch": arch.to_dict(), "top1": row})
             cells = " ".join(f"{row[n]:9.2f}" if n in row else f"{'':9s}" for n in names)
             summary = arch_summary(first.space, arch)
             print(
                 f"{summary:24s} {resolution:4d} {first.macs(arch) / 1e6:7.2f} {cells}", flush=True
             )
+    if args.save:
+        Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in saved_rows))
     print()
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
