@@ -12,19 +12,22 @@ and random ones in between, ordered by MACs), each after BN recalibration on the
 held-out training images, on the whole Fashion-MNIST test set at two resolutions.
 
 Runs trained elsewhere (for example with ``ofa train`` and the three strategy presets
-``fashion-mnist``, ``fashion-mnist-ps-paper`` and ``fashion-mnist-bignas``) are compared
+``fashion-mnist``, ``fashion-mnist-ps-largest`` and ``fashion-mnist-bignas``) are compared
 by name, with the mean gap of every pair; ``--scratch N`` also trains N of the fixed
 archs (smallest, middle, largest by MACs) alone from random weights for as many epochs
 as the first run took in sub-network passes, resumably, under ``--work``:
 
-    python bench/ps_ablation.py --runs ps=runs/fm-long ps-paper=runs/fm-ps-paper \
+    python bench/ps_ablation.py --runs ps-largest=runs/fm-ps-largest ps-paper=runs/fm \
         bignas=runs/fm-bignas --scratch 3 --work runs/ablation-scratch --save table.jsonl
 
 ``--save`` writes every column's top-1 per (arch, resolution) as JSON lines; ``--saved``
 adds the columns of such a file to a later comparison, so that networks trained in
 another session (runs that did not survive) still compare on the same archs.
-``--scratch-pick K`` trains only the K-th scratch arch and stops (one run is enough), so
-that separate processes (``--threads 1`` each) train them side by side.
+``--scratch-pick K [K ...]`` keeps only those of the scratch archs (0-based), and
+``--train-only`` stops once they are trained, so that separate processes (``--threads 1``
+each, one run is enough) train them side by side; a last call can then name one run and
+take the others' columns from the saved table (``--saved``) instead of evaluating them
+again.
 """
 
 from __future__ import annotations
@@ -103,8 +106,11 @@ def main() -> None:
     parser.add_argument(
         "--scratch-pick",
         type=int,
-        help="train only the K-th (0-based) of the --scratch archs, then stop: separate "
-        "processes train them side by side (one thread each)",
+        nargs="+",
+        help="only these (0-based) of the --scratch archs (smallest, middle, largest)",
+    )
+    parser.add_argument(
+        "--train-only", action="store_true", help="train the --scratch archs, then stop"
     )
     parser.add_argument("--save", help="write the table (JSON lines) here (--runs)")
     parser.add_argument(
@@ -168,7 +174,7 @@ def _named_runs(pairs: list[str], least: int = 2) -> dict[str, str]:
 def _scratch_nets(config, net, archs, resolution, data, work, count, only=None):
     """``count`` of ``archs`` (smallest, middle, largest) trained alone from random
     weights at ``resolution`` for the run's epochs of sub-network passes (``only``: just
-    the one at that place among them)."""
+    those places among them)."""
     from onceforall.training.finetune import FinetuneSettings, finetune
 
     passes = supernet_passes(config)
@@ -176,7 +182,7 @@ def _scratch_nets(config, net, archs, resolution, data, work, count, only=None):
     recipe = FinetuneSettings(epochs=passes, lr=first.lr, warmup_epochs=first.warmup_epochs)
     picks = sorted({round(i * (len(archs) - 1) / max(1, count - 1)) for i in range(count)})
     if only is not None:
-        picks = [picks[only]]
+        picks = [picks[k] for k in only]
     nets = {}
     for i in picks:
         arch = Arch(ks=archs[i].ks, e=archs[i].e, d=archs[i].d, r=resolution)
@@ -205,7 +211,7 @@ def _saved_columns(paths: list[str]) -> dict[str, dict[str, float]]:
 
 def compare_runs(args) -> None:
     """Every named run's sub-networks on the same fixed archs, whole test split."""
-    runs = _named_runs(args.runs, least=1 if args.scratch_pick is not None else 2)
+    runs = _named_runs(args.runs, least=1 if args.train_only or args.saved else 2)
     saved = _saved_columns(args.saved)
     loaded = {name: load_run(run) for name, run in runs.items()}
     config, first = next(iter(loaded.values()))
@@ -226,8 +232,8 @@ def compare_runs(args) -> None:
         if args.scratch
         else {}
     )
-    if args.scratch_pick is not None:
-        return  # trained; a later run without --scratch-pick compares
+    if args.train_only:
+        return
     names = list(runs) + (["scratch"] if scratch else [])
     names += sorted({n for cols in saved.values() for n in cols} - set(names))
     print(

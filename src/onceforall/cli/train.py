@@ -164,7 +164,7 @@ def add_training_commands(sub: Any) -> None:
         "--config",
         required=True,
         help="YAML file, or a preset: imagenet, imagenet-resnet50, fashion-mnist, "
-        "fashion-mnist-quick, fashion-mnist-ps-paper, fashion-mnist-bignas",
+        "fashion-mnist-quick, fashion-mnist-ps-largest, fashion-mnist-bignas",
     )
     p.add_argument(
         "--data",
