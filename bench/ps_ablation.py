@@ -45,6 +45,7 @@ from onceforall import Arch
 from onceforall.data import make_loader
 from onceforall.deploy.report import arch_summary
 from onceforall.evaluation import evaluate, recalibrate_bn
+from onceforall.storage.atomic import write_text_atomic
 from onceforall.training import StageConfig, load_config, load_run, train
 
 
@@ -182,6 +183,8 @@ def _scratch_nets(config, net, archs, resolution, data, work, count, only=None):
     recipe = FinetuneSettings(epochs=passes, lr=first.lr, warmup_epochs=first.warmup_epochs)
     picks = sorted({round(i * (len(archs) - 1) / max(1, count - 1)) for i in range(count)})
     if only is not None:
+        if any(not 0 <= k < len(picks) for k in only):
+            raise SystemExit(f"--scratch-pick takes 0 to {len(picks) - 1}, not {only}")
         picks = [picks[k] for k in only]
     nets = {}
     for i in picks:
@@ -264,7 +267,7 @@ def compare_runs(args) -> None:
                 f"{summary:24s} {resolution:4d} {first.macs(arch) / 1e6:7.2f} {cells}", flush=True
             )
     if args.save:
-        Path(args.save).write_text("".join(json.dumps(r) + "\n" for r in saved_rows))
+        write_text_atomic(args.save, "".join(json.dumps(r) + "\n" for r in saved_rows))
     print()
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
