@@ -41,6 +41,7 @@ import numpy as np
 
 from onceforall.predictors.dataset import read_accuracy_dataset
 from onceforall.predictors.fit import (
+    RIDGE_PENALTIES,
     fit_accuracy_predictor,
     kendall_tau,
     rmse,
@@ -111,7 +112,7 @@ def fit_gbt(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
 def fit_ridge(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
     from sklearn.linear_model import RidgeCV
 
-    return RidgeCV(alphas=np.logspace(-2, 3, 11)).fit(x, y).predict
+    return RidgeCV(alphas=RIDGE_PENALTIES).fit(x, y).predict  # the library's penalties
 
 
 def predictors(space) -> dict[str, Fit]:

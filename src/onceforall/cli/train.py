@@ -158,13 +158,13 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def add_training_commands(sub: Any) -> None:
     from ..evaluation import RUNTIMES
+    from ..training.config_files import preset_names
 
     p = sub.add_parser("train", help="progressive shrinking on a dataset; resumable")
     p.add_argument(
         "--config",
         required=True,
-        help="YAML file, or a preset: imagenet, imagenet-resnet50, fashion-mnist, "
-        "fashion-mnist-quick, fashion-mnist-ps-largest, fashion-mnist-bignas",
+        help=f"YAML file, or a preset: {', '.join(preset_names())}",
     )
     p.add_argument(
         "--data",

@@ -23,6 +23,7 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "parse_overrides",
+    "preset_names",
     "preset_path",
     "read_config_file",
     "yaml_problem",
@@ -33,6 +34,11 @@ PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 def preset_path(name: str) -> Path:
     return PRESETS_DIR / f"{name}.yaml"
+
+
+def preset_names() -> list[str]:
+    """The presets shipped with the package (the YAML files in ``configs/``), sorted."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def load_config(
@@ -47,10 +53,9 @@ def load_config(
     if not path.is_file():
         preset = preset_path(str(path_or_preset))
         if not preset.is_file():
-            presets = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
             raise InputNotFoundError(
                 f"no config file {str(path)!r} and no preset of that name; "
-                f"presets: {', '.join(presets)}"
+                f"presets: {', '.join(preset_names())}"
             )
         path = preset
     data = apply_overrides(read_config_file(path), {**(overrides or {}), **top_level})
