@@ -191,6 +191,7 @@ def _scratch_nets(config, net, archs, resolution, data, work, count, only=None):
         arch = Arch(ks=archs[i].ks, e=archs[i].e, d=archs[i].d, r=resolution)
         folder = Path(work) / f"arch{i}_r{resolution}"
         print(f"from scratch: {arch_summary(net.space, arch)}, {passes:g} epochs -> {folder}")
+        torch.manual_seed(config.seed + i)  # the random weights, the same on every call
         outcome = finetune(
             net.build_subnet(arch).train(), config, data, folder, recipe, resume=True
         )
